@@ -1,0 +1,787 @@
+//! The SQLite outbox: the single source of truth between sources and uplink.
+//!
+//! # Design
+//!
+//! * Every outbox row is one MQTT message, ready to send. Readings are cut
+//!   into rows of at most `max_message_bytes` when they are appended, so a
+//!   row's content never changes afterwards and a resend is byte-identical.
+//! * A row's `seq` is an `AUTOINCREMENT` key: strictly increasing, never
+//!   reused even after deletes, so the platform can use it for duplicate
+//!   and gap detection. `msg_id` is `<instance>:<seq>`, where `instance`
+//!   is random and fixed when the database file is created.
+//! * A row is deleted only when the broker has acknowledged it (PUBACK).
+//!   Until then it is sent again after every reconnect and every restart.
+//! * All writes that arrive together (readings from several devices, acks
+//!   from the uplink) go into one transaction, so the cost of an fsync is
+//!   shared by everything that was waiting for it.
+//! * When the outbox is over its cap, the oldest telemetry rows are evicted
+//!   first; metrics rows only when no telemetry is left. Every eviction is
+//!   counted in the `counters` table, which `status` publishes.
+//!
+//! The guarantees, in MUST/SHOULD words, are in docs/delivery.md.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::config::{BufferConfig, Synchronous};
+use crate::reading::Reading;
+
+/// Bytes we count per row on top of its body (key, columns, b-tree cell),
+/// so a cap in bytes is roughly a cap on the file's data pages.
+const ROW_OVERHEAD: u64 = 48;
+
+/// Room kept in every message for the envelope the uplink adds.
+pub const ENVELOPE_RESERVE: usize = 1024;
+
+/// What a row carries. The numbers are stored and are the eviction order:
+/// lower classes go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Telemetry = 0,
+    Metrics = 1,
+}
+
+impl Kind {
+    fn from_i64(v: i64) -> Kind {
+        if v == 1 {
+            Kind::Metrics
+        } else {
+            Kind::Telemetry
+        }
+    }
+
+    pub fn topic(self) -> &'static str {
+        match self {
+            Kind::Telemetry => "telemetry",
+            Kind::Metrics => "metrics",
+        }
+    }
+}
+
+/// A row to append.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub kind: Kind,
+    /// Readings (or other entries) inside, for the counters.
+    pub count: u32,
+    /// The message's own fields, as JSON object members without braces.
+    pub body: Vec<u8>,
+}
+
+/// A row read back for sending.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub seq: i64,
+    pub kind: Kind,
+    pub created_ms: i64,
+    pub count: u32,
+    pub body: Vec<u8>,
+}
+
+/// Last known state of one device, kept so `status` can answer offline.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DeviceHealth {
+    pub id: String,
+    pub last_good_ts: Option<i64>,
+    pub last_bad_ts: Option<i64>,
+    pub last_bad_reason: Option<String>,
+    pub good: u64,
+    pub bad: u64,
+}
+
+/// Outbox figures for `status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub instance: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub oldest_unsent_ts: Option<i64>,
+    pub last_seq: i64,
+    pub last_ack_ts: Option<i64>,
+    pub appended_readings: u64,
+    pub acked_rows: u64,
+    pub evicted_rows: u64,
+    pub evicted_readings: u64,
+    pub evicted_metrics: u64,
+    pub devices: Vec<DeviceHealth>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("outbox database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("outbox write failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+impl BufferError {
+    /// The disk (or the file system's quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, BufferError::Sql(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    last_good_ts INTEGER,
+    last_bad_ts INTEGER,
+    last_bad_reason TEXT,
+    good INTEGER NOT NULL DEFAULT 0,
+    bad INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// The outbox file name inside the state directory.
+pub const DB_FILE: &str = "outbox.sqlite";
+
+/// The outbox, used from one thread (see [`spawn`]).
+pub struct Outbox {
+    conn: Connection,
+    /// Counted bytes of all rows (body + overhead), kept in memory so the
+    /// cap check costs nothing per append.
+    bytes: u64,
+    rows: u64,
+    max_bytes: u64,
+    max_rows: Option<u64>,
+    instance: String,
+    /// Persistent counters, mirrored in memory.
+    counters: BTreeMap<&'static str, i64>,
+    devices: BTreeMap<String, DeviceHealth>,
+}
+
+const COUNTERS: [&str; 6] = [
+    "appended_readings",
+    "acked_rows",
+    "evicted_rows",
+    "evicted_readings",
+    "evicted_metrics",
+    "last_ack_ts",
+];
+
+impl Outbox {
+    /// Opens (creating if needed) the outbox in `state_dir`.
+    pub fn open(state_dir: &Path, cfg: &BufferConfig) -> Result<Outbox, BufferError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| BufferError::StateDir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let path = state_dir.join(DB_FILE);
+        let open_err = |source| BufferError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        let sync = match cfg.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; {SCHEMA}"
+        ))
+        .map_err(open_err)?;
+        let instance: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key='instance'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(open_err)?;
+        let instance = match instance {
+            Some(i) => i,
+            None => {
+                let i = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+                    [&i],
+                )
+                .map_err(open_err)?;
+                i
+            }
+        };
+        let (rows, bytes): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(open_err)?;
+        let mut counters = BTreeMap::new();
+        for name in COUNTERS {
+            let v: Option<i64> = conn
+                .query_row("SELECT value FROM counters WHERE name=?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(open_err)?;
+            counters.insert(name, v.unwrap_or(0));
+        }
+        let devices = load_devices(&conn).map_err(open_err)?;
+        Ok(Outbox {
+            conn,
+            bytes: bytes as u64 + rows as u64 * ROW_OVERHEAD,
+            rows: rows as u64,
+            max_bytes: cfg.max_bytes,
+            max_rows: cfg.max_rows,
+            instance,
+            counters,
+            devices,
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Appends rows, records device health and applies acks, all in one
+    /// transaction; then evicts to the cap. Returns the last seq.
+    pub fn commit(
+        &mut self,
+        rows: &[NewRow],
+        readings: &[Reading],
+        acks: &[i64],
+        now_ms: i64,
+    ) -> Result<i64, BufferError> {
+        let tx = self.conn.transaction()?;
+        let mut added_bytes = 0u64;
+        let mut appended_readings = 0i64;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO outbox (kind, created_ms, count, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in rows {
+                ins.execute(params![r.kind as i64, now_ms, r.count, r.body])?;
+                added_bytes += r.body.len() as u64 + ROW_OVERHEAD;
+                if r.kind == Kind::Telemetry {
+                    appended_readings += i64::from(r.count);
+                }
+            }
+        }
+        let mut removed_bytes = 0u64;
+        let mut removed_rows = 0u64;
+        if !acks.is_empty() {
+            let mut del =
+                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING length(body)")?;
+            for seq in acks {
+                if let Some(len) = del.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
+                    removed_bytes += len as u64 + ROW_OVERHEAD;
+                    removed_rows += 1;
+                }
+            }
+        }
+        update_devices(&tx, &mut self.devices, readings)?;
+        let mut counters = self.counters.clone();
+        *counters.entry("appended_readings").or_default() += appended_readings;
+        if !acks.is_empty() {
+            *counters.entry("acked_rows").or_default() += removed_rows as i64;
+            counters.insert("last_ack_ts", now_ms);
+        }
+        let mut rows_now = self.rows + rows.len() as u64 - removed_rows;
+        let mut bytes_now = self.bytes + added_bytes - removed_bytes;
+        evict(
+            &tx,
+            &mut counters,
+            &mut rows_now,
+            &mut bytes_now,
+            self.max_bytes,
+            self.max_rows,
+        )?;
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            )?;
+            for (name, v) in &counters {
+                if self.counters.get(name) != Some(v) {
+                    up.execute(params![name, v])?;
+                }
+            }
+        }
+        let last_seq: i64 =
+            tx.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))?;
+        tx.commit()?;
+        // Only now is the new state real.
+        self.counters = counters;
+        self.rows = rows_now;
+        self.bytes = bytes_now;
+        Ok(last_seq)
+    }
+
+    /// Rows with `seq > after`, oldest first.
+    pub fn lease(&self, after: i64, limit: usize) -> Result<Vec<Row>, BufferError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, kind, created_ms, count, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = st.query_map(params![after, limit as i64], |r| {
+            Ok(Row {
+                seq: r.get(0)?,
+                kind: Kind::from_i64(r.get(1)?),
+                created_ms: r.get(2)?,
+                count: r.get(3)?,
+                body: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn stats(&self) -> Result<Stats, BufferError> {
+        Ok(query_stats(&self.conn)?)
+    }
+
+    /// Frees room after the disk filled up: drops the oldest telemetry rows
+    /// (counted like any eviction) so that the next commit can succeed.
+    pub fn evict_for_space(&mut self, rows: u64) -> Result<(), BufferError> {
+        let tx = self.conn.transaction()?;
+        let mut counters = self.counters.clone();
+        let mut rows_now = self.rows;
+        let mut bytes_now = self.bytes;
+        let target_rows = rows_now.saturating_sub(rows);
+        evict(
+            &tx,
+            &mut counters,
+            &mut rows_now,
+            &mut bytes_now,
+            0,
+            Some(target_rows.max(1)),
+        )?;
+        for (name, v) in &counters {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, v],
+            )?;
+        }
+        tx.commit()?;
+        self.counters = counters;
+        self.rows = rows_now;
+        self.bytes = bytes_now;
+        Ok(())
+    }
+}
+
+fn load_devices(conn: &Connection) -> rusqlite::Result<BTreeMap<String, DeviceHealth>> {
+    let mut st = conn
+        .prepare("SELECT id, last_good_ts, last_bad_ts, last_bad_reason, good, bad FROM devices")?;
+    let rows = st.query_map([], |r| {
+        Ok(DeviceHealth {
+            id: r.get(0)?,
+            last_good_ts: r.get(1)?,
+            last_bad_ts: r.get(2)?,
+            last_bad_reason: r.get(3)?,
+            good: r.get::<_, i64>(4)? as u64,
+            bad: r.get::<_, i64>(5)? as u64,
+        })
+    })?;
+    rows.map(|r| r.map(|d| (d.id.clone(), d))).collect()
+}
+
+fn update_devices(
+    tx: &rusqlite::Transaction<'_>,
+    devices: &mut BTreeMap<String, DeviceHealth>,
+    readings: &[Reading],
+) -> rusqlite::Result<()> {
+    let mut touched: BTreeMap<&str, DeviceHealth> = BTreeMap::new();
+    for r in readings {
+        let h = touched.entry(&r.device).or_insert_with(|| {
+            devices
+                .get(&*r.device)
+                .cloned()
+                .unwrap_or_else(|| DeviceHealth {
+                    id: r.device.to_string(),
+                    ..Default::default()
+                })
+        });
+        match &r.quality {
+            crate::reading::Quality::Good => {
+                h.good += 1;
+                h.last_good_ts = Some(h.last_good_ts.map_or(r.ts, |t| t.max(r.ts)));
+            }
+            crate::reading::Quality::Bad(why) => {
+                h.bad += 1;
+                h.last_bad_ts = Some(h.last_bad_ts.map_or(r.ts, |t| t.max(r.ts)));
+                h.last_bad_reason = Some(why.to_string());
+            }
+        }
+    }
+    let mut up = tx.prepare_cached(
+        "INSERT INTO devices (id, last_good_ts, last_bad_ts, last_bad_reason, good, bad) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET last_good_ts=excluded.last_good_ts, last_bad_ts=excluded.last_bad_ts,
+         last_bad_reason=excluded.last_bad_reason, good=excluded.good, bad=excluded.bad",
+    )?;
+    for (_, h) in touched {
+        up.execute(params![
+            h.id,
+            h.last_good_ts,
+            h.last_bad_ts,
+            h.last_bad_reason,
+            h.good as i64,
+            h.bad as i64
+        ])?;
+        devices.insert(h.id.clone(), h);
+    }
+    Ok(())
+}
+
+/// Deletes the oldest rows of the lowest kind until the outbox is within
+/// its caps, counting what it deletes.
+fn evict(
+    tx: &rusqlite::Transaction<'_>,
+    counters: &mut BTreeMap<&'static str, i64>,
+    rows: &mut u64,
+    bytes: &mut u64,
+    max_bytes: u64,
+    max_rows: Option<u64>,
+) -> rusqlite::Result<()> {
+    let over = |rows: u64, bytes: u64| {
+        (max_bytes > 0 && bytes > max_bytes) || max_rows.is_some_and(|m| rows > m)
+    };
+    while over(*rows, *bytes) {
+        let victims: Vec<(i64, i64, i64, i64)> = {
+            let mut st = tx.prepare_cached(
+                "SELECT seq, kind, count, length(body) FROM outbox
+                 WHERE kind = (SELECT min(kind) FROM outbox) ORDER BY seq LIMIT 64",
+            )?;
+            let it = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            it.collect::<Result<_, _>>()?
+        };
+        if victims.is_empty() {
+            break;
+        }
+        let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for (seq, kind, count, len) in victims {
+            if !over(*rows, *bytes) {
+                break;
+            }
+            del.execute([seq])?;
+            *rows -= 1;
+            *bytes = bytes.saturating_sub(len as u64 + ROW_OVERHEAD);
+            *counters.entry("evicted_rows").or_default() += 1;
+            if Kind::from_i64(kind) == Kind::Telemetry {
+                *counters.entry("evicted_readings").or_default() += count;
+            } else {
+                *counters.entry("evicted_metrics").or_default() += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cuts readings into telemetry rows of at most `max_body` bytes each.
+pub fn encode_readings(readings: &[Reading], max_body: usize) -> Vec<NewRow> {
+    let mut rows = Vec::new();
+    let mut body: Vec<u8> = Vec::with_capacity(max_body.min(64 * 1024));
+    let mut item: Vec<u8> = Vec::with_capacity(256);
+    let mut count = 0u32;
+    const HEAD: &[u8] = b"\"readings\":[";
+    for r in readings {
+        item.clear();
+        r.write_json(&mut item);
+        if count > 0 && body.len() + 1 + item.len() + 1 > max_body {
+            body.push(b']');
+            rows.push(NewRow {
+                kind: Kind::Telemetry,
+                count,
+                body: std::mem::take(&mut body),
+            });
+            count = 0;
+        }
+        if count == 0 {
+            body.extend_from_slice(HEAD);
+        } else {
+            body.push(b',');
+        }
+        body.extend_from_slice(&item);
+        count += 1;
+    }
+    if count > 0 {
+        body.push(b']');
+        rows.push(NewRow {
+            kind: Kind::Telemetry,
+            count,
+            body,
+        });
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------
+// The actor that owns the outbox.
+
+/// Requests to the outbox thread from the uplink and the CLI.
+pub enum Control {
+    /// Append a non-telemetry message (metrics).
+    Append(NewRow),
+    /// Rows after `after`, at most `limit`.
+    Lease {
+        after: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Row>, String>>,
+    },
+    /// The broker acknowledged these seqs.
+    Ack(Vec<i64>),
+    Stats(oneshot::Sender<Result<Stats, String>>),
+}
+
+/// Cheap handle to the outbox thread.
+#[derive(Clone)]
+pub struct BufferClient {
+    control: mpsc::Sender<Control>,
+}
+
+impl BufferClient {
+    pub async fn lease(&self, after: i64, limit: usize) -> Result<Vec<Row>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Lease {
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| "outbox stopped".to_string())?;
+        rx.await.map_err(|_| "outbox stopped".to_string())?
+    }
+
+    pub async fn ack(&self, seqs: Vec<i64>) {
+        let _ = self.control.send(Control::Ack(seqs)).await;
+    }
+
+    pub async fn append(&self, row: NewRow) -> Result<(), String> {
+        self.control
+            .send(Control::Append(row))
+            .await
+            .map_err(|_| "outbox stopped".to_string())
+    }
+
+    pub async fn stats(&self) -> Result<Stats, String> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Stats(reply))
+            .await
+            .map_err(|_| "outbox stopped".to_string())?;
+        rx.await.map_err(|_| "outbox stopped".to_string())?
+    }
+}
+
+/// Handles to a running outbox thread.
+pub struct BufferHandles {
+    /// Sources send each poll cycle's readings here.
+    pub readings: mpsc::Sender<Vec<Reading>>,
+    pub client: BufferClient,
+    /// The last committed seq; the uplink wakes on changes.
+    pub appended: watch::Receiver<i64>,
+    /// Joins when both senders are gone and everything is committed.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Readings from at most this many poll cycles share one transaction.
+const MAX_BATCHES_PER_COMMIT: usize = 256;
+
+/// Starts the outbox thread. It owns the SQLite connection and runs its own
+/// single-threaded runtime, so blocking on SQLite never stalls a network task.
+pub fn spawn(
+    mut outbox: Outbox,
+    max_message_bytes: usize,
+    clock: std::sync::Arc<dyn Clock>,
+) -> BufferHandles {
+    let (readings_tx, mut readings_rx) = mpsc::channel::<Vec<Reading>>(1024);
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(256);
+    let (appended_tx, appended_rx) = watch::channel(0i64);
+    let max_body = max_message_bytes.saturating_sub(ENVELOPE_RESERVE).max(256);
+    let thread = std::thread::Builder::new()
+        .name("outbox".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot start the outbox thread's runtime; no readings will be stored");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut readings_open = true;
+                let mut control_open = true;
+                while readings_open || control_open {
+                    let mut batches: Vec<Vec<Reading>> = Vec::new();
+                    let mut controls: Vec<Control> = Vec::new();
+                    tokio::select! {
+                        b = readings_rx.recv(), if readings_open => match b {
+                            Some(b) => batches.push(b),
+                            None => readings_open = false,
+                        },
+                        c = control_rx.recv(), if control_open => match c {
+                            Some(c) => controls.push(c),
+                            None => control_open = false,
+                        },
+                    }
+                    while batches.len() < MAX_BATCHES_PER_COMMIT {
+                        match readings_rx.try_recv() {
+                            Ok(b) => batches.push(b),
+                            Err(_) => break,
+                        }
+                    }
+                    while let Ok(c) = control_rx.try_recv() {
+                        controls.push(c);
+                    }
+                    process(&mut outbox, batches, controls, max_body, &*clock, &appended_tx, readings_open).await;
+                }
+                tracing::debug!("Outbox closed");
+            });
+        })
+        .expect("spawning the outbox thread");
+    BufferHandles {
+        readings: readings_tx,
+        client: BufferClient {
+            control: control_tx,
+        },
+        appended: appended_rx,
+        thread,
+    }
+}
+
+async fn process(
+    outbox: &mut Outbox,
+    batches: Vec<Vec<Reading>>,
+    controls: Vec<Control>,
+    max_body: usize,
+    clock: &dyn Clock,
+    appended: &watch::Sender<i64>,
+    running: bool,
+) {
+    let readings: Vec<Reading> = batches.into_iter().flatten().collect();
+    let mut rows = encode_readings(&readings, max_body);
+    let mut acks = Vec::new();
+    let mut queries = Vec::new();
+    for c in controls {
+        match c {
+            Control::Append(r) => rows.push(r),
+            Control::Ack(s) => acks.extend(s),
+            q => queries.push(q),
+        }
+    }
+    if !rows.is_empty() || !acks.is_empty() || !readings.is_empty() {
+        let mut attempt = 0u32;
+        loop {
+            match outbox.commit(&rows, &readings, &acks, clock.now_ms()) {
+                Ok(last) => {
+                    if !rows.is_empty() {
+                        appended.send_replace(last);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let full = e.is_disk_full();
+                    tracing::error!(
+                        error = %e, readings = readings.len(), attempt, disk_full = full,
+                        "Cannot write to the outbox; holding the readings in memory and retrying"
+                    );
+                    if full {
+                        if let Err(e) = outbox.evict_for_space(64) {
+                            tracing::error!(error = %e, "Cannot free space in the outbox");
+                        }
+                    }
+                    // While shutting down there is no one left to wait for.
+                    if !running && attempt >= 5 {
+                        tracing::error!(
+                            readings = readings.len(),
+                            "Giving up on the outbox at shutdown; these readings are lost"
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(
+                        Duration::from_secs(1).min(Duration::from_millis(100) * attempt),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    for q in queries {
+        match q {
+            Control::Lease {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(outbox.lease(after, limit).map_err(|e| e.to_string()));
+            }
+            Control::Stats(reply) => {
+                let _ = reply.send(outbox.stats().map_err(|e| e.to_string()));
+            }
+            Control::Append(_) | Control::Ack(_) => {}
+        }
+    }
+}
+
+/// Reads outbox figures from a state directory without disturbing a running
+/// agent (WAL lets readers and the writer work side by side).
+pub fn read_stats(state_dir: &Path) -> Result<Stats, BufferError> {
+    let path = state_dir.join(DB_FILE);
+    let open_err = |source| BufferError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(open_err)?;
+    query_stats(&conn).map_err(open_err)
+}
+
+fn query_stats(conn: &Connection) -> rusqlite::Result<Stats> {
+    let instance: String =
+        conn.query_row("SELECT value FROM meta WHERE key='instance'", [], |r| {
+            r.get(0)
+        })?;
+    let (rows, bytes, oldest): (i64, i64, Option<i64>) = conn.query_row(
+        "SELECT count(*), coalesce(sum(length(body)),0), min(created_ms) FROM outbox",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let last_seq: i64 = conn.query_row(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='outbox'), 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    let counter = |n: &str| -> rusqlite::Result<i64> {
+        Ok(conn
+            .query_row("SELECT value FROM counters WHERE name=?1", [n], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0))
+    };
+    Ok(Stats {
+        instance,
+        rows: rows as u64,
+        bytes: bytes as u64 + rows as u64 * ROW_OVERHEAD,
+        oldest_unsent_ts: oldest,
+        last_seq,
+        last_ack_ts: Some(counter("last_ack_ts")?).filter(|&t| t > 0),
+        appended_readings: counter("appended_readings")? as u64,
+        acked_rows: counter("acked_rows")? as u64,
+        evicted_rows: counter("evicted_rows")? as u64,
+        evicted_readings: counter("evicted_readings")? as u64,
+        evicted_metrics: counter("evicted_metrics")? as u64,
+        devices: load_devices(conn)?.into_values().collect(),
+    })
+}

@@ -1,0 +1,318 @@
+//! Command line: `run`, `check`, `demo`, `read`, `status`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config, ConfigError};
+use crate::source::modbus::ModbusDevice;
+use crate::source::Source;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zgsz-agent",
+    version,
+    about = "Industrial IoT edge agent: Modbus to a SQLite outbox to MQTT"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; exits 2 if it has errors.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the agent against a simulated shop floor and an embedded broker.
+    Demo {
+        /// Stop after this long, e.g. 20s (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Poll one device once and print its decoded tags.
+    Read {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        device: String,
+    },
+    /// Outbox depth, oldest unsent, last ack, evictions, device health.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a config, printing warnings; config errors exit with code 2.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    match config::load(path) {
+        Ok((c, warnings)) => {
+            for w in warnings {
+                eprintln!("{}", w.display(path));
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            if let ConfigError::Invalid { problems, .. } = &e {
+                let n = problems.iter().filter(|p| !p.warning).count();
+                eprintln!("{}: {n} error(s); nothing was started", path.display());
+            }
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Check { config } => Ok(match load_config(&config) {
+            Ok(c) => {
+                let tags: usize = c.devices.iter().map(|d| d.tags.len()).sum();
+                println!(
+                    "{}: OK ({} devices, {} tags)",
+                    config.display(),
+                    c.devices.len(),
+                    tags
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        Command::Run { config } => {
+            let c = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            run(c).await
+        }
+        Command::Demo { duration } => {
+            let duration = match duration {
+                Some(d) => Some(
+                    config::parse_duration(&d)
+                        .with_context(|| format!("--duration {d:?}: write e.g. 20s or 5m"))?,
+                ),
+                None => None,
+            };
+            crate::demo::run(duration).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read { config, device } => {
+            let c = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            read(&c, &device).await
+        }
+        Command::Status { config, json } => {
+            let c = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            status(&c, json)
+        }
+    }
+}
+
+async fn run(c: Config) -> anyhow::Result<ExitCode> {
+    tracing::info!(config = %c.path.display(), gateway = %c.agent.gateway_id, devices = c.devices.len(), "Starting");
+    let agent = crate::agent::start(&c, Arc::new(SystemClock)).with_context(|| {
+        format!(
+            "cannot open the outbox in {} (agent.state_dir in {})",
+            c.agent.state_dir.display(),
+            c.path.display()
+        )
+    })?;
+    wait_for_signal().await;
+    tracing::info!("Stopping: flushing readings to the outbox");
+    agent.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (systemd) or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
+    let Some(dev) = c.devices.iter().find(|d| &*d.id == device) else {
+        let ids: Vec<&str> = c.devices.iter().map(|d| &*d.id).collect();
+        eprintln!(
+            "error: {}: no device {device:?}; devices are: {}",
+            c.path.display(),
+            ids.join(", ")
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let mut d = ModbusDevice::new(dev.clone(), Arc::new(SystemClock));
+    let readings = d.poll_once().await;
+    println!(
+        "{} ({}, unit {}): {} requests",
+        dev.id,
+        dev.address,
+        dev.unit_id,
+        d.last_requests()
+    );
+    println!("{:<24} {:<18} {:>14} {:<8} quality", "tag", "address", "value", "unit");
+    for (r, t) in readings.iter().zip(dev.tags.iter()) {
+        let value = r
+            .value
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        let quality = match &r.quality {
+            crate::reading::Quality::Good => "good".to_string(),
+            crate::reading::Quality::Bad(why) => format!("bad ({why})"),
+        };
+        let addr = format!("{}:{} {}", t.area.name(), t.address, t.ty.name());
+        println!(
+            "{:<24} {:<18} {:>14} {:<8} {}",
+            t.name,
+            addr,
+            value,
+            t.unit.as_deref().unwrap_or(""),
+            quality
+        );
+    }
+    let bad = readings.iter().filter(|r| !r.quality.is_good()).count();
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn status(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let s = crate::buffer::read_stats(&c.agent.state_dir).with_context(|| {
+        format!(
+            "no outbox in {} yet; has the agent run with this config?",
+            c.agent.state_dir.display()
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = SystemClock.now_ms();
+    let age = |t: Option<i64>| match t {
+        Some(t) => format!(
+            "{} ago",
+            human(Duration::from_millis((now - t).max(0) as u64))
+        ),
+        None => "never".into(),
+    };
+    println!(
+        "outbox            {} rows, {} bytes (instance {})",
+        s.rows, s.bytes, s.instance
+    );
+    println!(
+        "oldest unsent     {}",
+        if s.rows == 0 {
+            "none".into()
+        } else {
+            age(s.oldest_unsent_ts)
+        }
+    );
+    println!("last seq          {}", s.last_seq);
+    println!("last PUBACK       {}", age(s.last_ack_ts));
+    println!("acked messages    {}", s.acked_rows);
+    println!(
+        "evicted           {} rows ({} readings, {} metrics messages)",
+        s.evicted_rows, s.evicted_readings, s.evicted_metrics
+    );
+    println!(
+        "{:<20} {:>10} {:>10} {:<14} {:<14} last error",
+        "device", "good", "bad", "last good", "last bad"
+    );
+    for d in &s.devices {
+        println!(
+            "{:<20} {:>10} {:>10} {:<14} {:<14} {}",
+            d.id,
+            d.good,
+            d.bad,
+            age(d.last_good_ts),
+            age(d.last_bad_ts),
+            d.last_bad_reason.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}

@@ -1,0 +1,1092 @@
+//! Configuration: serde types that mirror the TOML file, and the typed,
+//! validated values the rest of the agent uses.
+//!
+//! Loading happens in two steps. Serde (with `deny_unknown_fields`) rejects
+//! syntax errors, unknown keys and wrong value types, naming the key path.
+//! Then [`validate`] checks everything else and collects *all* problems, so
+//! an engineer fixes a file in one pass instead of one error per run. `check`
+//! and `run` share this code, so `check` passing means `run` will start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::{self, UsccCheck};
+use crate::source::modbus::decode::{DataType, WordOrder};
+use crate::source::modbus::plan::Area;
+
+// ---------------------------------------------------------------------------
+// The file, as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: RawAgent,
+    enterprise: RawEnterprise,
+    #[serde(default)]
+    devices: Vec<RawDevice>,
+    #[serde(default)]
+    buffer: RawBuffer,
+    mqtt: RawMqtt,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    gateway_id: String,
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnterprise {
+    name: String,
+    uscc: String,
+    region_code: String,
+    industry: Industry,
+    #[serde(default)]
+    chain: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    id: String,
+    #[serde(default)]
+    protocol: Protocol,
+    address: String,
+    #[serde(default = "default_unit_id")]
+    unit_id: u16,
+    #[serde(default = "default_poll_interval")]
+    poll_interval: String,
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_retries")]
+    retries: u32,
+    #[serde(default = "default_max_gap")]
+    max_gap: u16,
+    #[serde(default = "default_true")]
+    coalesce: bool,
+    #[serde(default)]
+    tags: Vec<RawTag>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTag {
+    name: String,
+    area: Area,
+    address: u32,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    #[serde(default)]
+    order: WordOrder,
+    bit: Option<u8>,
+    #[serde(default = "default_scale")]
+    scale: f64,
+    #[serde(default)]
+    offset: f64,
+    unit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    #[serde(default)]
+    synchronous: Synchronous,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: ByteSize,
+    max_rows: Option<u64>,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        RawBuffer {
+            synchronous: Synchronous::default(),
+            max_bytes: default_max_bytes(),
+            max_rows: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    #[serde(default = "default_mqtt_host")]
+    host: String,
+    port: Option<u16>,
+    #[serde(default = "default_true")]
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    client_id: Option<String>,
+    #[serde(default = "default_topic_prefix")]
+    topic_prefix: String,
+    #[serde(default = "default_keepalive")]
+    keepalive: String,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: u16,
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: ByteSize,
+    #[serde(default = "default_status_interval")]
+    status_interval: String,
+}
+
+fn default_unit_id() -> u16 {
+    1
+}
+fn default_poll_interval() -> String {
+    "1s".into()
+}
+fn default_timeout() -> String {
+    "1s".into()
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_max_gap() -> u16 {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_scale() -> f64 {
+    1.0
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::Text("256MiB".into())
+}
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_topic_prefix() -> String {
+    "zgsz".into()
+}
+fn default_keepalive() -> String {
+    "30s".into()
+}
+fn default_max_inflight() -> u16 {
+    32
+}
+fn default_max_message_bytes() -> ByteSize {
+    ByteSize::Number(64 * 1024)
+}
+fn default_status_interval() -> String {
+    "60s".into()
+}
+
+/// A size written as a number of bytes or as text such as `"256MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Number(u64),
+    Text(String),
+}
+
+impl ByteSize {
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            ByteSize::Number(n) => Some(*n),
+            ByteSize::Text(s) => parse_size(s),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parses `"500ms"`, `"1s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The typed values the agent runs on.
+
+/// Manufacturing type; it decides how the CNC rate is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Industry {
+    Discrete,
+    Process,
+}
+
+/// SQLite durability level of the outbox; see docs/delivery.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync at every commit: a committed reading survives power loss.
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints only: the last commits may be lost on power
+    /// loss (not on a process crash), for less flash wear and more speed.
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    #[default]
+    ModbusTcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages.
+    pub path: PathBuf,
+    pub agent: AgentConfig,
+    pub enterprise: Enterprise,
+    pub devices: Vec<Arc<DeviceConfig>>,
+    pub buffer: BufferConfig,
+    pub mqtt: Arc<MqttConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub gateway_id: String,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Enterprise {
+    pub name: String,
+    pub uscc: String,
+    pub region_code: String,
+    pub industry: Industry,
+    pub chain: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: Arc<str>,
+    pub protocol: Protocol,
+    /// `host:port` as written; resolved at every connect so DNS changes apply.
+    pub address: String,
+    pub unit_id: u8,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub max_gap: u16,
+    pub coalesce: bool,
+    pub tags: Vec<TagConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TagConfig {
+    pub name: Arc<str>,
+    pub area: Area,
+    pub address: u16,
+    pub ty: DataType,
+    pub order: WordOrder,
+    pub bit: Option<u8>,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: Option<String>,
+}
+
+impl TagConfig {
+    /// Registers (or bits) this tag occupies.
+    pub fn span(&self) -> u16 {
+        if self.area.is_bits() {
+            1
+        } else {
+            self.ty.registers()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub synchronous: Synchronous,
+    pub max_bytes: u64,
+    pub max_rows: Option<u64>,
+    /// Largest telemetry message; the buffer cuts rows to this size.
+    pub max_message_bytes: usize,
+}
+
+/// A secret read from a file; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// `None` means plaintext (only sensible on loopback).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub keepalive: Duration,
+    pub max_inflight: u16,
+    pub max_message_bytes: usize,
+    pub status_interval: Duration,
+}
+
+impl fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .field("username", &self.username)
+            .field("client_id", &self.client_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// One thing wrong (or suspicious) in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `devices[2].tags[5].address`.
+    pub key: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+    /// Warnings are printed but do not stop the agent.
+    pub warning: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the config file: {source}; check the path given to --config", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {key}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{}", format_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(path: &Path, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.display(path))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Problem {
+    pub fn display(&self, path: &Path) -> String {
+        let level = if self.warning { "warning" } else { "error" };
+        format!(
+            "{level}: {}: {}: {}",
+            path.display(),
+            self.key,
+            self.message
+        )
+    }
+}
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+            warning: false,
+        });
+    }
+    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+            warning: true,
+        });
+    }
+    fn has_errors(&self) -> bool {
+        self.0.iter().any(|p| !p.warning)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Reads, parses and validates a config file. On success, the warnings are
+/// returned beside the config for the caller to log.
+pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(path, &text)
+}
+
+/// Like [`load`], from text; `path` is used for messages and to resolve
+/// relative paths inside the file.
+pub fn load_str(path: &Path, text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let raw = parse(path, text)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut problems = Problems::default();
+    let config = validate(raw, path, base, &mut problems);
+    match config {
+        Some(c) if !problems.has_errors() => Ok((c, problems.0)),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: problems.0,
+        }),
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    let syntax = |key: String, message: String| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| syntax("(file)".into(), one_line(&e.to_string())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." {
+            "(top level)".to_string()
+        } else {
+            key
+        };
+        syntax(key, one_line(&e.into_inner().to_string()))
+    })
+}
+
+/// toml's messages span several lines with a source excerpt; keep them
+/// readable in a one-line-per-problem listing.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn is_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn duration(p: &mut Problems, key: &str, s: &str, min: Duration) -> Duration {
+    match parse_duration(s) {
+        Some(d) if d >= min => d,
+        Some(_) => {
+            p.error(
+                key,
+                format!("{s:?} is too short; use at least {}ms", min.as_millis()),
+            );
+            min
+        }
+        None => {
+            p.error(
+                key,
+                format!("{s:?} is not a duration; write e.g. \"500ms\", \"1s\", \"5m\" or \"1h\""),
+            );
+            min
+        }
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Option<Config> {
+    // [agent]
+    if !is_id(&raw.agent.gateway_id) {
+        p.error(
+            "agent.gateway_id",
+            format!(
+                "{:?} must be non-empty and use only letters, digits, '-' and '_' (it becomes part of MQTT topics)",
+                raw.agent.gateway_id
+            ),
+        );
+    }
+    let agent = AgentConfig {
+        gateway_id: raw.agent.gateway_id,
+        state_dir: resolve(base, &raw.agent.state_dir),
+    };
+
+    // [enterprise]
+    let e = raw.enterprise;
+    if e.name.trim().is_empty() {
+        p.error(
+            "enterprise.name",
+            "is empty; write the registered enterprise name",
+        );
+    }
+    match identity::check_uscc(&e.uscc) {
+        Ok(UsccCheck::Valid) => {}
+        Ok(UsccCheck::BadCheckChar { expected, found }) => p.warn(
+            "enterprise.uscc",
+            format!(
+                "check character is {found:?} but GB 32100-2015 gives {expected:?}; \
+                 some early-issued codes fail this check, so confirm it against the business licence"
+            ),
+        ),
+        Err(why) => p.error(
+            "enterprise.uscc",
+            format!("{:?} is not a 统一社会信用代码: {why}; copy the 18-character code from the business licence", e.uscc),
+        ),
+    }
+    if e.region_code.len() != 6 || !e.region_code.bytes().all(|b| b.is_ascii_digit()) {
+        p.error(
+            "enterprise.region_code",
+            format!(
+                "{:?} must be a 6-digit GB/T 2260 code, e.g. \"321003\" for 邗江区",
+                e.region_code
+            ),
+        );
+    } else if identity::yangzhou_region_name(&e.region_code).is_none() {
+        p.warn(
+            "enterprise.region_code",
+            format!("{} is not a Yangzhou code (321000, 321002, 321003, 321012, 321023, 321081, 321084)", e.region_code),
+        );
+    }
+    let enterprise = Enterprise {
+        name: e.name,
+        uscc: e.uscc,
+        region_code: e.region_code,
+        industry: e.industry,
+        chain: e.chain,
+    };
+
+    // [[devices]]
+    let mut devices = Vec::new();
+    let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    for (di, d) in raw.devices.into_iter().enumerate() {
+        let key = format!("devices[{di}]");
+        if let Some(first) = seen_ids.insert(d.id.clone(), di) {
+            p.error(
+                format!("{key}.id"),
+                format!(
+                    "{:?} is already used by devices[{first}]; device ids must be unique",
+                    d.id
+                ),
+            );
+        }
+        if !is_id(&d.id) {
+            p.error(
+                format!("{key}.id"),
+                format!("{:?} must use only letters, digits, '-' and '_'", d.id),
+            );
+        }
+        if let Some(dev) = validate_device(d, &key, p) {
+            devices.push(Arc::new(dev));
+        }
+    }
+    if devices.is_empty() && !p.has_errors() {
+        p.warn(
+            "devices",
+            "no devices are configured; the agent will only publish its status",
+        );
+    }
+
+    // [buffer]
+    let max_bytes = match raw.buffer.max_bytes.bytes() {
+        Some(b) if b >= 1 << 20 => b,
+        Some(_) => {
+            p.error(
+                "buffer.max_bytes",
+                "is below 1MiB; give the outbox room for at least a few minutes of data",
+            );
+            1 << 20
+        }
+        None => {
+            p.error(
+                "buffer.max_bytes",
+                "is not a size; write e.g. 268435456 or \"256MiB\"",
+            );
+            1 << 20
+        }
+    };
+    if raw.buffer.max_rows == Some(0) {
+        p.error("buffer.max_rows", "is 0; remove the key for no row limit");
+    }
+
+    // [mqtt]
+    let m = raw.mqtt;
+    let max_message_bytes = match m.max_message_bytes.bytes() {
+        Some(b) if (1024..=16 << 20).contains(&b) => b as usize,
+        _ => {
+            p.error(
+                "mqtt.max_message_bytes",
+                "must be a size between 1KiB and 16MiB, e.g. \"64KiB\"",
+            );
+            64 * 1024
+        }
+    };
+    let buffer = BufferConfig {
+        synchronous: raw.buffer.synchronous,
+        max_bytes,
+        max_rows: raw.buffer.max_rows,
+        max_message_bytes,
+    };
+    if m.topic_prefix.is_empty()
+        || m.topic_prefix.contains(['+', '#'])
+        || m.topic_prefix.starts_with('/')
+        || m.topic_prefix.ends_with('/')
+    {
+        p.error(
+            "mqtt.topic_prefix",
+            format!(
+                "{:?} must be non-empty, without '+', '#' or a leading/trailing '/'",
+                m.topic_prefix
+            ),
+        );
+    }
+    if m.max_inflight == 0 {
+        p.error("mqtt.max_inflight", "must be at least 1");
+    }
+    let tls = if m.tls {
+        tls_config(base, &m, p)
+    } else {
+        for (k, v) in [
+            ("ca_file", &m.ca_file),
+            ("client_cert_file", &m.client_cert_file),
+            ("client_key_file", &m.client_key_file),
+        ] {
+            if v.is_some() {
+                p.error(
+                    format!("mqtt.{k}"),
+                    "is set but mqtt.tls = false; set tls = true or remove the key",
+                );
+            }
+        }
+        None
+    };
+    let password = m.password_file.as_ref().and_then(|f| {
+        let f = resolve(base, f);
+        match std::fs::read_to_string(&f) {
+            Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_string())),
+            Err(e) => {
+                p.error(
+                    "mqtt.password_file",
+                    format!(
+                        "cannot read {}: {e}; create it with only the password inside, mode 0600",
+                        f.display()
+                    ),
+                );
+                None
+            }
+        }
+    });
+    if password.is_some() && m.username.is_none() {
+        p.error(
+            "mqtt.username",
+            "password_file is set but username is not; MQTT sends a password only with a username",
+        );
+    }
+    let port = m.port.unwrap_or(if m.tls { 8883 } else { 1883 });
+    let mqtt = MqttConfig {
+        host: m.host,
+        port,
+        tls,
+        username: m.username,
+        password,
+        client_id: m
+            .client_id
+            .unwrap_or_else(|| format!("zgsz-{}", agent.gateway_id)),
+        topic_prefix: m.topic_prefix,
+        keepalive: duration(p, "mqtt.keepalive", &m.keepalive, Duration::from_secs(5)),
+        max_inflight: m.max_inflight,
+        max_message_bytes,
+        status_interval: duration(
+            p,
+            "mqtt.status_interval",
+            &m.status_interval,
+            Duration::from_secs(1),
+        ),
+    };
+
+    Some(Config {
+        path: path.to_path_buf(),
+        agent,
+        enterprise,
+        devices,
+        buffer,
+        mqtt: Arc::new(mqtt),
+    })
+}
+
+fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceConfig> {
+    let Protocol::ModbusTcp = d.protocol;
+    match d.address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        _ => p.error(
+            format!("{key}.address"),
+            format!("{:?} must be host:port, e.g. \"127.0.0.1:502\"", d.address),
+        ),
+    }
+    // 0 is broadcast (no answer ever comes); 248..=254 are reserved; 255 is
+    // the usual "don't care" id of Modbus TCP devices.
+    let unit_id = match d.unit_id {
+        1..=247 | 255 => d.unit_id as u8,
+        other => {
+            p.error(format!("{key}.unit_id"), format!("{other} is not a unit id a device answers to; use 1..=247 (or 255 for TCP-only devices)"));
+            1
+        }
+    };
+    let poll_interval = duration(
+        p,
+        &format!("{key}.poll_interval"),
+        &d.poll_interval,
+        Duration::from_millis(10),
+    );
+    let timeout = duration(
+        p,
+        &format!("{key}.timeout"),
+        &d.timeout,
+        Duration::from_millis(10),
+    );
+    if d.max_gap > 125 {
+        p.error(
+            format!("{key}.max_gap"),
+            format!(
+                "{} exceeds one request (125 registers); use 0..=125",
+                d.max_gap
+            ),
+        );
+    }
+
+    let mut tags: Vec<TagConfig> = Vec::new();
+    let mut tag_keys: Vec<String> = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (ti, t) in d.tags.into_iter().enumerate() {
+        let tkey = format!("{key}.tags[{ti}]");
+        if !is_ident(&t.name) {
+            p.error(format!("{tkey}.name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
+        }
+        if let Some(first) = names.insert(t.name.clone(), ti) {
+            p.error(
+                format!("{tkey}.name"),
+                format!("{:?} is already used by {key}.tags[{first}]", t.name),
+            );
+        }
+        let ty_text = t.ty.clone().unwrap_or_else(|| {
+            if t.area.is_bits() || t.bit.is_some() {
+                "bool".into()
+            } else {
+                "u16".into()
+            }
+        });
+        let Some(ty) = DataType::parse(&ty_text) else {
+            p.error(format!("{tkey}.type"), format!("unknown type {ty_text:?}; use one of bool, u16, i16, u32, i32, u64, i64, f32, f64, string(N) with N in 1..=250"));
+            continue;
+        };
+        if t.area.is_bits() && ty != DataType::Bool {
+            p.error(
+                format!("{tkey}.type"),
+                format!("a {} holds single bits; use type = \"bool\"", t.area.name()),
+            );
+            continue;
+        }
+        if let Some(bit) = t.bit {
+            if t.area.is_bits() {
+                p.error(
+                    format!("{tkey}.bit"),
+                    "bit only applies to registers; remove it for a coil or discrete input",
+                );
+            } else if ty != DataType::Bool {
+                p.error(
+                    format!("{tkey}.bit"),
+                    "a bit of a register is a bool; set type = \"bool\" or remove bit",
+                );
+            } else if bit > 15 {
+                p.error(
+                    format!("{tkey}.bit"),
+                    format!("{bit} is not a bit of a 16-bit register; use 0 (LSB) ..= 15"),
+                );
+            }
+        }
+        if !t.scale.is_finite() || t.scale == 0.0 {
+            p.error(format!("{tkey}.scale"), "must be a finite, non-zero number");
+        }
+        if !t.offset.is_finite() {
+            p.error(format!("{tkey}.offset"), "must be a finite number");
+        }
+        let tag = TagConfig {
+            name: t.name.as_str().into(),
+            area: t.area,
+            address: t.address.min(65535) as u16,
+            ty,
+            order: t.order,
+            bit: t.bit,
+            scale: t.scale,
+            offset: t.offset,
+            unit: t.unit,
+        };
+        let end = t.address + u32::from(tag.span()) - 1;
+        if t.address > 65535 {
+            p.error(format!("{tkey}.address"), format!("{} is beyond the Modbus address space; addresses are 0-based, 0..=65535 (register 40001 is holding_register address 0)", t.address));
+            continue;
+        } else if end > 65535 {
+            p.error(
+                format!("{tkey}.address"),
+                format!(
+                    "a {} at {} ends at {end}, beyond 65535; move it or shorten it",
+                    ty.name(),
+                    t.address
+                ),
+            );
+            continue;
+        }
+        tags.push(tag);
+        tag_keys.push(tkey);
+    }
+    check_overlaps(&tags, &tag_keys, p);
+
+    Some(DeviceConfig {
+        id: d.id.as_str().into(),
+        protocol: d.protocol,
+        address: d.address,
+        unit_id,
+        poll_interval,
+        timeout,
+        retries: d.retries,
+        max_gap: d.max_gap,
+        coalesce: d.coalesce,
+        tags,
+    })
+}
+
+/// Two register tags may share registers only if they decode them the same
+/// way, or if one reads a single bit (status words are read both whole and
+/// bit by bit). Anything else is almost always a typo in an address.
+fn check_overlaps(tags: &[TagConfig], keys: &[String], p: &mut Problems) {
+    let mut by_area: BTreeMap<Area, Vec<usize>> = BTreeMap::new();
+    for (i, t) in tags.iter().enumerate() {
+        if !t.area.is_bits() && t.bit.is_none() {
+            by_area.entry(t.area).or_default().push(i);
+        }
+    }
+    for idx in by_area.values_mut() {
+        idx.sort_by_key(|&i| tags[i].address);
+        for (n, &i) in idx.iter().enumerate() {
+            let a = &tags[i];
+            let a_end = u32::from(a.address) + u32::from(a.span());
+            for &j in &idx[n + 1..] {
+                let b = &tags[j];
+                if u32::from(b.address) >= a_end {
+                    break;
+                }
+                if a.ty != b.ty || a.order != b.order {
+                    let (first, second) = if i < j { (i, j) } else { (j, i) };
+                    p.error(
+                        format!("{}.address", keys[second]),
+                        format!(
+                            "{:?} ({} at {}) overlaps {} ({:?}, {} at {}); two tags may share registers only with the same type and order, so check both addresses",
+                            tags[second].name, tags[second].ty.name(), tags[second].address,
+                            keys[first], tags[first].name, tags[first].ty.name(), tags[first].address
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn tls_config(base: &Path, m: &RawMqtt, p: &mut Problems) -> Option<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &m.ca_file {
+        let ca = resolve(base, ca);
+        match std::fs::read(&ca) {
+            Err(e) => {
+                p.error(
+                    "mqtt.ca_file",
+                    format!(
+                        "cannot read {}: {e}; point it at the platform's CA certificate (PEM)",
+                        ca.display()
+                    ),
+                );
+                return None;
+            }
+            Ok(bytes) => {
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+                    .filter_map(Result::ok)
+                    .collect();
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    p.error("mqtt.ca_file", format!("{} holds no usable PEM certificate; it must contain -----BEGIN CERTIFICATE-----", ca.display()));
+                    return None;
+                }
+            }
+        }
+    } else {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            p.error("mqtt.ca_file", "is not set and the system has no CA certificates; set it to the platform's CA certificate (PEM)");
+            return None;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b.with_root_certificates(roots),
+        Err(e) => {
+            p.error("mqtt.tls", format!("TLS setup failed: {e}"));
+            return None;
+        }
+    };
+    match (&m.client_cert_file, &m.client_key_file) {
+        (None, None) => Some(Arc::new(builder.with_no_client_auth())),
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (resolve(base, cert), resolve(base, key));
+            let certs: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert) {
+                Ok(it) => it.filter_map(Result::ok).collect(),
+                Err(e) => {
+                    p.error(
+                        "mqtt.client_cert_file",
+                        format!("cannot read {}: {e}", cert.display()),
+                    );
+                    return None;
+                }
+            };
+            if certs.is_empty() {
+                p.error(
+                    "mqtt.client_cert_file",
+                    format!("{} holds no PEM certificate", cert.display()),
+                );
+                return None;
+            }
+            let key = match PrivateKeyDer::from_pem_file(&key) {
+                Ok(k) => k,
+                Err(e) => {
+                    p.error(
+                        "mqtt.client_key_file",
+                        format!("cannot read a PEM private key from {}: {e}", key.display()),
+                    );
+                    return None;
+                }
+            };
+            match builder.with_client_auth_cert(certs, key) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    p.error(
+                        "mqtt.client_key_file",
+                        format!("does not match client_cert_file: {e}"),
+                    );
+                    None
+                }
+            }
+        }
+        (Some(_), None) => {
+            p.error(
+                "mqtt.client_key_file",
+                "client_cert_file is set, so the matching key file is needed too",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.error(
+                "mqtt.client_cert_file",
+                "client_key_file is set, so the matching certificate is needed too",
+            );
+            None
+        }
+    }
+}
+
+/// Re-pointing a loaded config, for `demo` (whose simulated devices and
+/// broker listen on ports chosen at start-up) and for tests.
+impl Config {
+    pub fn set_device_address(&mut self, id: &str, address: &str) {
+        for d in &mut self.devices {
+            if &*d.id == id {
+                Arc::make_mut(d).address = address.to_string();
+            }
+        }
+    }
+
+    pub fn set_broker(&mut self, host: &str, port: u16) {
+        let m = Arc::make_mut(&mut self.mqtt);
+        m.host = host.to_string();
+        m.port = port;
+    }
+
+    pub fn set_state_dir(&mut self, dir: &Path) {
+        self.agent.state_dir = dir.to_path_buf();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2 days"), None);
+        assert_eq!(parse_size("256MiB"), Some(256 << 20));
+        assert_eq!(parse_size("12 parsecs"), None);
+    }
+}

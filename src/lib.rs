@@ -1,0 +1,19 @@
+//! zgsz-agent: an industrial IoT edge agent for Yangzhou's 智改数转 programme.
+//!
+//! Data flows one way: [`source`] → [`reading::Reading`] → [`buffer`]
+//! (SQLite outbox) → [`uplink`] (MQTT). See ARCHITECTURE.md.
+
+pub mod agent;
+pub mod backoff;
+pub mod broker;
+pub mod buffer;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod loglimit;
+pub mod reading;
+pub mod sim;
+pub mod source;
+pub mod uplink;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    zgsz_agent::cli::main()
+}

@@ -1,0 +1,411 @@
+//! A simulated shop floor: Modbus TCP servers on loopback that behave like
+//! CNC lathes, mills and a manual station. `demo` runs the agent against it,
+//! and the tests use its fault switches (exceptions, silence, delays).
+//!
+//! # Register map of a simulated machine (unit 1, 0-based addresses)
+//!
+//! | area / address     | type            | meaning                                      |
+//! |--------------------|-----------------|----------------------------------------------|
+//! | holding 0          | u16             | ControllerMode: 0 MANUAL, 1 AUTOMATIC, 2 SEMI_AUTOMATIC, 3 EDIT |
+//! | holding 1          | u16             | Execution: 0 READY, 1 ACTIVE, 2 INTERRUPTED, 3 STOPPED |
+//! | holding 2..=3      | f32 ABCD        | spindle speed, rpm                           |
+//! | holding 4..=5      | u32 CDAB        | part counter                                 |
+//! | holding 6          | u16             | alarm code (0 = none)                        |
+//! | holding 10..=17    | string(16)      | program name                                 |
+//! | input 0            | i16, ×0.1       | spindle motor temperature, °C                |
+//! | coil 0             | bool            | cycle running                                |
+//!
+//! The manual station has the same map with mode fixed at MANUAL, a
+//! spindle only while an operator works, and no program.
+
+use std::collections::HashMap;
+use std::future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_modbus::prelude::*;
+use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
+
+/// The four data areas of one unit.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    pub coils: Vec<bool>,
+    pub discrete: Vec<bool>,
+    pub input: Vec<u16>,
+    pub holding: Vec<u16>,
+}
+
+impl Bank {
+    pub fn new(size: usize) -> Bank {
+        Bank {
+            coils: vec![false; size],
+            discrete: vec![false; size],
+            input: vec![0; size],
+            holding: vec![0; size],
+        }
+    }
+
+    pub fn set_f32(&mut self, addr: usize, v: f32) {
+        let b = v.to_be_bytes();
+        self.holding[addr] = u16::from_be_bytes([b[0], b[1]]);
+        self.holding[addr + 1] = u16::from_be_bytes([b[2], b[3]]);
+    }
+
+    /// Stores a u32 word-swapped (CDAB), as many PLCs do.
+    pub fn set_u32_cdab(&mut self, addr: usize, v: u32) {
+        self.holding[addr] = (v & 0xFFFF) as u16;
+        self.holding[addr + 1] = (v >> 16) as u16;
+    }
+
+    pub fn set_string(&mut self, addr: usize, len: usize, s: &str) {
+        let mut bytes = s.as_bytes().to_vec();
+        bytes.resize(len, 0);
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            self.holding[addr + i] = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        }
+    }
+}
+
+/// Fault switches for a simulated device, flipped by tests at runtime.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Answer every request with this exception code.
+    pub exception: Mutex<Option<u8>>,
+    /// Registers/bits at or above this address are unmapped:
+    /// reads touching them get IllegalDataAddress.
+    pub mapped_below: Mutex<Option<u16>>,
+    /// Never answer (the request is swallowed).
+    pub silent: AtomicBool,
+    /// Delay before answering, in milliseconds.
+    pub delay_ms: AtomicU64,
+}
+
+/// Request counters, so tests can assert what went over the wire.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+/// One simulated Modbus TCP server (any number of units behind one port).
+pub struct SimDevice {
+    pub addr: SocketAddr,
+    pub units: Arc<HashMap<u8, Arc<Mutex<Bank>>>>,
+    pub faults: Arc<Faults>,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimDevice {
+    /// Starts a server on 127.0.0.1 with an ephemeral port.
+    pub async fn start(units: HashMap<u8, Arc<Mutex<Bank>>>) -> std::io::Result<SimDevice> {
+        Self::start_on("127.0.0.1:0".parse().expect("literal address"), units).await
+    }
+
+    /// Starts a server on a given address (tests restart a device on its old port).
+    pub async fn start_on(
+        addr: SocketAddr,
+        units: HashMap<u8, Arc<Mutex<Bank>>>,
+    ) -> std::io::Result<SimDevice> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let units = Arc::new(units);
+        let faults = Arc::new(Faults::default());
+        let counters = Arc::new(Counters::default());
+        let service = Arc::new(SimService {
+            units: units.clone(),
+            faults: faults.clone(),
+            counters: counters.clone(),
+        });
+        let server = Server::new(listener);
+        let task = tokio::spawn(async move {
+            let on_connected = |stream, socket_addr| {
+                let service = service.clone();
+                async move {
+                    accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(service.clone())))
+                }
+            };
+            let _ = server.serve(&on_connected, |_err| {}).await;
+        });
+        Ok(SimDevice {
+            addr,
+            units,
+            faults,
+            counters,
+            task,
+        })
+    }
+
+    /// The bank of unit `id`.
+    pub fn bank(&self, id: u8) -> Arc<Mutex<Bank>> {
+        self.units
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Mutex::new(Bank::new(0))))
+    }
+
+    /// Stops listening and drops every connection.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct SimService {
+    units: Arc<HashMap<u8, Arc<Mutex<Bank>>>>,
+    faults: Arc<Faults>,
+    counters: Arc<Counters>,
+}
+
+fn slice<T: Clone>(
+    data: &[T],
+    addr: u16,
+    cnt: u16,
+    mapped_below: Option<u16>,
+) -> Result<Vec<T>, ExceptionCode> {
+    let (start, end) = (usize::from(addr), usize::from(addr) + usize::from(cnt));
+    if cnt == 0 || end > data.len() || mapped_below.is_some_and(|m| end > usize::from(m)) {
+        return Err(ExceptionCode::IllegalDataAddress);
+    }
+    Ok(data[start..end].to_vec())
+}
+
+impl tokio_modbus::server::Service for SimService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = std::pin::Pin<
+        Box<dyn future::Future<Output = Result<Self::Response, Self::Exception>> + Send>,
+    >;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let units = self.units.clone();
+        let faults = self.faults.clone();
+        let counters = self.counters.clone();
+        Box::pin(async move {
+            let is_read = matches!(
+                req.request,
+                Request::ReadCoils(..)
+                    | Request::ReadDiscreteInputs(..)
+                    | Request::ReadInputRegisters(..)
+                    | Request::ReadHoldingRegisters(..)
+            );
+            if is_read {
+                counters.reads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            if faults.silent.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let delay = faults.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if let Some(code) = *faults.exception.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Err(ExceptionCode::new(code));
+            }
+            let Some(bank) = units.get(&req.slave) else {
+                return Err(ExceptionCode::GatewayTargetDevice);
+            };
+            let mapped = *faults
+                .mapped_below
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let bank = bank.lock().unwrap_or_else(|e| e.into_inner());
+            let resp = match req.request {
+                Request::ReadCoils(a, n) => Response::ReadCoils(slice(&bank.coils, a, n, mapped)?),
+                Request::ReadDiscreteInputs(a, n) => {
+                    Response::ReadDiscreteInputs(slice(&bank.discrete, a, n, mapped)?)
+                }
+                Request::ReadInputRegisters(a, n) => {
+                    Response::ReadInputRegisters(slice(&bank.input, a, n, mapped)?)
+                }
+                Request::ReadHoldingRegisters(a, n) => {
+                    Response::ReadHoldingRegisters(slice(&bank.holding, a, n, mapped)?)
+                }
+                // The agent never writes; the simulator refuses to pretend.
+                _ => return Err(ExceptionCode::IllegalFunction),
+            };
+            Ok(Some(resp))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The shop floor.
+
+/// What a simulated machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineKind {
+    Lathe,
+    Mill,
+    Manual,
+}
+
+/// Operator override of a machine's controller mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeOverride {
+    /// Follow the machine's own schedule.
+    Auto,
+    /// Forced to MANUAL (an operator jogging the axes).
+    Manual,
+}
+
+/// The machines of the demo plant: (device id, kind, cycle seconds, idle seconds).
+pub const DEMO_MACHINES: &[(&str, MachineKind, u64, u64)] = &[
+    ("lathe-01", MachineKind::Lathe, 40, 8),
+    ("lathe-02", MachineKind::Lathe, 55, 15),
+    ("mill-01", MachineKind::Mill, 90, 20),
+    ("mill-02", MachineKind::Mill, 70, 30),
+    ("mill-03", MachineKind::Mill, 120, 10),
+    ("lathe-03", MachineKind::Lathe, 35, 25),
+    ("bench-01", MachineKind::Manual, 60, 60),
+];
+
+pub struct SimMachine {
+    pub id: String,
+    pub kind: MachineKind,
+    pub device: SimDevice,
+    pub mode: Arc<Mutex<ModeOverride>>,
+    cycle_s: u64,
+    idle_s: u64,
+}
+
+/// The simulated plant and the task that moves it along.
+pub struct ShopFloor {
+    pub machines: Vec<SimMachine>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl ShopFloor {
+    /// Starts every demo machine on its own loopback port.
+    pub async fn start() -> std::io::Result<ShopFloor> {
+        let mut machines = Vec::new();
+        for &(id, kind, cycle_s, idle_s) in DEMO_MACHINES {
+            let bank = Arc::new(Mutex::new(Bank::new(64)));
+            let device = SimDevice::start(HashMap::from([(1u8, bank)])).await?;
+            machines.push(SimMachine {
+                id: id.to_string(),
+                kind,
+                device,
+                mode: Arc::new(Mutex::new(ModeOverride::Auto)),
+                cycle_s,
+                idle_s,
+            });
+        }
+        let snapshot: Vec<_> = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    i as u64,
+                    m.kind,
+                    m.cycle_s,
+                    m.idle_s,
+                    m.device.bank(1),
+                    m.mode.clone(),
+                )
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let t = started.elapsed().as_secs_f64();
+                for (i, kind, cycle_s, idle_s, bank, mode) in &snapshot {
+                    let forced = *mode.lock().unwrap_or_else(|e| e.into_inner());
+                    step(
+                        &mut bank.lock().unwrap_or_else(|e| e.into_inner()),
+                        *i,
+                        *kind,
+                        *cycle_s,
+                        *idle_s,
+                        forced,
+                        t,
+                    );
+                }
+            }
+        });
+        Ok(ShopFloor { machines, ticker })
+    }
+
+    /// Where each machine listens, by device id.
+    pub fn addresses(&self) -> HashMap<String, SocketAddr> {
+        self.machines
+            .iter()
+            .map(|m| (m.id.clone(), m.device.addr))
+            .collect()
+    }
+
+    pub fn machine(&self, id: &str) -> Option<&SimMachine> {
+        self.machines.iter().find(|m| m.id == id)
+    }
+
+    /// Forces a machine into MANUAL (or back to its schedule).
+    pub fn set_mode(&self, id: &str, mode: ModeOverride) {
+        if let Some(m) = self.machine(id) {
+            *m.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        }
+    }
+}
+
+impl Drop for ShopFloor {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+/// Moves one machine to where it is at time `t` seconds: idle for
+/// `idle_s`, then a cycle of `cycle_s`, repeating; phase-shifted per machine.
+fn step(
+    bank: &mut Bank,
+    i: u64,
+    kind: MachineKind,
+    cycle_s: u64,
+    idle_s: u64,
+    forced: ModeOverride,
+    t: f64,
+) {
+    let period = (cycle_s + idle_s) as f64;
+    let shifted = t + (i * 13) as f64;
+    let phase = shifted % period;
+    let cycles_done = (shifted / period).floor() as u32;
+    let running = phase >= idle_s as f64;
+    let manual = kind == MachineKind::Manual || forced == ModeOverride::Manual;
+    let mode = if manual { 0 } else { 1 };
+    let execution = if running { 1 } else { 0 };
+    let base_rpm = match kind {
+        MachineKind::Lathe => 1800.0,
+        MachineKind::Mill => 6000.0,
+        MachineKind::Manual => 450.0,
+    };
+    let rpm = if running {
+        base_rpm + 50.0 * ((t * 0.7 + i as f64).sin())
+    } else {
+        0.0
+    };
+    bank.holding[0] = mode;
+    bank.holding[1] = execution;
+    bank.set_f32(2, rpm as f32);
+    bank.set_u32_cdab(4, 1000 * i as u32 + cycles_done);
+    bank.holding[6] = 0;
+    let program = match kind {
+        MachineKind::Lathe => "O1001 SHAFT",
+        MachineKind::Mill => "O2040 HOUSING",
+        MachineKind::Manual => "",
+    };
+    bank.set_string(10, 16, program);
+    let temp = 35.0 + if running { 12.0 } else { 0.0 } + (t * 0.05 + i as f64).sin() * 2.0;
+    bank.input[0] = ((temp * 10.0) as i16) as u16;
+    bank.coils[0] = running;
+}

@@ -1,0 +1,58 @@
+//! Southbound: devices that produce [`Reading`]s.
+//!
+//! Every device runs in its own task, so a dead or slow device never delays
+//! another. A task polls on its interval (staggered so that forty devices
+//! do not all fire at t=0) and hands each cycle's readings to the buffer
+//! through a bounded channel: if the disk cannot keep up, polling slows
+//! down instead of memory growing.
+
+pub mod modbus;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::reading::Reading;
+
+/// A device the agent polls.
+pub trait Source: Send + 'static {
+    /// The device id from the config.
+    fn id(&self) -> &str;
+    /// Time between poll cycles.
+    fn interval(&self) -> Duration;
+    /// One poll cycle: a reading for every tag, good or bad. Never fails:
+    /// failures are qualities on the readings.
+    fn poll_once(&mut self) -> impl std::future::Future<Output = Vec<Reading>> + Send;
+}
+
+/// Runs a source until `shutdown` turns true or the buffer goes away.
+pub async fn run<S: Source>(
+    mut source: S,
+    tx: mpsc::Sender<Vec<Reading>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = source.interval();
+    let stagger = interval.mul_f64(fastrand::f64());
+    let mut ticker = tokio::time::interval_at(Instant::now() + stagger, interval);
+    // After a slow cycle, start the next one a full interval later rather
+    // than bursting to catch up: a burst would only hammer a struggling PLC.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let readings = tokio::select! {
+            r = source.poll_once() => r,
+            _ = shutdown.changed() => break,
+        };
+        if readings.is_empty() {
+            continue;
+        }
+        if tx.send(readings).await.is_err() {
+            break;
+        }
+    }
+    tracing::debug!(device = source.id(), "Source stopped");
+}

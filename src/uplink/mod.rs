@@ -1,0 +1,3 @@
+//! Northbound: delivery of outbox rows to the platform.
+
+pub mod mqtt;
