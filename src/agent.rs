@@ -84,7 +84,7 @@ impl RunningAgent {
             let _ = s.await;
         }
         let _ = self.uplink_task.await;
-        drop(self.buffer);
+        self.buffer.close().await;
         let thread = self.buffer_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         tracing::info!("Agent stopped; outbox flushed");

@@ -540,6 +540,9 @@ pub enum Control {
     /// The broker acknowledged these seqs.
     Ack(Vec<i64>),
     Stats(oneshot::Sender<Result<Stats, String>>),
+    /// Stop taking requests once the readings channel is closed too; sent
+    /// at shutdown so that stray client clones cannot keep the thread alive.
+    Close,
 }
 
 /// Cheap handle to the outbox thread.
@@ -571,6 +574,11 @@ impl BufferClient {
             .send(Control::Append(row))
             .await
             .map_err(|_| "outbox stopped".to_string())
+    }
+
+    /// Asks the outbox thread to finish once its input is drained.
+    pub async fn close(&self) {
+        let _ = self.control.send(Control::Close).await;
     }
 
     pub async fn stats(&self) -> Result<Stats, String> {
@@ -630,8 +638,8 @@ pub fn spawn(
                             None => readings_open = false,
                         },
                         c = control_rx.recv(), if control_open => match c {
+                            Some(Control::Close) | None => control_open = false,
                             Some(c) => controls.push(c),
-                            None => control_open = false,
                         },
                     }
                     while batches.len() < MAX_BATCHES_PER_COMMIT {
@@ -641,6 +649,10 @@ pub fn spawn(
                         }
                     }
                     while let Ok(c) = control_rx.try_recv() {
+                        if let Control::Close = c {
+                            control_open = false;
+                            break;
+                        }
                         controls.push(c);
                     }
                     process(&mut outbox, batches, controls, max_body, &*clock, &appended_tx, readings_open).await;
@@ -729,7 +741,7 @@ async fn process(
             Control::Stats(reply) => {
                 let _ = reply.send(outbox.stats().map_err(|e| e.to_string()));
             }
-            Control::Append(_) | Control::Ack(_) => {}
+            Control::Append(_) | Control::Ack(_) | Control::Close => {}
         }
     }
 }

@@ -223,7 +223,10 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         dev.unit_id,
         d.last_requests()
     );
-    println!("{:<24} {:<18} {:>14} {:<8} quality", "tag", "address", "value", "unit");
+    println!(
+        "{:<24} {:<18} {:>14} {:<8} quality",
+        "tag", "address", "value", "unit"
+    );
     for (r, t) in readings.iter().zip(dev.tags.iter()) {
         let value = r
             .value

@@ -522,14 +522,19 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Ids and names end up in every message; keep them short.
+const MAX_ID_LEN: usize = 64;
+
 fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+    s.len() <= MAX_ID_LEN
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_id(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_ID_LEN
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
@@ -554,13 +559,70 @@ fn duration(p: &mut Problems, key: &str, s: &str, min: Duration) -> Duration {
     }
 }
 
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+enum StateDirProblem {
+    /// Does not exist and this user cannot create it (fine on a laptop
+    /// checking a gateway's config; systemd creates it on the gateway).
+    Missing(String),
+    /// Exists but cannot hold the outbox.
+    Unusable(String),
+}
+
+/// The outbox must be creatable: an existing directory we can write to, or
+/// a path whose nearest existing ancestor we can write to. Checked without
+/// creating anything, so `check` has no side effects.
+fn check_state_dir(dir: &Path) -> Result<(), StateDirProblem> {
+    let mut probe = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(StateDirProblem::Unusable(format!(
+                    "{} is not a directory; point state_dir at a directory",
+                    probe.display()
+                )))
+            }
+            Err(_) => match probe.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => probe = parent,
+                _ => return Ok(()),
+            },
+        }
+    }
+    match (probe == dir, writable(probe)) {
+        (_, true) => Ok(()),
+        (true, false) => Err(StateDirProblem::Unusable(
+            "is not writable by this user; the outbox lives here, so give the agent's user write access".into(),
+        )),
+        (false, false) => Err(StateDirProblem::Missing(format!(
+            "does not exist and this user cannot create it in {}; under systemd, StateDirectory=zgsz-agent creates it",
+            probe.display()
+        ))),
+    }
+}
+
+/// access(2) with W_OK: honours the effective user, groups and read-only mounts.
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
 fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Option<Config> {
     // [agent]
     if !is_id(&raw.agent.gateway_id) {
         p.error(
             "agent.gateway_id",
             format!(
-                "{:?} must be non-empty and use only letters, digits, '-' and '_' (it becomes part of MQTT topics)",
+                "{:?} must be 1 to 64 letters, digits, '-' or '_' (it becomes part of MQTT topics)",
                 raw.agent.gateway_id
             ),
         );
@@ -569,6 +631,17 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         gateway_id: raw.agent.gateway_id,
         state_dir: resolve(base, &raw.agent.state_dir),
     };
+    match check_state_dir(&agent.state_dir) {
+        Ok(()) => {}
+        Err(StateDirProblem::Missing(why)) => p.warn(
+            "agent.state_dir",
+            format!("{}: {why}", agent.state_dir.display()),
+        ),
+        Err(StateDirProblem::Unusable(why)) => p.error(
+            "agent.state_dir",
+            format!("{}: {why}", agent.state_dir.display()),
+        ),
+    }
 
     // [enterprise]
     let e = raw.enterprise;
@@ -619,7 +692,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
     for (di, d) in raw.devices.into_iter().enumerate() {
         let key = format!("devices[{di}]");
-        if let Some(first) = seen_ids.insert(d.id.clone(), di) {
+        let first = *seen_ids.entry(d.id.clone()).or_insert(di);
+        if first != di {
             p.error(
                 format!("{key}.id"),
                 format!(
@@ -631,7 +705,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         if !is_id(&d.id) {
             p.error(
                 format!("{key}.id"),
-                format!("{:?} must use only letters, digits, '-' and '_'", d.id),
+                format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", d.id),
             );
         }
         if let Some(dev) = validate_device(d, &key, p) {
@@ -741,6 +815,38 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         );
     }
     let port = m.port.unwrap_or(if m.tls { 8883 } else { 1883 });
+    if port == 0 {
+        p.error(
+            "mqtt.port",
+            "0 is not a port; the platform's MQTT port is usually 8883 (TLS) or 1883",
+        );
+    }
+    if m.host.trim().is_empty() {
+        p.error(
+            "mqtt.host",
+            "is empty; write the platform broker's host name or address",
+        );
+    }
+    if m.client_id
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || c.len() > 128)
+    {
+        p.error(
+            "mqtt.client_id",
+            "must be 1 to 128 characters; remove it to use zgsz-<gateway_id>",
+        );
+    }
+    if !m.tls && !is_loopback(&m.host) {
+        let what = if m.password_file.is_some() {
+            "telemetry and the password"
+        } else {
+            "telemetry"
+        };
+        p.warn(
+            "mqtt.tls",
+            format!("is false for {:?}: {what} would cross the network in plain text; set tls = true and ca_file", m.host),
+        );
+    }
     let mqtt = MqttConfig {
         host: m.host,
         port,
@@ -751,7 +857,17 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
             .client_id
             .unwrap_or_else(|| format!("zgsz-{}", agent.gateway_id)),
         topic_prefix: m.topic_prefix,
-        keepalive: duration(p, "mqtt.keepalive", &m.keepalive, Duration::from_secs(5)),
+        keepalive: {
+            let k = duration(p, "mqtt.keepalive", &m.keepalive, Duration::from_secs(5));
+            // MQTT carries keep-alive as 16-bit seconds.
+            if k > Duration::from_secs(65535) {
+                p.error(
+                    "mqtt.keepalive",
+                    "exceeds MQTT's limit of 65535s; 30s to 120s is usual",
+                );
+            }
+            k
+        },
         max_inflight: m.max_inflight,
         max_message_bytes,
         status_interval: duration(
@@ -820,7 +936,8 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
         if !is_ident(&t.name) {
             p.error(format!("{tkey}.name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
         }
-        if let Some(first) = names.insert(t.name.clone(), ti) {
+        let first = *names.entry(t.name.clone()).or_insert(ti);
+        if first != ti {
             p.error(
                 format!("{tkey}.name"),
                 format!("{:?} is already used by {key}.tags[{first}]", t.name),
@@ -879,7 +996,7 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
             offset: t.offset,
             unit: t.unit,
         };
-        let end = t.address + u32::from(tag.span()) - 1;
+        let end = u64::from(t.address) + u64::from(tag.span()) - 1;
         if t.address > 65535 {
             p.error(format!("{tkey}.address"), format!("{} is beyond the Modbus address space; addresses are 0-based, 0..=65535 (register 40001 is holding_register address 0)", t.address));
             continue;
@@ -933,12 +1050,12 @@ fn check_overlaps(tags: &[TagConfig], keys: &[String], p: &mut Problems) {
                 if u32::from(b.address) >= a_end {
                     break;
                 }
-                if a.ty != b.ty || a.order != b.order {
+                if a.ty != b.ty || a.order != b.order || a.address != b.address {
                     let (first, second) = if i < j { (i, j) } else { (j, i) };
                     p.error(
                         format!("{}.address", keys[second]),
                         format!(
-                            "{:?} ({} at {}) overlaps {} ({:?}, {} at {}); two tags may share registers only with the same type and order, so check both addresses",
+                            "{:?} ({} at {}) overlaps {} ({:?}, {} at {}); two tags may share registers only at the same address with the same type and order (or as a bit), so check both addresses",
                             tags[second].name, tags[second].ty.name(), tags[second].address,
                             keys[first], tags[first].name, tags[first].ty.name(), tags[first].address
                         ),

@@ -215,7 +215,12 @@ impl ModbusDevice {
         Ok(apply_scale(v, tag.scale, tag.offset))
     }
 
-    fn push_block(&self, block: &Block, result: &Result<Data, Failure>, out: &mut Vec<Reading>) {
+    fn push_block(
+        &self,
+        block: &Block,
+        result: &Result<Data, Failure>,
+        out: &mut [Option<Reading>],
+    ) {
         let ts = self.clock.now_ms();
         for &i in &block.tags {
             let tag = &self.cfg.tags[i];
@@ -229,7 +234,7 @@ impl ModbusDevice {
                 Ok(v) => (Some(v), Quality::Good),
                 Err(r) => (None, Quality::Bad(r)),
             };
-            out.push(Reading {
+            out[i] = Some(Reading {
                 device: self.cfg.id.clone(),
                 tag: tag.name.clone(),
                 value,
@@ -251,7 +256,9 @@ impl super::Source for ModbusDevice {
 
     async fn poll_once(&mut self) -> Vec<Reading> {
         self.last_requests = 0;
-        let mut out = Vec::with_capacity(self.cfg.tags.len());
+        // Indexed by tag, so readings come out in config order whatever
+        // order the plan reads the areas in.
+        let mut out: Vec<Option<Reading>> = vec![None; self.cfg.tags.len()];
         let mut i = 0;
         while i < self.plan.len() {
             let block = self.plan[i].clone();
@@ -288,6 +295,7 @@ impl super::Source for ModbusDevice {
             self.push_block(&block, &result, &mut out);
             i += 1;
         }
+        let out: Vec<Reading> = out.into_iter().flatten().collect();
         tracing::debug!(device = %self.cfg.id, requests = self.last_requests, readings = out.len(), "Poll cycle done");
         out
     }

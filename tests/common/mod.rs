@@ -1,0 +1,403 @@
+//! Shared test fixtures: a platform-side subscriber, a controllable TCP
+//! proxy, mosquitto, and config builders. Everything binds 127.0.0.1.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use zgsz_agent::config::{self, Config};
+
+pub const USCC: &str = "91350100M000100Y43";
+
+/// A config with the given `[[devices]]` TOML appended, broker at `port`.
+pub fn config(
+    state_dir: &Path,
+    mqtt_port: u16,
+    devices_toml: &str,
+    extra_mqtt: &str,
+    buffer_toml: &str,
+) -> Config {
+    let text = format!(
+        r#"
+[agent]
+gateway_id = "gw-test"
+state_dir = "{state}"
+
+[enterprise]
+name = "测试企业"
+uscc = "{USCC}"
+region_code = "321003"
+industry = "discrete"
+
+[buffer]
+{buffer_toml}
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+tls = false
+keepalive = "5s"
+{extra_mqtt}
+
+{devices_toml}
+"#,
+        state = state_dir.display()
+    );
+    match config::load_str(Path::new("test.toml"), &text) {
+        Ok((c, _)) => c,
+        Err(e) => panic!("test config invalid: {e}\n{text}"),
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes. This waits for a state,
+/// not for time: the interval only bounds how often we look.
+pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// (topic, payload, retain flag).
+pub type RawMessage = (String, Vec<u8>, bool);
+
+/// The platform: subscribes to everything under a prefix and keeps every
+/// message it receives, duplicates included.
+#[derive(Clone)]
+pub struct Platform {
+    pub messages: Arc<Mutex<Vec<(String, Json)>>>,
+    /// (topic, payload, retain flag) as received.
+    pub raw: Arc<Mutex<Vec<RawMessage>>>,
+    count: watch::Receiver<usize>,
+    _task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Platform {
+    /// Connects to `port` and subscribes to `zgsz/#`; returns once SUBACK arrived.
+    pub async fn subscribe(port: u16) -> Platform {
+        let mut opts =
+            MqttOptions::new(format!("platform-{}", fastrand::u32(..)), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut el) = AsyncClient::new(opts, 64);
+        client
+            .subscribe("zgsz/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe request");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, count) = watch::channel(0usize);
+        let (subacked_tx, mut subacked) = watch::channel(false);
+        let (m2, r2) = (messages.clone(), raw.clone());
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subacked_tx.send(true);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json: Json =
+                            serde_json::from_slice(&p.payload).expect("payload is JSON");
+                        r2.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec(), p.retain));
+                        let mut m = m2.lock().unwrap();
+                        m.push((p.topic.clone(), json));
+                        let _ = count_tx.send(m.len());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subacked.wait_for(|&s| s))
+            .await
+            .expect("SUBACK within 10s")
+            .expect("subscriber alive");
+        Platform {
+            messages,
+            raw,
+            count,
+            _task: Arc::new(task),
+        }
+    }
+
+    /// Messages on topics ending with `/kind`.
+    pub fn of_kind(&self, kind: &str) -> Vec<Json> {
+        let suffix = format!("/{kind}");
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t.ends_with(&suffix))
+            .map(|(_, j)| j.clone())
+            .collect()
+    }
+
+    /// Telemetry de-duplicated by msg_id, keyed by seq.
+    pub fn telemetry_by_seq(&self) -> BTreeMap<i64, Json> {
+        let mut out: BTreeMap<i64, Json> = BTreeMap::new();
+        let mut ids: HashMap<String, i64> = HashMap::new();
+        for m in self.of_kind("telemetry") {
+            let id = m["msg_id"].as_str().unwrap().to_string();
+            let seq = m["seq"].as_i64().unwrap();
+            if let Some(prev) = ids.insert(id, seq) {
+                assert_eq!(prev, seq, "one msg_id, two seqs");
+                assert_eq!(
+                    out[&seq]["readings"], m["readings"],
+                    "a resend changed the readings of seq {seq}"
+                );
+            }
+            out.insert(seq, m);
+        }
+        out
+    }
+
+    /// Waits until `cond` holds over the messages received so far.
+    pub async fn wait_for<F: FnMut(&Platform) -> bool>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut cond: F,
+    ) {
+        let mut count = self.count.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if cond(self) {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, count.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!(
+                    "timed out after {limit:?} waiting for {what}; got {} messages",
+                    self.messages.lock().unwrap().len()
+                ),
+            }
+        }
+    }
+}
+
+/// Asserts seqs form one run with no gaps and returns (first, last).
+pub fn assert_contiguous(by_seq: &BTreeMap<i64, Json>) -> (i64, i64) {
+    let first = *by_seq.keys().next().expect("some telemetry");
+    let last = *by_seq.keys().last().unwrap();
+    let missing: Vec<i64> = (first..=last).filter(|s| !by_seq.contains_key(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "seqs missing at the platform: {missing:?}"
+    );
+    (first, last)
+}
+
+/// What a TCP proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Forward,
+    /// Accept, then close at once (a broker that is down, seen through a
+    /// load balancer).
+    Refuse,
+    /// Keep every connection open but pass nothing in either direction
+    /// (a cut cable: no FIN, no RST).
+    Blackhole,
+}
+
+/// A TCP proxy the test controls, between the agent and a server.
+pub struct Proxy {
+    pub port: u16,
+    mode: watch::Sender<Mode>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr, mode: Mode) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mode_tx, mode_rx) = watch::channel(mode);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mode = mode_rx.clone();
+                tokio::spawn(async move {
+                    let current = *mode.borrow();
+                    if current == Mode::Refuse {
+                        return;
+                    }
+                    let Ok(outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(pipe(ri, wo, mode.clone()), pipe(ro, wi, mode));
+                });
+            }
+        });
+        Proxy {
+            port,
+            mode: mode_tx,
+            _task: task,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        let _ = self.mode.send(mode);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            n = from.read(&mut buf) => {
+                let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                let current = *mode.borrow();
+                match current {
+                    Mode::Forward => if to.write_all(&buf[..n]).await.is_err() { return },
+                    Mode::Blackhole => {}
+                    Mode::Refuse => return,
+                }
+            }
+            changed = mode.changed() => {
+                let current = *mode.borrow();
+                if changed.is_err() || current == Mode::Refuse { return; }
+            }
+        }
+    }
+}
+
+/// A mosquitto broker on a free loopback port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// `None` when mosquitto is not installed and we are not in CI; in CI
+    /// (CI=true) a missing mosquitto fails the test instead of skipping it.
+    pub fn start(extra_conf: &str) -> Option<Mosquitto> {
+        let bin = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but mosquitto is not installed; .ci/run must install it");
+            }
+            eprintln!("NOTE: mosquitto not installed; this test is skipped outside CI");
+            return None;
+        };
+        let port = zgsz_agent::broker::free_port().unwrap();
+        Some(Self::start_on(bin, port, extra_conf))
+    }
+
+    fn start_on(bin: &str, port: u16, extra_conf: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 0\n{extra_conf}\n"),
+        )
+        .unwrap();
+        #[allow(clippy::zombie_processes)] // killed and waited for in Drop
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Mosquitto {
+                    port,
+                    child,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("mosquitto did not start listening on {port}");
+    }
+
+    /// Kills the broker and starts a fresh one on the same port.
+    pub fn restart(&mut self, extra_conf: &str) {
+        let bin = self.bin();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Self::start_on(&bin, self.port, extra_conf);
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn bin(&self) -> String {
+        [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap()
+        .to_string()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Validates `instance` against the JSON Schema at `docs/schema/<name>.json`.
+pub fn assert_schema(name: &str, instance: &Json) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/schema")
+        .join(format!("{name}.json"));
+    let schema: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} payload does not match {}:\n{}\n{instance:#}",
+        path.display(),
+        errors.join("\n")
+    );
+}
+
+/// Logs to the test's output when RUST_LOG is set.
+pub fn logs() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+}
