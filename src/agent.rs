@@ -9,9 +9,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::buffer::{self, BufferClient, BufferError, Outbox};
+use crate::buffer::{self, Batch, BufferClient, BufferError, Outbox};
 use crate::clock::Clock;
 use crate::config::{Config, Protocol};
+use crate::metrics::Scheduler;
+use crate::plant::Tracker;
 use crate::source::{self, modbus::ModbusDevice};
 use crate::uplink::mqtt::{MqttUplink, UplinkState};
 
@@ -19,6 +21,8 @@ use crate::uplink::mqtt::{MqttUplink, UplinkState};
 pub struct RunningAgent {
     shutdown: watch::Sender<bool>,
     sources: Vec<JoinHandle<()>>,
+    plant_task: JoinHandle<()>,
+    metrics_task: JoinHandle<()>,
     uplink_task: JoinHandle<()>,
     buffer_thread: std::thread::JoinHandle<()>,
     /// For the demo and tests: outbox figures.
@@ -31,7 +35,18 @@ pub struct RunningAgent {
 /// an operator must fix before the agent can run (e.g. an unwritable
 /// state directory).
 pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, BufferError> {
-    let outbox = Outbox::open(&config.agent.state_dir, &config.buffer)?;
+    let mut outbox = Outbox::open(&config.agent.state_dir, &config.buffer)?;
+    // Resume the equipment states; whatever was running when the agent was
+    // last alive is offline from then on, committed before anything else.
+    let (restored, last_alive) = outbox.plant_restore()?;
+    let (tracker, closing) = Tracker::new(config.plant.clone(), &restored, last_alive);
+    if !closing.is_empty() {
+        let batch = Batch {
+            transitions: closing,
+            ..Default::default()
+        };
+        outbox.commit(&[], &batch, &[], &[], clock.now_ms())?;
+    }
     let pending = outbox.stats().map(|s| s.rows).unwrap_or(0);
     tracing::info!(
         state_dir = %config.agent.state_dir.display(), instance = outbox.instance(), pending,
@@ -50,6 +65,20 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
     );
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
 
+    let scheduler = Scheduler {
+        model: config.plant.clone(),
+        enterprise: config.enterprise.clone(),
+        config_hash: config.hash(),
+        offset: config.metrics.utc_offset,
+        snapshot_interval: config.metrics.snapshot_interval,
+        buffer: handles.client.clone(),
+        clock: clock.clone(),
+    };
+    let metrics_task = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+
+    // Sources → plant stage → outbox.
+    let (cycles_tx, cycles_rx) = tokio::sync::mpsc::channel(1024);
+    let plant_task = tokio::spawn(crate::plant::run(tracker, cycles_rx, handles.readings));
     let mut sources = Vec::new();
     for dev in &config.devices {
         match dev.protocol {
@@ -57,7 +86,7 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
                 let d = ModbusDevice::new(dev.clone(), clock.clone());
                 sources.push(tokio::spawn(source::run(
                     d,
-                    handles.readings.clone(),
+                    cycles_tx.clone(),
                     shutdown_rx.clone(),
                 )));
             }
@@ -65,10 +94,12 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
     }
     // Our own copy of the readings sender is dropped here, so the outbox
     // sees its input close once every source has stopped.
-    drop(handles.readings);
+    drop(cycles_tx);
     Ok(RunningAgent {
         shutdown,
         sources,
+        plant_task,
+        metrics_task,
         uplink_task,
         buffer_thread: handles.thread,
         buffer: handles.client,
@@ -83,6 +114,8 @@ impl RunningAgent {
         for s in self.sources {
             let _ = s.await;
         }
+        let _ = self.plant_task.await;
+        let _ = self.metrics_task.await;
         let _ = self.uplink_task.await;
         self.buffer.close().await;
         let thread = self.buffer_thread;

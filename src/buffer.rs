@@ -20,7 +20,7 @@
 //!
 //! The guarantees, in MUST/SHOULD words, are in docs/delivery.md.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,7 +29,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::{BufferConfig, Synchronous};
+use crate::metrics::WindowData;
+use crate::plant::{Sample, State, Transition};
 use crate::reading::Reading;
+
+/// Each equipment's last persisted (state, since).
+pub type Restored = HashMap<String, (State, i64)>;
+
+/// One poll cycle as the outbox stores it: the readings, and the equipment
+/// state changes and samples derived from them, committed together.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub readings: Vec<Reading>,
+    pub transitions: Vec<Transition>,
+    pub samples: Vec<Sample>,
+}
 
 /// Bytes we count per row on top of its body (key, columns, b-tree cell),
 /// so a cap in bytes is roughly a cap on the file's data pages.
@@ -145,6 +159,19 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS transitions (
+    equipment TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (equipment, ts)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    equipment TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    good INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    PRIMARY KEY (equipment, minute)
+);
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
     last_good_ts INTEGER,
@@ -255,16 +282,46 @@ impl Outbox {
         &self.instance
     }
 
-    /// Appends rows, records device health and applies acks, all in one
-    /// transaction; then evicts to the cap. Returns the last seq.
+    /// Appends rows, records device health, state transitions and samples,
+    /// applies acks and meta updates, all in one transaction; then evicts to
+    /// the cap. Returns the last seq.
     pub fn commit(
         &mut self,
         rows: &[NewRow],
-        readings: &[Reading],
+        batch: &Batch,
         acks: &[i64],
+        meta: &[(String, i64)],
         now_ms: i64,
     ) -> Result<i64, BufferError> {
+        let readings = &batch.readings;
         let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO transitions (equipment, ts, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(equipment, ts) DO UPDATE SET state = excluded.state",
+            )?;
+            for t in &batch.transitions {
+                ins.execute(params![&*t.equipment, t.ts, t.state.name()])?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO samples (equipment, minute, good, total) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT(equipment, minute) DO UPDATE SET good = good + excluded.good, total = total + 1",
+            )?;
+            for s in &batch.samples {
+                up.execute(params![&*s.equipment, s.minute, i64::from(s.good)])?;
+            }
+            let mut m = tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?;
+            // The last moment the agent was demonstrably alive; after a
+            // crash, equipment is offline from here until the restart.
+            if !readings.is_empty() {
+                m.execute(params!["last_alive", now_ms.to_string()])?;
+            }
+            for (k, v) in meta {
+                m.execute(params![k, v.to_string()])?;
+            }
+        }
         let mut added_bytes = 0u64;
         let mut appended_readings = 0i64;
         {
@@ -291,7 +348,9 @@ impl Outbox {
                 }
             }
         }
-        update_devices(&tx, &mut self.devices, readings)?;
+        // Applied to memory only after the commit, so a retried commit
+        // cannot count a reading twice.
+        let health = update_devices(&tx, &self.devices, readings)?;
         let mut counters = self.counters.clone();
         *counters.entry("appended_readings").or_default() += appended_readings;
         if !acks.is_empty() {
@@ -325,7 +384,43 @@ impl Outbox {
         self.counters = counters;
         self.rows = rows_now;
         self.bytes = bytes_now;
+        for h in health {
+            self.devices.insert(h.id.clone(), h);
+        }
         Ok(last_seq)
+    }
+
+    /// A meta value written by [`Outbox::commit`].
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, BufferError> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()))
+    }
+
+    /// Each equipment's last persisted state, and when the agent was last
+    /// alive: what the state tracker resumes from.
+    pub fn plant_restore(&self) -> Result<(Restored, Option<i64>), BufferError> {
+        let mut st = self.conn.prepare(
+            "SELECT equipment, ts, state FROM transitions t
+             WHERE ts = (SELECT max(ts) FROM transitions u WHERE u.equipment = t.equipment)",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (eq, ts, state) = row?;
+            if let Some(state) = State::parse(&state) {
+                out.insert(eq, (state, ts));
+            }
+        }
+        Ok((out, self.meta("last_alive")?))
     }
 
     /// Rows with `seq > after`, oldest first.
@@ -397,9 +492,9 @@ fn load_devices(conn: &Connection) -> rusqlite::Result<BTreeMap<String, DeviceHe
 
 fn update_devices(
     tx: &rusqlite::Transaction<'_>,
-    devices: &mut BTreeMap<String, DeviceHealth>,
+    devices: &BTreeMap<String, DeviceHealth>,
     readings: &[Reading],
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<DeviceHealth>> {
     let mut touched: BTreeMap<&str, DeviceHealth> = BTreeMap::new();
     for r in readings {
         let h = touched.entry(&r.device).or_insert_with(|| {
@@ -428,7 +523,7 @@ fn update_devices(
          ON CONFLICT(id) DO UPDATE SET last_good_ts=excluded.last_good_ts, last_bad_ts=excluded.last_bad_ts,
          last_bad_reason=excluded.last_bad_reason, good=excluded.good, bad=excluded.bad",
     )?;
-    for (_, h) in touched {
+    for h in touched.values() {
         up.execute(params![
             h.id,
             h.last_good_ts,
@@ -437,9 +532,8 @@ fn update_devices(
             h.good as i64,
             h.bad as i64
         ])?;
-        devices.insert(h.id.clone(), h);
     }
-    Ok(())
+    Ok(touched.into_values().collect())
 }
 
 /// Deletes the oldest rows of the lowest kind until the outbox is within
@@ -529,8 +623,20 @@ pub fn encode_readings(readings: &[Reading], max_body: usize) -> Vec<NewRow> {
 
 /// Requests to the outbox thread from the uplink and the CLI.
 pub enum Control {
-    /// Append a non-telemetry message (metrics).
-    Append(NewRow),
+    /// Append a non-telemetry message (metrics), with meta values that
+    /// must change in the same transaction (e.g. "this window is closed").
+    Append(NewRow, Vec<(String, i64)>),
+    /// Transitions and samples for a window, for the metrics.
+    WindowData {
+        from: i64,
+        to: i64,
+        reply: oneshot::Sender<Result<WindowData, String>>,
+    },
+    /// A meta value.
+    Meta {
+        key: String,
+        reply: oneshot::Sender<Result<Option<i64>, String>>,
+    },
     /// Rows after `after`, at most `limit`.
     Lease {
         after: i64,
@@ -569,11 +675,32 @@ impl BufferClient {
         let _ = self.control.send(Control::Ack(seqs)).await;
     }
 
-    pub async fn append(&self, row: NewRow) -> Result<(), String> {
+    pub async fn append(&self, row: NewRow, meta: Vec<(String, i64)>) -> Result<(), String> {
         self.control
-            .send(Control::Append(row))
+            .send(Control::Append(row, meta))
             .await
             .map_err(|_| "outbox stopped".to_string())
+    }
+
+    pub async fn window_data(&self, from: i64, to: i64) -> Result<WindowData, String> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::WindowData { from, to, reply })
+            .await
+            .map_err(|_| "outbox stopped".to_string())?;
+        rx.await.map_err(|_| "outbox stopped".to_string())?
+    }
+
+    pub async fn meta(&self, key: &str) -> Result<Option<i64>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Meta {
+                key: key.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| "outbox stopped".to_string())?;
+        rx.await.map_err(|_| "outbox stopped".to_string())?
     }
 
     /// Asks the outbox thread to finish once its input is drained.
@@ -594,7 +721,7 @@ impl BufferClient {
 /// Handles to a running outbox thread.
 pub struct BufferHandles {
     /// Sources send each poll cycle's readings here.
-    pub readings: mpsc::Sender<Vec<Reading>>,
+    pub readings: mpsc::Sender<Batch>,
     pub client: BufferClient,
     /// The last committed seq; the uplink wakes on changes.
     pub appended: watch::Receiver<i64>,
@@ -612,7 +739,7 @@ pub fn spawn(
     max_message_bytes: usize,
     clock: std::sync::Arc<dyn Clock>,
 ) -> BufferHandles {
-    let (readings_tx, mut readings_rx) = mpsc::channel::<Vec<Reading>>(1024);
+    let (readings_tx, mut readings_rx) = mpsc::channel::<Batch>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(256);
     let (appended_tx, appended_rx) = watch::channel(0i64);
     let max_body = max_message_bytes.saturating_sub(ENVELOPE_RESERVE).max(256);
@@ -630,7 +757,7 @@ pub fn spawn(
                 let mut readings_open = true;
                 let mut control_open = true;
                 while readings_open || control_open {
-                    let mut batches: Vec<Vec<Reading>> = Vec::new();
+                    let mut batches: Vec<Batch> = Vec::new();
                     let mut controls: Vec<Control> = Vec::new();
                     tokio::select! {
                         b = readings_rx.recv(), if readings_open => match b {
@@ -673,28 +800,39 @@ pub fn spawn(
 
 async fn process(
     outbox: &mut Outbox,
-    batches: Vec<Vec<Reading>>,
+    batches: Vec<Batch>,
     controls: Vec<Control>,
     max_body: usize,
     clock: &dyn Clock,
     appended: &watch::Sender<i64>,
     running: bool,
 ) {
-    let readings: Vec<Reading> = batches.into_iter().flatten().collect();
-    let mut rows = encode_readings(&readings, max_body);
+    let mut batch = Batch::default();
+    for b in batches {
+        batch.readings.extend(b.readings);
+        batch.transitions.extend(b.transitions);
+        batch.samples.extend(b.samples);
+    }
+    let readings = &batch.readings;
+    let mut rows = encode_readings(readings, max_body);
     let mut acks = Vec::new();
+    let mut meta = Vec::new();
     let mut queries = Vec::new();
     for c in controls {
         match c {
-            Control::Append(r) => rows.push(r),
+            Control::Append(r, m) => {
+                rows.push(r);
+                meta.extend(m);
+            }
             Control::Ack(s) => acks.extend(s),
             q => queries.push(q),
         }
     }
-    if !rows.is_empty() || !acks.is_empty() || !readings.is_empty() {
+    if !rows.is_empty() || !acks.is_empty() || !readings.is_empty() || !batch.transitions.is_empty()
+    {
         let mut attempt = 0u32;
         loop {
-            match outbox.commit(&rows, &readings, &acks, clock.now_ms()) {
+            match outbox.commit(&rows, &batch, &acks, &meta, clock.now_ms()) {
                 Ok(last) => {
                     if !rows.is_empty() {
                         appended.send_replace(last);
@@ -741,7 +879,13 @@ async fn process(
             Control::Stats(reply) => {
                 let _ = reply.send(outbox.stats().map_err(|e| e.to_string()));
             }
-            Control::Append(_) | Control::Ack(_) | Control::Close => {}
+            Control::WindowData { from, to, reply } => {
+                let _ = reply.send(window_data(&outbox.conn, from, to).map_err(|e| e.to_string()));
+            }
+            Control::Meta { key, reply } => {
+                let _ = reply.send(outbox.meta(&key).map_err(|e| e.to_string()));
+            }
+            Control::Append(..) | Control::Ack(_) | Control::Close => {}
         }
     }
 }
@@ -796,4 +940,63 @@ fn query_stats(conn: &Connection) -> rusqlite::Result<Stats> {
         evicted_metrics: counter("evicted_metrics")? as u64,
         devices: load_devices(conn)?.into_values().collect(),
     })
+}
+
+/// Loads what the metrics need for [from, to) from any connection (the
+/// outbox thread's, or a read-only one for the `metrics` command).
+pub fn window_data(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<WindowData> {
+    let mut data = WindowData::default();
+    let mut st = conn.prepare_cached(
+        "SELECT equipment, state FROM transitions t
+         WHERE ts = (SELECT max(ts) FROM transitions u WHERE u.equipment = t.equipment AND u.ts <= ?1)",
+    )?;
+    for row in st.query_map([from], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (eq, state) = row?;
+        if let Some(state) = State::parse(&state) {
+            data.initial.insert(eq, state);
+        }
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT equipment, ts, state FROM transitions WHERE ts > ?1 AND ts < ?2 ORDER BY ts, equipment",
+    )?;
+    for row in st.query_map([from, to], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })? {
+        let (eq, ts, state) = row?;
+        if let Some(state) = State::parse(&state) {
+            data.transitions.push((eq, ts, state));
+        }
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT equipment, sum(good), sum(total) FROM samples WHERE minute >= ?1 AND minute < ?2 GROUP BY equipment",
+    )?;
+    for row in st.query_map([from, to], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })? {
+        let (eq, good, total) = row?;
+        data.samples.insert(eq, (good as u64, total as u64));
+    }
+    Ok(data)
+}
+
+/// Opens a state directory's outbox read-only, for commands that inspect
+/// it beside a running agent.
+pub fn open_read_only(state_dir: &Path) -> Result<Connection, BufferError> {
+    let path = state_dir.join(DB_FILE);
+    Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+        |source| BufferError::Open {
+            path: path.display().to_string(),
+            source,
+        },
+    )
 }

@@ -128,7 +128,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(c) => {
                 let tags: usize = c.devices.iter().map(|d| d.tags.len()).sum();
                 println!(
-                    "{}: OK ({} devices, {} tags)",
+                    "{}: OK ({} device(s), {} tag(s))",
                     config.display(),
                     c.devices.len(),
                     tags

@@ -32,6 +32,73 @@ struct RawConfig {
     #[serde(default)]
     buffer: RawBuffer,
     mqtt: RawMqtt,
+    #[serde(default)]
+    processes: Vec<RawProcess>,
+    #[serde(default)]
+    equipment: Vec<RawEquipment>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    id: String,
+    name: String,
+    #[serde(default)]
+    key: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEquipment {
+    id: String,
+    name: String,
+    process: String,
+    kind: crate::plant::Kind,
+    device: String,
+    profile: Option<String>,
+    nc_active: Option<String>,
+    running: Option<String>,
+    parts: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_utc_offset")]
+    utc_offset: String,
+    #[serde(default = "default_snapshot_interval")]
+    snapshot_interval: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            utc_offset: default_utc_offset(),
+            snapshot_interval: default_snapshot_interval(),
+        }
+    }
+}
+
+fn default_utc_offset() -> String {
+    "+08:00".into()
+}
+fn default_snapshot_interval() -> String {
+    "15m".into()
+}
+
+/// Declared (self-reported) enterprise indicators; published marked as
+/// declared, never mixed with measured figures.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declared {
+    /// 经营管理数字化: management systems in use (ERP, MES, SCM, CRM, PLM, ...).
+    #[serde(default)]
+    pub management: Vec<String>,
+    /// 数字化研发设计工具: design tools in use (CAD, CAE, CAPP, PLM, ...).
+    #[serde(default)]
+    pub design_tools: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +117,8 @@ struct RawEnterprise {
     industry: Industry,
     #[serde(default)]
     chain: String,
+    #[serde(default)]
+    declared: Declared,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +337,17 @@ pub struct Config {
     pub devices: Vec<Arc<DeviceConfig>>,
     pub buffer: BufferConfig,
     pub mqtt: Arc<MqttConfig>,
+    pub plant: Arc<crate::plant::PlantModel>,
+    pub metrics: MetricsConfig,
+}
+
+/// Window alignment and snapshot cadence of the indicators.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsConfig {
+    /// Hourly and daily windows start at whole hours / midnight in this offset.
+    pub utc_offset: time::UtcOffset,
+    /// How often the current partial day is published.
+    pub snapshot_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +363,7 @@ pub struct Enterprise {
     pub region_code: String,
     pub industry: Industry,
     pub chain: String,
+    pub declared: Declared,
 }
 
 #[derive(Debug, Clone)]
@@ -566,43 +647,18 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-enum StateDirProblem {
-    /// Does not exist and this user cannot create it (fine on a laptop
-    /// checking a gateway's config; systemd creates it on the gateway).
-    Missing(String),
-    /// Exists but cannot hold the outbox.
-    Unusable(String),
-}
-
-/// The outbox must be creatable: an existing directory we can write to, or
-/// a path whose nearest existing ancestor we can write to. Checked without
-/// creating anything, so `check` has no side effects.
-fn check_state_dir(dir: &Path) -> Result<(), StateDirProblem> {
-    let mut probe = dir;
-    loop {
-        match std::fs::metadata(probe) {
-            Ok(m) if m.is_dir() => break,
-            Ok(_) => {
-                return Err(StateDirProblem::Unusable(format!(
-                    "{} is not a directory; point state_dir at a directory",
-                    probe.display()
-                )))
-            }
-            Err(_) => match probe.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => probe = parent,
-                _ => return Ok(()),
-            },
+/// The outbox must be able to live here: if the directory exists, it must
+/// be a directory we can write to. A directory that does not exist yet is
+/// fine (systemd's StateDirectory= creates it; otherwise `run` says
+/// clearly that it cannot). Checked without creating anything, so `check`
+/// has no side effects.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err("is not a directory; point state_dir at a directory".into()),
+        Ok(_) if !writable(dir) => {
+            Err("is not writable by this user; the outbox lives here, so give the agent's user write access".into())
         }
-    }
-    match (probe == dir, writable(probe)) {
-        (_, true) => Ok(()),
-        (true, false) => Err(StateDirProblem::Unusable(
-            "is not writable by this user; the outbox lives here, so give the agent's user write access".into(),
-        )),
-        (false, false) => Err(StateDirProblem::Missing(format!(
-            "does not exist and this user cannot create it in {}; under systemd, StateDirectory=zgsz-agent creates it",
-            probe.display()
-        ))),
+        _ => Ok(()),
     }
 }
 
@@ -631,16 +687,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         gateway_id: raw.agent.gateway_id,
         state_dir: resolve(base, &raw.agent.state_dir),
     };
-    match check_state_dir(&agent.state_dir) {
-        Ok(()) => {}
-        Err(StateDirProblem::Missing(why)) => p.warn(
+    if let Err(why) = check_state_dir(&agent.state_dir) {
+        p.error(
             "agent.state_dir",
             format!("{}: {why}", agent.state_dir.display()),
-        ),
-        Err(StateDirProblem::Unusable(why)) => p.error(
-            "agent.state_dir",
-            format!("{}: {why}", agent.state_dir.display()),
-        ),
+        );
     }
 
     // [enterprise]
@@ -685,6 +736,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         region_code: e.region_code,
         industry: e.industry,
         chain: e.chain,
+        declared: e.declared,
     };
 
     // [[devices]]
@@ -878,6 +930,33 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         ),
     };
 
+    let plant = validate_plant(raw.processes, raw.equipment, &devices, p);
+    let utc_offset = match time::UtcOffset::parse(
+        &raw.metrics.utc_offset,
+        time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]"),
+    ) {
+        Ok(o) => o,
+        Err(_) => {
+            p.error(
+                "metrics.utc_offset",
+                format!(
+                    "{:?} is not a UTC offset; write e.g. \"+08:00\"",
+                    raw.metrics.utc_offset
+                ),
+            );
+            time::UtcOffset::UTC
+        }
+    };
+    let metrics = MetricsConfig {
+        utc_offset,
+        snapshot_interval: duration(
+            p,
+            "metrics.snapshot_interval",
+            &raw.metrics.snapshot_interval,
+            Duration::from_secs(1),
+        ),
+    };
+
     Some(Config {
         path: path.to_path_buf(),
         agent,
@@ -885,7 +964,177 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         devices,
         buffer,
         mqtt: Arc::new(mqtt),
+        plant: Arc::new(plant),
+        metrics,
     })
+}
+
+fn validate_plant(
+    processes: Vec<RawProcess>,
+    equipment: Vec<RawEquipment>,
+    devices: &[Arc<DeviceConfig>],
+    p: &mut Problems,
+) -> crate::plant::PlantModel {
+    use crate::expr::{Expr, Type};
+    use crate::plant::{profile_rules, Equipment, PlantModel, Process};
+
+    let mut model = PlantModel::default();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, r) in processes.into_iter().enumerate() {
+        let key = format!("processes[{i}]");
+        if !is_id(&r.id) {
+            p.error(
+                format!("{key}.id"),
+                format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", r.id),
+            );
+        }
+        if r.name.trim().is_empty() {
+            p.error(
+                format!("{key}.name"),
+                "is empty; write the process name, e.g. \"数控车削\"",
+            );
+        }
+        let first = *index.entry(r.id.clone()).or_insert(i);
+        if first != i {
+            p.error(
+                format!("{key}.id"),
+                format!("{:?} is already used by processes[{first}]", r.id),
+            );
+            continue;
+        }
+        model.processes.push(Process {
+            id: r.id,
+            name: r.name,
+            key: r.key,
+        });
+    }
+    let mut used = vec![false; model.processes.len()];
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for (i, r) in equipment.into_iter().enumerate() {
+        let key = format!("equipment[{i}]");
+        if !is_id(&r.id) {
+            p.error(
+                format!("{key}.id"),
+                format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", r.id),
+            );
+        }
+        let first = *ids.entry(r.id.clone()).or_insert(i);
+        if first != i {
+            p.error(
+                format!("{key}.id"),
+                format!("{:?} is already used by equipment[{first}]", r.id),
+            );
+        }
+        let process = model.processes.iter().position(|pr| pr.id == r.process);
+        if process.is_none() {
+            let known: Vec<&str> = model.processes.iter().map(|pr| pr.id.as_str()).collect();
+            p.error(
+                format!("{key}.process"),
+                format!(
+                    "unknown process {:?}; processes are: {}",
+                    r.process,
+                    known.join(", ")
+                ),
+            );
+        }
+        let Some(dev) = devices.iter().find(|d| *d.id == r.device) else {
+            let known: Vec<&str> = devices.iter().map(|d| &*d.id).collect();
+            p.error(
+                format!("{key}.device"),
+                format!(
+                    "unknown device {:?}; devices are: {}",
+                    r.device,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let types = |name: &str| {
+            dev.tags
+                .iter()
+                .find(|t| &*t.name == name)
+                .map(|t| match t.ty {
+                    crate::source::modbus::decode::DataType::Bool => Type::Bool,
+                    crate::source::modbus::decode::DataType::String(_) => Type::Str,
+                    _ => Type::Num,
+                })
+        };
+        let tag_names: Vec<&str> = dev.tags.iter().map(|t| &*t.name).collect();
+        let (mut nc_text, mut run_text) = (None, None);
+        if let Some(profile) = &r.profile {
+            match profile_rules(profile, &tag_names) {
+                Ok((nc, run)) => {
+                    nc_text = Some(nc);
+                    run_text = Some(run);
+                }
+                Err(why) => p.error(format!("{key}.profile"), why),
+            }
+        }
+        if let Some(t) = r.nc_active {
+            nc_text = Some(t);
+        }
+        if let Some(t) = r.running {
+            run_text = Some(t);
+        }
+        if nc_text.is_none() && !r.kind.nc_capable() {
+            // Manual stations never run under NC.
+            nc_text = Some("false".into());
+        }
+        let mut rule = |field: &str, text: Option<String>| -> Option<Expr> {
+            let Some(text) = text else {
+                if r.profile.is_none() {
+                    p.error(format!("{key}.{field}"), format!("is missing; write a rule over {}'s tags, e.g. \"execution == 1\", or set profile", dev.id));
+                }
+                return None;
+            };
+            match Expr::parse(&text, &types) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    p.error(
+                        format!("{key}.{field}"),
+                        format!("{e}; tags of {} are: {}", dev.id, tag_names.join(", ")),
+                    );
+                    None
+                }
+            }
+        };
+        let nc_active = rule("nc_active", nc_text);
+        let running = rule("running", run_text);
+        if let Some(parts) = &r.parts {
+            if types(parts) != Some(Type::Num) {
+                p.error(
+                    format!("{key}.parts"),
+                    format!("{parts:?} must be a numeric tag of {}", dev.id),
+                );
+            }
+        }
+        if let (Some(process), Some(nc_active), Some(running)) = (process, nc_active, running) {
+            used[process] = true;
+            model.equipment.push(Equipment {
+                id: r.id.as_str().into(),
+                name: r.name,
+                process,
+                kind: r.kind,
+                device: dev.id.clone(),
+                poll_interval: dev.poll_interval,
+                nc_active,
+                running,
+                parts: r.parts,
+                profile: r.profile,
+            });
+        }
+    }
+    if !p.has_errors() {
+        for (i, pr) in model.processes.iter().enumerate() {
+            if !used[i] {
+                p.error(format!("processes[{i}]"), format!("process {:?} has no equipment; add [[equipment]] with process = {:?} or remove it", pr.id, pr.id));
+            }
+        }
+        if !model.processes.is_empty() && !model.processes.iter().any(|pr| pr.key) {
+            p.warn("processes", "no process has key = true, so the key-process CNC rate (关键工序数控化率) has no denominator and is published as null");
+        }
+    }
+    model
 }
 
 fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceConfig> {
@@ -1191,6 +1440,65 @@ impl Config {
 
     pub fn set_state_dir(&mut self, dir: &Path) {
         self.agent.state_dir = dir.to_path_buf();
+    }
+
+    /// SHA-256 over a canonical text of everything that shapes the figures:
+    /// identity, devices and tags, processes, equipment and rules. Computed
+    /// on demand so that re-pointing devices changes it too.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        let mut t = String::new();
+        let e = &self.enterprise;
+        let _ = writeln!(
+            t,
+            "enterprise|{}|{}|{}|{:?}|{}",
+            e.name, e.uscc, e.region_code, e.industry, e.chain
+        );
+        let _ = writeln!(t, "gateway|{}", self.agent.gateway_id);
+        for d in &self.devices {
+            let _ = writeln!(
+                t,
+                "device|{}|{}|{}|{}",
+                d.id,
+                d.address,
+                d.unit_id,
+                d.poll_interval.as_millis()
+            );
+            for g in &d.tags {
+                let _ = writeln!(
+                    t,
+                    "tag|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
+                    g.name,
+                    g.area.name(),
+                    g.address,
+                    g.ty.name(),
+                    g.order,
+                    g.bit,
+                    g.scale,
+                    g.offset
+                );
+            }
+        }
+        for p in &self.plant.processes {
+            let _ = writeln!(t, "process|{}|{}|{}", p.id, p.name, p.key);
+        }
+        for q in &self.plant.equipment {
+            let _ = writeln!(
+                t,
+                "equipment|{}|{}|{}|{:?}|{}|{}|{}",
+                q.id,
+                q.name,
+                self.plant.processes[q.process].id,
+                q.kind,
+                q.device,
+                q.nc_active.text,
+                q.running.text
+            );
+        }
+        let _ = writeln!(t, "window|{}", self.metrics.utc_offset);
+        let digest = Sha256::digest(t.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

@@ -29,6 +29,21 @@ struct Platform {
     /// device -> tag -> latest value (as text).
     latest: BTreeMap<String, BTreeMap<String, String>>,
     status: String,
+    /// The latest metrics snapshot.
+    metrics: Option<serde_json::Value>,
+}
+
+/// `85.7% (6/7)`, or `n/a (reason)`.
+fn ratio(r: &serde_json::Value) -> String {
+    match r["value"].as_f64() {
+        Some(v) => format!(
+            "{:.1}% ({}/{})",
+            v * 100.0,
+            r["numerator"],
+            r["denominator"]
+        ),
+        None => format!("n/a ({})", r["reason"].as_str().unwrap_or("?")),
+    }
 }
 
 impl Platform {
@@ -43,6 +58,10 @@ impl Platform {
         let id = v["msg_id"].as_str().unwrap_or_default().to_string();
         if !self.seen.insert(id) {
             self.duplicates += 1;
+            return;
+        }
+        if topic.ends_with("/metrics") {
+            self.metrics = Some(v);
             return;
         }
         self.messages += 1;
@@ -148,6 +167,14 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
                     stats.as_ref().map(|s| s.rows).unwrap_or(0),
                     up.acked_messages,
                 );
+                if let Some(m) = &platform.metrics {
+                    let i = &m["indicators"];
+                    println!(
+                        "  关键工序数控化率 CNC rate: declared {} | verified {} | 设备联网率 networking {} | NC time share {}",
+                        ratio(&i["cnc_rate_declared"]), ratio(&i["cnc_rate_verified"]),
+                        ratio(&i["networking_rate"]), ratio(&i["nc_time_share"]),
+                    );
+                }
                 for (dev, tags) in &platform.latest {
                     let get = |t: &str| tags.get(t).cloned().unwrap_or_else(|| "-".into());
                     println!(

@@ -289,8 +289,13 @@ pub struct ShopFloor {
 impl ShopFloor {
     /// Starts every demo machine on its own loopback port.
     pub async fn start() -> std::io::Result<ShopFloor> {
+        Self::start_with(DEMO_MACHINES).await
+    }
+
+    /// Starts the given machines: (device id, kind, cycle seconds, idle seconds).
+    pub async fn start_with(list: &[(&str, MachineKind, u64, u64)]) -> std::io::Result<ShopFloor> {
         let mut machines = Vec::new();
-        for &(id, kind, cycle_s, idle_s) in DEMO_MACHINES {
+        for &(id, kind, cycle_s, idle_s) in list {
             let bank = Arc::new(Mutex::new(Bank::new(64)));
             let device = SimDevice::start(HashMap::from([(1u8, bank)])).await?;
             machines.push(SimMachine {

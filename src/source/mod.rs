@@ -50,8 +50,11 @@ pub async fn run<S: Source>(
         if readings.is_empty() {
             continue;
         }
-        if tx.send(readings).await.is_err() {
-            break;
+        // A full channel means the outbox is stuck (e.g. a full disk);
+        // waiting here is the backpressure, but shutdown must still win.
+        tokio::select! {
+            sent = tx.send(readings) => if sent.is_err() { break },
+            _ = shutdown.changed() => break,
         }
     }
     tracing::debug!(device = source.id(), "Source stopped");

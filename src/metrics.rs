@@ -1,0 +1,566 @@
+//! The indicators, per window, computed from persisted state transitions
+//! and sample counts.
+//!
+//! Everything here is a pure function of (model, window, data from SQLite),
+//! so a figure can be recomputed later from the same evidence and tested
+//! without a clock. Every ratio carries its numerator and denominator;
+//! with a zero denominator the value is `null` with a reason, never NaN
+//! and never 0, so the platform can aggregate both as a mean of rates and
+//! as a pooled ratio.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::config::{Declared, Enterprise, Industry};
+use crate::plant::{PlantModel, State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Hour,
+    Day,
+    /// The current day so far.
+    Snapshot,
+}
+
+impl WindowKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowKind::Hour => "hour",
+            WindowKind::Day => "day",
+            WindowKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// A half-open interval [start, end) in UTC ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub kind: WindowKind,
+    pub start: i64,
+    pub end: i64,
+}
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+impl Window {
+    /// The hour or day (aligned to `offset`) containing `ts`.
+    pub fn containing(kind: WindowKind, ts: i64, offset: UtcOffset) -> Window {
+        let off = i64::from(offset.whole_seconds()) * 1000;
+        let len = match kind {
+            WindowKind::Hour => HOUR,
+            _ => DAY,
+        };
+        let start = (ts + off).div_euclid(len) * len - off;
+        let end = if kind == WindowKind::Snapshot {
+            ts
+        } else {
+            start + len
+        };
+        Window { kind, start, end }
+    }
+
+    /// The window after this one (hour and day only).
+    pub fn next(self) -> Window {
+        let len = self.end - self.start;
+        Window {
+            kind: self.kind,
+            start: self.end,
+            end: self.end + len,
+        }
+    }
+
+    pub fn len_ms(&self) -> i64 {
+        self.end - self.start
+    }
+}
+
+/// RFC 3339 with the plant's offset, e.g. `2026-11-28T08:00:00+08:00`.
+pub fn rfc3339(ts: i64, offset: UtcOffset) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts) * 1_000_000)
+        .map(|t| t.to_offset(offset))
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// What SQLite holds for one window.
+#[derive(Debug, Clone, Default)]
+pub struct WindowData {
+    /// Each equipment's state at the window's start: its last transition at
+    /// or before `start`. A transition exactly on a boundary belongs to the
+    /// window it starts.
+    pub initial: HashMap<String, State>,
+    /// Transitions with start < ts < end, ordered by ts.
+    pub transitions: Vec<(String, i64, State)>,
+    /// (good, total) rule evaluations per equipment within the window.
+    pub samples: HashMap<String, (u64, u64)>,
+}
+
+/// A ratio with its parts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ratio {
+    pub value: Option<f64>,
+    pub numerator: u64,
+    pub denominator: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Ratio {
+    pub fn new(numerator: u64, denominator: u64, why_empty: &str) -> Ratio {
+        if denominator == 0 {
+            Ratio {
+                value: None,
+                numerator,
+                denominator,
+                reason: Some(why_empty.to_string()),
+            }
+        } else {
+            Ratio {
+                value: Some(numerator as f64 / denominator as f64),
+                numerator,
+                denominator,
+                reason: None,
+            }
+        }
+    }
+}
+
+/// Time spent in each state within the window, in ms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateTimes {
+    pub offline: u64,
+    pub idle: u64,
+    pub running_manual: u64,
+    pub running_nc: u64,
+}
+
+impl StateTimes {
+    fn add(&mut self, s: State, ms: u64) {
+        match s {
+            State::Offline => self.offline += ms,
+            State::Idle => self.idle += ms,
+            State::RunningManual => self.running_manual += ms,
+            State::RunningNc => self.running_nc += ms,
+        }
+    }
+    pub fn running(&self) -> u64 {
+        self.running_manual + self.running_nc
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EquipmentMetrics {
+    pub id: String,
+    pub name: String,
+    pub process: String,
+    pub kind: crate::plant::Kind,
+    pub nc_capable: bool,
+    pub device: String,
+    pub time_ms: StateTimes,
+    /// Delivered good data in the window.
+    pub networked: bool,
+    /// Was in `running_nc` at some point in the window.
+    pub ran_nc: bool,
+    /// Counts in the numerator of the verified CNC rate.
+    pub verified_nc: bool,
+    pub utilisation: Ratio,
+    pub nc_time_share: Ratio,
+    pub completeness: Ratio,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessMetrics {
+    pub id: String,
+    pub name: String,
+    pub key: bool,
+    pub equipment: u64,
+    pub nc_capable: u64,
+    pub control_systems: u64,
+    pub verified_nc: u64,
+    pub nc_time_share: Ratio,
+    pub utilisation: Ratio,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Indicators {
+    /// 关键工序数控化率, from the configured model.
+    pub cnc_rate_declared: Ratio,
+    /// 关键工序数控化率, from machine evidence.
+    pub cnc_rate_verified: Ratio,
+    /// Time in running_nc ÷ time running, all equipment.
+    pub nc_time_share: Ratio,
+    /// Time in running_nc ÷ time running, equipment in key processes.
+    pub nc_time_share_key: Ratio,
+    /// 设备联网率: equipment with good data ÷ all equipment.
+    pub networking_rate: Ratio,
+    pub networking_rate_key: Ratio,
+    /// Good samples ÷ expected samples, all equipment.
+    pub completeness: Ratio,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeclaredIndicator {
+    pub source: &'static str,
+    pub items: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeclaredIndicators {
+    /// 经营管理数字化
+    pub management: DeclaredIndicator,
+    /// 数字化研发设计工具
+    pub design_tools: DeclaredIndicator,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowInfo {
+    pub kind: WindowKind,
+    pub start: String,
+    pub end: String,
+    pub start_ts: i64,
+    pub end_ts: i64,
+}
+
+/// The body of a `zgsz.metrics/1` message (the uplink adds the envelope).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub industry: Industry,
+    pub chain: String,
+    pub enterprise_name: String,
+    pub agent_version: &'static str,
+    pub config_hash: String,
+    pub window: WindowInfo,
+    pub indicators: Indicators,
+    pub declared: DeclaredIndicators,
+    pub processes: Vec<ProcessMetrics>,
+    pub equipment: Vec<EquipmentMetrics>,
+}
+
+/// Computes every indicator for one window.
+pub fn compute(
+    model: &PlantModel,
+    enterprise: &Enterprise,
+    config_hash: &str,
+    window: Window,
+    offset: UtcOffset,
+    data: &WindowData,
+) -> Report {
+    let len = window.len_ms().max(0) as u64;
+    let mut by_eq: HashMap<&str, Vec<(i64, State)>> = HashMap::new();
+    for (id, ts, s) in &data.transitions {
+        by_eq.entry(id.as_str()).or_default().push((*ts, *s));
+    }
+    let equipment: Vec<EquipmentMetrics> = model
+        .equipment
+        .iter()
+        .map(|e| {
+            let mut times = StateTimes::default();
+            let mut state = data.initial.get(&*e.id).copied().unwrap_or(State::Offline);
+            let mut cursor = window.start;
+            let mut ran_nc = state == State::RunningNc;
+            for &(ts, s) in by_eq.get(&*e.id).map(Vec::as_slice).unwrap_or(&[]) {
+                let ts = ts.clamp(window.start, window.end);
+                times.add(state, (ts - cursor).max(0) as u64);
+                state = s;
+                cursor = ts;
+                ran_nc |= s == State::RunningNc && ts < window.end;
+            }
+            times.add(state, (window.end - cursor).max(0) as u64);
+            let ran_nc = ran_nc && times.running_nc > 0;
+            let (good, _total) = data.samples.get(&*e.id).copied().unwrap_or((0, 0));
+            let networked = good > 0 || times.offline < len;
+            let interval = e.poll_interval.as_millis().max(1) as u64;
+            let expected = (len + interval / 2) / interval;
+            EquipmentMetrics {
+                id: e.id.to_string(),
+                name: e.name.clone(),
+                process: model.processes[e.process].id.clone(),
+                kind: e.kind,
+                nc_capable: e.kind.nc_capable(),
+                device: e.device.to_string(),
+                networked,
+                ran_nc,
+                verified_nc: e.kind.nc_capable() && networked && ran_nc,
+                utilisation: Ratio::new(times.running(), len, "the window has no length"),
+                nc_time_share: Ratio::new(
+                    times.running_nc,
+                    times.running(),
+                    "the equipment did not run in this window",
+                ),
+                completeness: Ratio::new(good, expected, "no samples were expected in this window"),
+                time_ms: times,
+            }
+        })
+        .collect();
+
+    let key_process: Vec<bool> = model.processes.iter().map(|p| p.key).collect();
+    let in_key = |m: &EquipmentMetrics| {
+        model
+            .processes
+            .iter()
+            .position(|p| p.id == m.process)
+            .is_some_and(|i| key_process[i])
+    };
+    let no_key = if model.processes.iter().any(|p| p.key) {
+        "no equipment in key processes"
+    } else {
+        "no key process is configured"
+    };
+
+    let processes: Vec<ProcessMetrics> = model
+        .processes
+        .iter()
+        .map(|p| {
+            let members: Vec<(&EquipmentMetrics, crate::plant::Kind)> = equipment
+                .iter()
+                .zip(&model.equipment)
+                .filter(|(m, _)| m.process == p.id)
+                .map(|(m, e)| (m, e.kind))
+                .collect();
+            let running_nc: u64 = members.iter().map(|(m, _)| m.time_ms.running_nc).sum();
+            let running: u64 = members.iter().map(|(m, _)| m.time_ms.running()).sum();
+            ProcessMetrics {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                key: p.key,
+                equipment: members.len() as u64,
+                nc_capable: members.iter().filter(|(_, k)| k.nc_capable()).count() as u64,
+                control_systems: members.iter().filter(|(_, k)| k.control_system()).count() as u64,
+                verified_nc: members.iter().filter(|(m, _)| m.verified_nc).count() as u64,
+                nc_time_share: Ratio::new(
+                    running_nc,
+                    running,
+                    "no equipment of this process ran in this window",
+                ),
+                utilisation: Ratio::new(
+                    running,
+                    len * members.len() as u64,
+                    "the process has no equipment",
+                ),
+            }
+        })
+        .collect();
+
+    let key_eq: Vec<&EquipmentMetrics> = equipment.iter().filter(|m| in_key(m)).collect();
+    let (cnc_declared, cnc_verified) = match enterprise.industry {
+        Industry::Discrete => (
+            Ratio::new(
+                key_eq.iter().filter(|m| m.nc_capable).count() as u64,
+                key_eq.len() as u64,
+                no_key,
+            ),
+            Ratio::new(
+                key_eq.iter().filter(|m| m.verified_nc).count() as u64,
+                key_eq.len() as u64,
+                no_key,
+            ),
+        ),
+        Industry::Process => {
+            let key: Vec<&ProcessMetrics> = processes.iter().filter(|p| p.key).collect();
+            let verified =
+                key.iter()
+                    .filter(|p| {
+                        equipment.iter().zip(&model.equipment).any(|(m, e)| {
+                            m.process == p.id && e.kind.control_system() && m.verified_nc
+                        })
+                    })
+                    .count();
+            let why = "no key process is configured";
+            (
+                Ratio::new(
+                    key.iter().filter(|p| p.control_systems > 0).count() as u64,
+                    key.len() as u64,
+                    why,
+                ),
+                Ratio::new(verified as u64, key.len() as u64, why),
+            )
+        }
+    };
+    let sum = |it: &mut dyn Iterator<Item = &EquipmentMetrics>,
+               f: &dyn Fn(&EquipmentMetrics) -> u64| it.map(f).sum::<u64>();
+    let nc_time_share = Ratio::new(
+        sum(&mut equipment.iter(), &|m| m.time_ms.running_nc),
+        sum(&mut equipment.iter(), &|m| m.time_ms.running()),
+        "no equipment ran in this window",
+    );
+    let nc_time_share_key = Ratio::new(
+        sum(&mut key_eq.iter().copied(), &|m| m.time_ms.running_nc),
+        sum(&mut key_eq.iter().copied(), &|m| m.time_ms.running()),
+        "no equipment in key processes ran in this window",
+    );
+    let indicators = Indicators {
+        cnc_rate_declared: cnc_declared,
+        cnc_rate_verified: cnc_verified,
+        nc_time_share,
+        nc_time_share_key,
+        networking_rate: Ratio::new(
+            equipment.iter().filter(|m| m.networked).count() as u64,
+            equipment.len() as u64,
+            "no equipment is configured",
+        ),
+        networking_rate_key: Ratio::new(
+            key_eq.iter().filter(|m| m.networked).count() as u64,
+            key_eq.len() as u64,
+            no_key,
+        ),
+        completeness: Ratio::new(
+            sum(&mut equipment.iter(), &|m| m.completeness.numerator),
+            sum(&mut equipment.iter(), &|m| m.completeness.denominator),
+            "no samples were expected in this window",
+        ),
+    };
+    let declared = declared_indicators(&enterprise.declared);
+    Report {
+        industry: enterprise.industry,
+        chain: enterprise.chain.clone(),
+        enterprise_name: enterprise.name.clone(),
+        agent_version: env!("CARGO_PKG_VERSION"),
+        config_hash: config_hash.to_string(),
+        window: WindowInfo {
+            kind: window.kind,
+            start: rfc3339(window.start, offset),
+            end: rfc3339(window.end, offset),
+            start_ts: window.start,
+            end_ts: window.end,
+        },
+        indicators,
+        declared,
+        processes,
+        equipment,
+    }
+}
+
+fn declared_indicators(d: &Declared) -> DeclaredIndicators {
+    DeclaredIndicators {
+        management: DeclaredIndicator {
+            source: "declared",
+            items: d.management.clone(),
+        },
+        design_tools: DeclaredIndicator {
+            source: "declared",
+            items: d.design_tools.clone(),
+        },
+    }
+}
+
+/// The report as outbox row body: JSON object members without the braces
+/// (the uplink wraps them in the envelope).
+pub fn body(report: &Report) -> Vec<u8> {
+    let mut v = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
+    // `{...}` → `...`
+    if v.len() >= 2 {
+        v.pop();
+        v.remove(0);
+    }
+    v
+}
+
+/// Closed windows are computed this long after they end, so that readings
+/// from the window's last poll cycles are committed first.
+pub const CLOSE_GRACE_MS: i64 = 5_000;
+/// After a long outage, windows older than this are not back-filled.
+const MAX_CATCH_UP_MS: i64 = 7 * DAY;
+
+/// What the scheduler needs besides the outbox.
+pub struct Scheduler {
+    pub model: std::sync::Arc<PlantModel>,
+    pub enterprise: Enterprise,
+    pub config_hash: String,
+    pub offset: UtcOffset,
+    pub snapshot_interval: std::time::Duration,
+    pub buffer: crate::buffer::BufferClient,
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+}
+
+impl Scheduler {
+    async fn publish(&self, window: Window, meta: Vec<(String, i64)>) -> Result<(), String> {
+        let data = self.buffer.window_data(window.start, window.end).await?;
+        let report = compute(
+            &self.model,
+            &self.enterprise,
+            &self.config_hash,
+            window,
+            self.offset,
+            &data,
+        );
+        let row = crate::buffer::NewRow {
+            kind: crate::buffer::Kind::Metrics,
+            count: report.equipment.len() as u32,
+            body: body(&report),
+        };
+        tracing::info!(
+            window = window.kind.name(), start = %report.window.start,
+            cnc_declared = ?report.indicators.cnc_rate_declared.value,
+            cnc_verified = ?report.indicators.cnc_rate_verified.value,
+            networking = ?report.indicators.networking_rate.value,
+            "Metrics computed"
+        );
+        self.buffer.append(row, meta).await
+    }
+
+    /// Closes hourly and daily windows as they end and publishes a snapshot
+    /// of the current day every `snapshot_interval`, until shutdown.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.model.equipment.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut closed = Vec::new();
+        for kind in [WindowKind::Hour, WindowKind::Day] {
+            let key = format!("closed_{}_end", kind.name());
+            let end = match self.buffer.meta(&key).await {
+                Ok(Some(end)) => end,
+                // First run: no window before this one is claimed.
+                Ok(None) => Window::containing(kind, now, self.offset).start,
+                Err(_) => return,
+            };
+            closed.push((kind, key, end));
+        }
+        let mut next_snapshot = now;
+        loop {
+            let now = self.clock.now_ms();
+            for (kind, key, end) in closed.iter_mut() {
+                let len = if *kind == WindowKind::Hour { HOUR } else { DAY };
+                while *end + len + CLOSE_GRACE_MS <= now {
+                    let w = Window {
+                        kind: *kind,
+                        start: *end,
+                        end: *end + len,
+                    };
+                    if now - w.end > MAX_CATCH_UP_MS {
+                        tracing::warn!(window = kind.name(), start = %rfc3339(w.start, self.offset), "Skipping a window older than 7 days");
+                    } else if let Err(e) = self.publish(w, vec![(key.clone(), w.end)]).await {
+                        tracing::debug!(error = %e, "Metrics stopped");
+                        return;
+                    }
+                    *end = w.end;
+                }
+            }
+            if now >= next_snapshot {
+                let w = Window::containing(WindowKind::Snapshot, now, self.offset);
+                if self.publish(w, Vec::new()).await.is_err() {
+                    return;
+                }
+                next_snapshot = now + self.snapshot_interval.as_millis() as i64;
+            }
+            let next_close = closed
+                .iter()
+                .map(|(k, _, end)| {
+                    end + if *k == WindowKind::Hour { HOUR } else { DAY } + CLOSE_GRACE_MS
+                })
+                .min()
+                .unwrap_or(i64::MAX);
+            let wait = (next_close.min(next_snapshot) - self.clock.now_ms()).clamp(10, 60_000);
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait as u64)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
