@@ -28,6 +28,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WindowArg {
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -57,6 +63,22 @@ pub enum Command {
         config: PathBuf,
         #[arg(long)]
         device: String,
+    },
+    /// The indicators (CNC rate, networking rate, ...) of one window, from
+    /// the local database.
+    Metrics {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Window length.
+        #[arg(long, value_enum, default_value_t = WindowArg::Day)]
+        window: WindowArg,
+        /// A moment inside the window: 2026-11-28 or 2026-11-28T14:30, in
+        /// the configured UTC offset (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// Print JSON (the zgsz.metrics/1 body) instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Outbox depth, oldest unsent, last ack, evictions, device health.
     Status {
@@ -161,6 +183,18 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             read(&c, &device).await
+        }
+        Command::Metrics {
+            config,
+            window,
+            at,
+            json,
+        } => {
+            let c = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            metrics(&c, window, at.as_deref(), json)
         }
         Command::Status { config, json } => {
             let c = match load_config(&config) {
@@ -318,4 +352,152 @@ fn human(d: Duration) -> String {
         120..=7199 => format!("{}m", s / 60),
         _ => format!("{}h", s / 3600),
     }
+}
+
+/// Parses `2026-11-28` or `2026-11-28T14:30` in `offset` to UTC ms.
+fn parse_at(s: &str, offset: time::UtcOffset) -> Option<i64> {
+    use time::macros::format_description;
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let date = time::Date::parse(date, format_description!("[year]-[month]-[day]")).ok()?;
+    let time = match time {
+        Some(t) => time::Time::parse(t, format_description!("[hour]:[minute]")).ok()?,
+        None => time::Time::MIDNIGHT,
+    };
+    let t = time::PrimitiveDateTime::new(date, time).assume_offset(offset);
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn pct(r: &crate::metrics::Ratio) -> String {
+    match r.value {
+        Some(v) => format!("{:>6.1}% ({}/{})", v * 100.0, r.numerator, r.denominator),
+        None => format!("   n/a  ({})", r.reason.as_deref().unwrap_or("")),
+    }
+}
+
+fn metrics(
+    c: &Config,
+    window: WindowArg,
+    at: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::metrics::{compute, Window, WindowKind};
+    let offset = c.metrics.utc_offset;
+    let now = SystemClock.now_ms();
+    let at_ms = match at {
+        Some(a) => match parse_at(a, offset) {
+            Some(t) => t,
+            None => {
+                eprintln!("error: --at {a:?}: write a date like 2026-11-28 or a time like 2026-11-28T14:30");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => now,
+    };
+    let kind = match window {
+        WindowArg::Hour => WindowKind::Hour,
+        WindowArg::Day => WindowKind::Day,
+    };
+    let mut w = Window::containing(kind, at_ms, offset);
+    let partial = w.end > now;
+    if partial {
+        w.end = now.max(w.start);
+    }
+    let conn = crate::buffer::open_read_only(&c.agent.state_dir).with_context(|| {
+        format!(
+            "no outbox in {} yet; has the agent run with this config?",
+            c.agent.state_dir.display()
+        )
+    })?;
+    let data =
+        crate::buffer::window_data(&conn, w.start, w.end).context("reading the state history")?;
+    let report = compute(&c.plant, &c.enterprise, &c.hash(), w, offset, &data);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let i = &report.indicators;
+    println!(
+        "{} window {} .. {}{}",
+        kind.name(),
+        report.window.start,
+        report.window.end,
+        if partial { " (so far)" } else { "" }
+    );
+    println!(
+        "关键工序数控化率 CNC rate, declared  {}",
+        pct(&i.cnc_rate_declared)
+    );
+    println!(
+        "关键工序数控化率 CNC rate, verified  {}",
+        pct(&i.cnc_rate_verified)
+    );
+    println!(
+        "NC time share (all / key)          {} / {}",
+        pct(&i.nc_time_share),
+        pct(&i.nc_time_share_key)
+    );
+    println!(
+        "设备联网率 networking (all / key)    {} / {}",
+        pct(&i.networking_rate),
+        pct(&i.networking_rate_key)
+    );
+    println!(
+        "data completeness                  {}",
+        pct(&i.completeness)
+    );
+    println!();
+    println!(
+        "{:<14} {:<4} {:>4} {:>4} {:>8}  {:<22} utilisation",
+        "process", "key", "eq", "nc", "verified", "NC time share"
+    );
+    for p in &report.processes {
+        println!(
+            "{:<14} {:<4} {:>4} {:>4} {:>8}  {:<22} {}",
+            p.id,
+            if p.key { "yes" } else { "no" },
+            p.equipment,
+            p.nc_capable,
+            p.verified_nc,
+            pct(&p.nc_time_share),
+            pct(&p.utilisation)
+        );
+    }
+    println!();
+    println!(
+        "{:<12} {:<10} {:<7} {:>9} {:>9} {:>9} {:>9}  {:<22} {:<22} completeness",
+        "equipment",
+        "process",
+        "kind",
+        "offline",
+        "idle",
+        "manual",
+        "nc",
+        "utilisation",
+        "NC time share"
+    );
+    let mins = |ms: u64| format!("{:.1}m", ms as f64 / 60_000.0);
+    for e in &report.equipment {
+        println!(
+            "{:<12} {:<10} {:<7} {:>9} {:>9} {:>9} {:>9}  {:<22} {:<22} {}{}",
+            e.id,
+            e.process,
+            format!("{:?}", e.kind).to_lowercase(),
+            mins(e.time_ms.offline),
+            mins(e.time_ms.idle),
+            mins(e.time_ms.running_manual),
+            mins(e.time_ms.running_nc),
+            pct(&e.utilisation),
+            pct(&e.nc_time_share),
+            pct(&e.completeness),
+            if e.verified_nc {
+                "  ✓ verified NC"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
