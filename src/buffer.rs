@@ -754,6 +754,7 @@ pub fn spawn(
                 }
             };
             rt.block_on(async move {
+                let mut clock_watch = ClockWatch::default();
                 let mut readings_open = true;
                 let mut control_open = true;
                 while readings_open || control_open {
@@ -782,6 +783,7 @@ pub fn spawn(
                         }
                         controls.push(c);
                     }
+                    clock_watch.check(clock.now_ms());
                     process(&mut outbox, batches, controls, max_body, &*clock, &appended_tx, readings_open).await;
                 }
                 tracing::debug!("Outbox closed");
@@ -795,6 +797,35 @@ pub fn spawn(
         },
         appended: appended_rx,
         thread,
+    }
+}
+
+/// Notices the system clock stepping backwards. Timestamps are evidence, so
+/// the operator must hear about it; seqs are unaffected (they come from
+/// SQLite, not the clock), and the state tracker never dates a transition
+/// before the previous one.
+#[derive(Default)]
+pub struct ClockWatch {
+    /// The latest time seen so far.
+    high: Option<i64>,
+}
+
+impl ClockWatch {
+    /// Returns how far the clock went back, if it did by more than a second.
+    pub fn check(&mut self, now: i64) -> Option<i64> {
+        let high = self.high.get_or_insert(now);
+        let back = *high - now;
+        *high = (*high).max(now);
+        if back > 1_000 {
+            tracing::warn!(
+                stepped_back_ms = back,
+                "System clock stepped backwards; readings are stamped with the new time, check NTP on this gateway"
+            );
+            // Warn once per step, not on every commit until time catches up.
+            *high = now;
+            return Some(back);
+        }
+        None
     }
 }
 

@@ -195,6 +195,12 @@ struct RawMqtt {
     client_key_file: Option<PathBuf>,
     username: Option<String>,
     password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the password (systemd:
+    /// `LoadCredential=` or an `EnvironmentFile=` readable only by root).
+    password_env: Option<String>,
+    /// Refuse to start with `tls = false` (a site policy switch).
+    #[serde(default)]
+    require_tls: bool,
     client_id: Option<String>,
     #[serde(default = "default_topic_prefix")]
     topic_prefix: String,
@@ -844,21 +850,50 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         }
         None
     };
-    let password = m.password_file.as_ref().and_then(|f| {
-        let f = resolve(base, f);
-        match std::fs::read_to_string(&f) {
-            Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_string())),
-            Err(e) => {
-                p.error(
-                    "mqtt.password_file",
-                    format!(
+    if m.require_tls && !m.tls {
+        p.error(
+            "mqtt.tls",
+            "is false but mqtt.require_tls = true; set tls = true with ca_file",
+        );
+    }
+    if m.password_file.is_some() && m.password_env.is_some() {
+        p.error(
+            "mqtt.password_env",
+            "password_file is set too; keep one source of the password",
+        );
+    }
+    for (k, f) in [
+        ("password_file", &m.password_file),
+        ("client_key_file", &m.client_key_file),
+    ] {
+        if let Some(f) = f {
+            warn_world_readable(&resolve(base, f), &format!("mqtt.{k}"), p);
+        }
+    }
+    let from_env = m.password_env.as_ref().and_then(|name| match std::env::var(name) {
+        Ok(v) => Some(Secret(v)),
+        Err(_) => {
+            p.error("mqtt.password_env", format!("environment variable {name} is not set; set it for the agent's service, or use password_file"));
+            None
+        }
+    });
+    let password = from_env.or_else(|| {
+        m.password_file.as_ref().and_then(|f| {
+            let f = resolve(base, f);
+            match std::fs::read_to_string(&f) {
+                Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_string())),
+                Err(e) => {
+                    p.error(
+                        "mqtt.password_file",
+                        format!(
                         "cannot read {}: {e}; create it with only the password inside, mode 0600",
                         f.display()
                     ),
-                );
-                None
+                    );
+                    None
+                }
             }
-        }
+        })
     });
     if password.is_some() && m.username.is_none() {
         p.error(
@@ -1311,6 +1346,17 @@ fn check_overlaps(tags: &[TagConfig], keys: &[String], p: &mut Problems) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Secrets readable by every user on the gateway are a finding in any
+/// security review; say so, but do not refuse to run.
+fn warn_world_readable(path: &Path, key: &str, p: &mut Problems) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o004 != 0 {
+            p.warn(key, format!("{} is readable by every user on this machine; chmod 600 it (owner: the agent's user)", path.display()));
         }
     }
 }

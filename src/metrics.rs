@@ -542,7 +542,10 @@ impl Scheduler {
                     *end = w.end;
                 }
             }
-            if now >= next_snapshot {
+            // `next_snapshot - now > interval` means the clock went back.
+            if now >= next_snapshot
+                || next_snapshot - now > self.snapshot_interval.as_millis() as i64
+            {
                 let w = Window::containing(WindowKind::Snapshot, now, self.offset);
                 if self.publish(w, Vec::new()).await.is_err() {
                     return;

@@ -251,3 +251,35 @@ fn every_expect_file_has_a_config() {
         }
     }
 }
+
+#[test]
+fn world_readable_password_file_is_warned_about_until_chmod_600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("mqtt.password");
+    std::fs::write(&pw, "s3cret\n").expect("write password");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "[agent]\ngateway_id = \"gw\"\nstate_dir = \"state\"\n[enterprise]\nname = \"测试\"\nuscc = \"91350100M000100Y43\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[mqtt]\ntls = false\nusername = \"gw\"\npassword_file = \"mqtt.password\"\n",
+    )
+    .expect("write config");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = check(&cfg);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("mqtt.password_file: ")
+            && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = check(&cfg);
+    assert!(
+        !text(&out.stderr).contains("password_file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
