@@ -390,6 +390,14 @@ impl Outbox {
         Ok(last_seq)
     }
 
+    /// Caps the database file at `pages` pages, so that fault tests can
+    /// make SQLite report a full disk without filling one.
+    pub fn set_max_pages(&self, pages: u64) -> Result<(), BufferError> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// A meta value written by [`Outbox::commit`].
     pub fn meta(&self, key: &str) -> Result<Option<i64>, BufferError> {
         let v: Option<String> = self

@@ -22,3 +22,23 @@ impl Clock for SystemClock {
             .unwrap_or(0)
     }
 }
+
+/// The system clock plus an adjustable offset: lets fault tests step the
+/// clock (e.g. an hour backwards) the way a misbehaving NTP would.
+#[derive(Debug, Default)]
+pub struct OffsetClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl OffsetClock {
+    pub fn step(&self, delta_ms: i64) {
+        self.offset_ms
+            .fetch_add(delta_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms() + self.offset_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

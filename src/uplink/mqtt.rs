@@ -79,6 +79,8 @@ pub struct UplinkState {
     pub connected: bool,
     pub acked_messages: u64,
     pub connects: u64,
+    /// Why the last connection ended or failed, for `status` and tests.
+    pub last_error: Option<String>,
 }
 
 pub struct MqttUplink {
@@ -203,7 +205,10 @@ impl MqttUplink {
             match self.session(&mut shutdown, &mut backoff).await {
                 End::Shutdown => return,
                 End::Lost(why) => {
-                    self.state.send_modify(|s| s.connected = false);
+                    self.state.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(why.clone());
+                    });
                     let delay = backoff.next_delay();
                     if let Some(suppressed) = self.log.check("lost") {
                         tracing::warn!(

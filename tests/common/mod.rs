@@ -266,7 +266,17 @@ async fn pipe(
     loop {
         tokio::select! {
             n = from.read(&mut buf) => {
-                let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                let n = match n {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        // A cut cable does not pass on a close either: while
+                        // blackholed, keep our side open until the mode changes.
+                        while *mode.borrow() == Mode::Blackhole {
+                            if mode.changed().await.is_err() { return; }
+                        }
+                        return;
+                    }
+                };
                 let current = *mode.borrow();
                 match current {
                     Mode::Forward => if to.write_all(&buf[..n]).await.is_err() { return },
