@@ -11,10 +11,10 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{self, Batch, BufferClient, BufferError, Outbox};
 use crate::clock::Clock;
-use crate::config::{Config, Protocol};
+use crate::config::Config;
 use crate::metrics::Scheduler;
 use crate::plant::Tracker;
-use crate::source::{self, modbus::ModbusDevice};
+use crate::source;
 use crate::uplink::mqtt::{MqttUplink, UplinkState};
 
 /// A running agent.
@@ -79,19 +79,7 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
     // Sources → plant stage → outbox.
     let (cycles_tx, cycles_rx) = tokio::sync::mpsc::channel(1024);
     let plant_task = tokio::spawn(crate::plant::run(tracker, cycles_rx, handles.readings));
-    let mut sources = Vec::new();
-    for dev in &config.devices {
-        match dev.protocol {
-            Protocol::ModbusTcp => {
-                let d = ModbusDevice::new(dev.clone(), clock.clone());
-                sources.push(tokio::spawn(source::run(
-                    d,
-                    cycles_tx.clone(),
-                    shutdown_rx.clone(),
-                )));
-            }
-        }
-    }
+    let sources = source::spawn_all(&config.devices, &clock, &cycles_tx, &shutdown_rx);
     // Our own copy of the readings sender is dropped here, so the outbox
     // sees its input close once every source has stopped.
     drop(cycles_tx);

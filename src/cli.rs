@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, ConfigError};
-use crate::source::modbus::ModbusDevice;
-use crate::source::Source;
+use crate::source::modbus::{AnyLink, Poller};
+
+mod commission;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +65,12 @@ pub enum Command {
         #[arg(long)]
         device: String,
     },
+    /// List the unit ids that answer on a serial bus or behind a gateway,
+    /// with the time each took.
+    Scan(commission::ScanArgs),
+    /// Read registers once and decode them as every type in every word and
+    /// byte order; prints a ready-to-paste tag for the right one.
+    Probe(commission::ProbeArgs),
     /// The indicators (CNC rate, networking rate, ...) of one window, from
     /// the local database.
     Metrics {
@@ -184,6 +191,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             read(&c, &device).await
         }
+        Command::Scan(args) => commission::scan(args).await,
+        Command::Probe(args) => commission::probe(args).await,
         Command::Metrics {
             config,
             window,
@@ -248,11 +257,14 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    let mut d = ModbusDevice::new(dev.clone(), Arc::new(SystemClock));
-    let readings = d.poll_once().await;
+    // The same poll cycle `run` does, over the link the protocol calls for.
+    let mut link = AnyLink::for_device(dev);
+    let mut d = Poller::new(dev.clone(), Arc::new(SystemClock));
+    let readings = d.poll(&mut link).await;
     println!(
-        "{} ({}, unit {}): {} requests",
+        "{} ({} {}, unit {}): {} requests",
         dev.id,
+        dev.protocol.name(),
         dev.address,
         dev.unit_id,
         d.last_requests()

@@ -127,9 +127,17 @@ struct RawDevice {
     id: String,
     #[serde(default)]
     protocol: Protocol,
-    address: String,
+    /// host:port; for modbus-tcp and modbus-rtu-over-tcp only.
+    address: Option<String>,
     #[serde(default = "default_unit_id")]
     unit_id: u16,
+    /// Serial port (ideally /dev/serial/by-id/...); modbus-rtu only, as are
+    /// the line settings below (defaults 9600, "N", 8, 1).
+    port: Option<String>,
+    baud: Option<u32>,
+    parity: Option<Parity>,
+    data_bits: Option<u8>,
+    stop_bits: Option<u8>,
     #[serde(default = "default_poll_interval")]
     poll_interval: String,
     #[serde(default = "default_timeout")]
@@ -327,11 +335,93 @@ pub enum Synchronous {
     Normal,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
+    /// Modbus TCP (MBAP framing), one connection per device.
     #[default]
     ModbusTcp,
+    /// Modbus RTU on one of the gateway's own serial ports (RS-485).
+    ModbusRtu,
+    /// Raw RTU frames (with CRC) over TCP, for serial device servers that
+    /// forward bytes transparently.
+    ModbusRtuOverTcp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+        }
+    }
+
+    /// RTU framing on a bus that several units share.
+    pub fn is_bus(self) -> bool {
+        matches!(self, Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp)
+    }
+}
+
+/// Serial parity, written as in "9600 8N1".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum Parity {
+    #[default]
+    N,
+    E,
+    O,
+}
+
+/// The line settings of a serial port; every unit on one port shares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SerialConfig {
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        SerialConfig {
+            baud: 9600,
+            parity: Parity::N,
+            data_bits: 8,
+            stop_bits: 1,
+        }
+    }
+}
+
+impl SerialConfig {
+    /// Bits on the wire per character: start, data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::N)
+            + u32::from(self.stop_bits)
+    }
+
+    /// Time one character takes on the wire.
+    pub fn char_time(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.bits_per_char()) / f64::from(self.baud.max(1)))
+    }
+
+    /// The silence that ends an RTU frame: 3.5 character times, fixed at
+    /// 1.75 ms above 19200 baud (Modbus over serial line, 2.5.1.1).
+    pub fn inter_frame_gap(&self) -> Duration {
+        if self.baud > 19200 {
+            Duration::from_micros(1750)
+        } else {
+            self.char_time().mul_f64(3.5)
+        }
+    }
+
+    /// "9600 8N1".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}{:?}{}",
+            self.baud, self.data_bits, self.parity, self.stop_bits
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -376,8 +466,11 @@ pub struct Enterprise {
 pub struct DeviceConfig {
     pub id: Arc<str>,
     pub protocol: Protocol,
-    /// `host:port` as written; resolved at every connect so DNS changes apply.
+    /// Where the device is: `host:port` as written (resolved at every
+    /// connect so DNS changes apply), or the serial port for modbus-rtu.
     pub address: String,
+    /// Line settings; `Some` exactly for modbus-rtu.
+    pub serial: Option<SerialConfig>,
     pub unit_id: u8,
     pub poll_interval: Duration,
     pub timeout: Duration,
@@ -770,6 +863,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
             devices.push(Arc::new(dev));
         }
     }
+    check_buses(&devices, p);
     if devices.is_empty() && !p.has_errors() {
         p.warn(
             "devices",
@@ -1172,19 +1266,124 @@ fn validate_plant(
     model
 }
 
-fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceConfig> {
-    let Protocol::ModbusTcp = d.protocol;
-    match d.address.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-        _ => p.error(
+/// Where a device is and how its line is set: `address` for the TCP
+/// protocols, `port` and the serial settings for modbus-rtu, never a mix.
+fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Option<SerialConfig>) {
+    let serial_keys = [
+        ("baud", d.baud.is_some()),
+        ("parity", d.parity.is_some()),
+        ("data_bits", d.data_bits.is_some()),
+        ("stop_bits", d.stop_bits.is_some()),
+    ];
+    if d.protocol != Protocol::ModbusRtu {
+        let proto = d.protocol.name();
+        if d.port.is_some() {
+            p.error(
+                format!("{key}.port"),
+                format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}); set protocol = \"modbus-rtu\" for a serial port, or remove port and use address = \"host:port\""),
+            );
+        }
+        for (k, set) in serial_keys {
+            if set {
+                let why = if d.protocol == Protocol::ModbusRtuOverTcp {
+                    "the device server sets up its own serial line, so configure the line there"
+                } else {
+                    "Modbus TCP has no serial line"
+                };
+                p.error(
+                    format!("{key}.{k}"),
+                    format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}): {why}; remove it"),
+                );
+            }
+        }
+        let address = match &d.address {
+            Some(a) => {
+                match a.rsplit_once(':') {
+                    Some((host, port))
+                        if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                    _ => p.error(
+                        format!("{key}.address"),
+                        format!("{a:?} must be host:port, e.g. \"127.0.0.1:502\""),
+                    ),
+                }
+                a.clone()
+            }
+            None => {
+                p.error(
+                    format!("{key}.address"),
+                    format!("is missing; a {proto} device needs address = \"host:port\", e.g. \"127.0.0.1:502\""),
+                );
+                String::new()
+            }
+        };
+        return (address, None);
+    }
+    if let Some(a) = &d.address {
+        p.error(
             format!("{key}.address"),
-            format!("{:?} must be host:port, e.g. \"127.0.0.1:502\"", d.address),
+            format!("{a:?}: address is for the TCP protocols; a modbus-rtu device names its serial port with port = \"/dev/serial/by-id/...\" (or set protocol = \"modbus-rtu-over-tcp\" for a serial device server)"),
+        );
+    }
+    let port = match &d.port {
+        Some(port) if !port.trim().is_empty() => port.clone(),
+        _ => {
+            p.error(
+                format!("{key}.port"),
+                "is missing; a modbus-rtu device needs its serial port, e.g. port = \"/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0\" (a stable name) or \"/dev/ttyUSB0\"",
+            );
+            String::new()
+        }
+    };
+    let mut serial = SerialConfig::default();
+    if let Some(baud) = d.baud {
+        if (300..=4_000_000).contains(&baud) {
+            serial.baud = baud;
+        } else {
+            p.error(
+                format!("{key}.baud"),
+                format!("{baud} is not a serial line speed; use the device's setting, e.g. 9600, 19200 or 115200"),
+            );
+        }
+    }
+    if let Some(parity) = d.parity {
+        serial.parity = parity;
+    }
+    match d.data_bits {
+        None | Some(8) => {}
+        Some(7) => p.error(
+            format!("{key}.data_bits"),
+            "7 data bits is Modbus ASCII, which the agent does not speak; Modbus RTU always uses 8 (remove the key)",
+        ),
+        Some(other) => p.error(
+            format!("{key}.data_bits"),
+            format!("{other} is not valid for Modbus RTU, which always uses 8 data bits; remove the key"),
         ),
     }
+    match d.stop_bits {
+        None => {}
+        Some(n @ (1 | 2)) => serial.stop_bits = n,
+        Some(other) => p.error(
+            format!("{key}.stop_bits"),
+            format!(
+                "{other} is not a number of stop bits; use 1 or 2 (2 is usual with parity = \"N\")"
+            ),
+        ),
+    }
+    (port, Some(serial))
+}
+
+fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceConfig> {
+    let (address, serial) = validate_endpoint(&d, key, p);
     // 0 is broadcast (no answer ever comes); 248..=254 are reserved; 255 is
-    // the usual "don't care" id of Modbus TCP devices.
+    // the usual "don't care" id of Modbus TCP devices, and means nothing on
+    // a serial bus.
     let unit_id = match d.unit_id {
-        1..=247 | 255 => d.unit_id as u8,
+        1..=247 => d.unit_id as u8,
+        255 if d.protocol == Protocol::ModbusTcp => 255,
+        255 => {
+            p.error(format!("{key}.unit_id"), format!("255 is only for Modbus TCP devices that ignore the unit id; on a {} bus use the device's station number, 1..=247", d.protocol.name()));
+            1
+        }
         other => {
             p.error(format!("{key}.unit_id"), format!("{other} is not a unit id a device answers to; use 1..=247 (or 255 for TCP-only devices)"));
             1
@@ -1303,7 +1502,8 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
     Some(DeviceConfig {
         id: d.id.as_str().into(),
         protocol: d.protocol,
-        address: d.address,
+        address,
+        serial,
         unit_id,
         poll_interval,
         timeout,
@@ -1312,6 +1512,106 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
         coalesce: d.coalesce,
         tags,
     })
+}
+
+/// Units on one bus (a serial port, or one RTU-over-TCP device server) are
+/// polled by one task over one line: they must agree on the line settings
+/// and each needs its own unit id. One TCP address speaks one framing.
+fn check_buses(devices: &[Arc<DeviceConfig>], p: &mut Problems) {
+    let mut first_at_address: HashMap<&str, usize> = HashMap::new();
+    let mut first_on_bus: HashMap<String, usize> = HashMap::new();
+    let mut unit_on_bus: HashMap<(String, u8), usize> = HashMap::new();
+    for (i, d) in devices.iter().enumerate() {
+        if d.address.is_empty() {
+            continue;
+        }
+        if d.protocol != Protocol::ModbusRtu {
+            let first = *first_at_address.entry(&d.address).or_insert(i);
+            let other = &devices[first];
+            if other.protocol != d.protocol {
+                p.error(
+                    format!("devices[{i}].protocol"),
+                    format!(
+                        "{:?} differs from devices[{first}] ({:?}) at the same address {}; one server speaks one framing, so give both the protocol the server speaks",
+                        d.protocol.name(), other.protocol.name(), d.address
+                    ),
+                );
+                continue;
+            }
+        }
+        let Some(bus) = d.bus_key() else {
+            continue;
+        };
+        let first = *first_on_bus.entry(bus.clone()).or_insert(i);
+        if let (Some(mine), Some(theirs)) = (d.serial, devices[first].serial) {
+            let diffs = [
+                (
+                    "baud",
+                    mine.baud != theirs.baud,
+                    mine.baud.to_string(),
+                    theirs.baud.to_string(),
+                ),
+                (
+                    "parity",
+                    mine.parity != theirs.parity,
+                    format!("{:?}", mine.parity),
+                    format!("{:?}", theirs.parity),
+                ),
+                (
+                    "data_bits",
+                    mine.data_bits != theirs.data_bits,
+                    mine.data_bits.to_string(),
+                    theirs.data_bits.to_string(),
+                ),
+                (
+                    "stop_bits",
+                    mine.stop_bits != theirs.stop_bits,
+                    mine.stop_bits.to_string(),
+                    theirs.stop_bits.to_string(),
+                ),
+            ];
+            for (k, differs, a, b) in diffs {
+                if differs {
+                    p.error(
+                        format!("devices[{i}].{k}"),
+                        format!(
+                            "{a} differs from devices[{first}] ({b}) on the same port {}; every unit on one RS-485 bus uses the same line settings, so make them equal (and set the devices to match)",
+                            d.address
+                        ),
+                    );
+                }
+            }
+        }
+        let prev = *unit_on_bus.entry((bus, d.unit_id)).or_insert(i);
+        if prev != i {
+            p.error(
+                format!("devices[{i}].unit_id"),
+                format!(
+                    "{} is already used by devices[{prev}] on the same bus {}; every unit on one bus needs its own station number",
+                    d.unit_id, d.address
+                ),
+            );
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// The bus this device shares with others, if its protocol has one; all
+    /// devices with the same key are polled by one task. A serial port is
+    /// named by its resolved path when it exists, so `/dev/ttyUSB0` and its
+    /// `/dev/serial/by-id/...` link are seen as one bus.
+    pub fn bus_key(&self) -> Option<String> {
+        match self.protocol {
+            Protocol::ModbusTcp => None,
+            Protocol::ModbusRtu => {
+                let path = std::fs::canonicalize(&self.address)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| self.address.clone());
+                Some(format!("serial:{path}"))
+            }
+            Protocol::ModbusRtuOverTcp => Some(format!("tcp:{}", self.address)),
+        }
+    }
 }
 
 /// Two register tags may share registers only if they decode them the same
@@ -1559,5 +1859,54 @@ mod tests {
         assert_eq!(parse_duration("2 days"), None);
         assert_eq!(parse_size("256MiB"), Some(256 << 20));
         assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn rtu_devices_take_serial_defaults_and_share_a_bus() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            r#"
+[agent]
+gateway_id = "gw-01"
+state_dir = "{}"
+[enterprise]
+name = "x"
+uscc = "91350100M000100Y43"
+region_code = "321003"
+industry = "discrete"
+[mqtt]
+tls = false
+[[devices]]
+id = "a"
+protocol = "modbus-rtu"
+port = "/dev/serial/by-id/usb-FTDI-if00-port0"
+unit_id = 3
+[[devices]]
+id = "b"
+protocol = "modbus-rtu"
+port = "/dev/serial/by-id/usb-FTDI-if00-port0"
+baud = 9600
+parity = "N"
+data_bits = 8
+stop_bits = 1
+unit_id = 4
+[[devices]]
+id = "c"
+protocol = "modbus-rtu-over-tcp"
+address = "127.0.0.1:4001"
+unit_id = 3
+"#,
+            dir.path().display()
+        );
+        let (c, warnings) = load_str(Path::new("t.toml"), &text).expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let d = &c.devices;
+        assert_eq!(d[0].serial, Some(SerialConfig::default()));
+        assert_eq!(d[0].serial.map(|s| s.describe()), Some("9600 8N1".into()));
+        assert_eq!(d[0].address, "/dev/serial/by-id/usb-FTDI-if00-port0");
+        assert_eq!(d[0].bus_key(), d[1].bus_key());
+        assert_eq!(d[2].serial, None);
+        assert_eq!(d[2].bus_key(), Some("tcp:127.0.0.1:4001".into()));
+        assert_eq!(d[2].protocol, Protocol::ModbusRtuOverTcp);
     }
 }

@@ -29,6 +29,10 @@ use tokio::net::TcpListener;
 use tokio_modbus::prelude::*;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 
+use crate::config::SerialConfig;
+
+pub mod rtu;
+
 /// The four data areas of one unit.
 #[derive(Debug, Clone)]
 pub struct Bank {
@@ -81,6 +85,8 @@ pub struct Faults {
     pub silent: AtomicBool,
     /// Delay before answering, in milliseconds.
     pub delay_ms: AtomicU64,
+    /// Answer every request to this unit with this exception code.
+    pub unit_exception: Mutex<HashMap<u8, u8>>,
 }
 
 /// Request counters, so tests can assert what went over the wire.
@@ -112,14 +118,36 @@ impl SimDevice {
     ) -> std::io::Result<SimDevice> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let units = Arc::new(units);
-        let faults = Arc::new(Faults::default());
-        let counters = Arc::new(Counters::default());
-        let service = Arc::new(SimService {
-            units: units.clone(),
-            faults: faults.clone(),
-            counters: counters.clone(),
+        let (service, units, faults, counters) = SimService::new(units, false);
+        let server = Server::new(listener);
+        let task = tokio::spawn(async move {
+            let on_connected = |stream, socket_addr| {
+                let service = service.clone();
+                async move {
+                    accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(service.clone())))
+                }
+            };
+            let _ = server.serve(&on_connected, |_err| {}).await;
         });
+        Ok(SimDevice {
+            addr,
+            units,
+            faults,
+            counters,
+            task,
+        })
+    }
+
+    /// Starts a serial device server on 127.0.0.1 that speaks raw RTU
+    /// frames over TCP (tokio-modbus's RTU-over-TCP server). As on a real
+    /// bus, units not in `units` never answer.
+    pub async fn start_rtu_over_tcp(
+        units: HashMap<u8, Arc<Mutex<Bank>>>,
+    ) -> std::io::Result<SimDevice> {
+        use tokio_modbus::server::rtu_over_tcp::{accept_tcp_connection, Server};
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (service, units, faults, counters) = SimService::new(units, true);
         let server = Server::new(listener);
         let task = tokio::spawn(async move {
             let on_connected = |stream, socket_addr| {
@@ -159,10 +187,72 @@ impl Drop for SimDevice {
     }
 }
 
+/// A simulated RS-485 bus: tokio-modbus's RTU server on a serial port (a
+/// pty in the tests), answering for every unit in `units`; any other unit
+/// id stays silent, as on a real bus.
+pub struct SimSerial {
+    pub units: Arc<HashMap<u8, Arc<Mutex<Bank>>>>,
+    pub faults: Arc<Faults>,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimSerial {
+    pub fn start(
+        path: &str,
+        line: &SerialConfig,
+        units: HashMap<u8, Arc<Mutex<Bank>>>,
+    ) -> std::io::Result<SimSerial> {
+        let port = crate::source::modbus::rtu::open_serial(path, line)?;
+        let (service, units, faults, counters) = SimService::new(units, true);
+        let server = tokio_modbus::server::rtu::Server::new(port);
+        let task = tokio::spawn(async move {
+            let _ = server.serve_forever(service).await;
+        });
+        Ok(SimSerial {
+            units,
+            faults,
+            counters,
+            task,
+        })
+    }
+}
+
+impl Drop for SimSerial {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type SimParts = (
+    Arc<SimService>,
+    Arc<HashMap<u8, Arc<Mutex<Bank>>>>,
+    Arc<Faults>,
+    Arc<Counters>,
+);
+
 struct SimService {
     units: Arc<HashMap<u8, Arc<Mutex<Bank>>>>,
     faults: Arc<Faults>,
     counters: Arc<Counters>,
+    /// On an RTU bus an absent unit is silent; a TCP gateway answers for it
+    /// with exception 0x0B instead.
+    rtu: bool,
+}
+
+impl SimService {
+    fn new(units: HashMap<u8, Arc<Mutex<Bank>>>, rtu: bool) -> SimParts {
+        let units = Arc::new(units);
+        let faults = Arc::new(Faults::default());
+        let counters = Arc::new(Counters::default());
+        let service = Arc::new(SimService {
+            units: units.clone(),
+            faults: faults.clone(),
+            counters: counters.clone(),
+            rtu,
+        });
+        (service, units, faults, counters)
+    }
 }
 
 fn slice<T: Clone>(
@@ -190,6 +280,7 @@ impl tokio_modbus::server::Service for SimService {
         let units = self.units.clone();
         let faults = self.faults.clone();
         let counters = self.counters.clone();
+        let rtu = self.rtu;
         Box::pin(async move {
             let is_read = matches!(
                 req.request,
@@ -210,12 +301,24 @@ impl tokio_modbus::server::Service for SimService {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            let Some(bank) = units.get(&req.slave) else {
+                if rtu {
+                    return Ok(None);
+                }
+                return Err(ExceptionCode::GatewayTargetDevice);
+            };
             if let Some(code) = *faults.exception.lock().unwrap_or_else(|e| e.into_inner()) {
                 return Err(ExceptionCode::new(code));
             }
-            let Some(bank) = units.get(&req.slave) else {
-                return Err(ExceptionCode::GatewayTargetDevice);
-            };
+            let unit_exception = faults
+                .unit_exception
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&req.slave)
+                .copied();
+            if let Some(code) = unit_exception {
+                return Err(ExceptionCode::new(code));
+            }
             let mapped = *faults
                 .mapped_below
                 .lock()

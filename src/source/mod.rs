@@ -1,19 +1,46 @@
 //! Southbound: devices that produce [`Reading`]s.
 //!
-//! Every device runs in its own task, so a dead or slow device never delays
-//! another. A task polls on its interval (staggered so that forty devices
-//! do not all fire at t=0) and hands each cycle's readings to the buffer
-//! through a bounded channel: if the disk cannot keep up, polling slows
-//! down instead of memory growing.
+//! Every Modbus TCP device runs in its own task, so a dead or slow device
+//! never delays another. Units on one RTU bus share one task, a lane
+//! ([`modbus::rtu::Bus`]), because requests must never interleave on the
+//! wire. A task polls on its interval (staggered so that forty devices do
+//! not all fire at t=0) and hands each cycle's readings, one `Vec` per
+//! device, to the buffer through a bounded channel: if the disk cannot keep
+//! up, polling slows down instead of memory growing.
 
 pub mod modbus;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::clock::Clock;
+use crate::config::{DeviceConfig, Protocol};
 use crate::reading::Reading;
+
+/// Starts a task per Modbus TCP device and a lane per RTU bus, all sending
+/// their cycles to `tx` until `shutdown` turns true.
+pub fn spawn_all(
+    devices: &[Arc<DeviceConfig>],
+    clock: &Arc<dyn Clock>,
+    tx: &mpsc::Sender<Vec<Reading>>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for dev in devices {
+        if dev.protocol == Protocol::ModbusTcp {
+            let d = modbus::ModbusDevice::new(dev.clone(), clock.clone());
+            tasks.push(tokio::spawn(run(d, tx.clone(), shutdown.clone())));
+        }
+    }
+    for bus in modbus::rtu::Bus::group(devices, clock) {
+        tasks.push(tokio::spawn(bus.run(tx.clone(), shutdown.clone())));
+    }
+    tasks
+}
 
 /// A device the agent polls.
 pub trait Source: Send + 'static {

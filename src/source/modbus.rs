@@ -1,53 +1,212 @@
-//! Modbus TCP devices.
+//! Modbus devices: the request logic shared by every transport, and the
+//! Modbus TCP transport.
 //!
-//! Every request is wrapped in a timeout. After a timeout or a transport
-//! error the connection is dropped and rebuilt, because a late reply on the
-//! old socket could otherwise be matched to the next request. A Modbus
-//! exception, by contrast, is a valid answer: the connection stays up and
-//! the affected tags get `exception:<code>`.
+//! A device's poll cycle is the same whatever carries it ([`Poller`]): walk
+//! the coalesced plan, split a merged read the device refuses with
+//! exception 2 or 3, decode, and give every tag a quality. The transport is
+//! a [`Link`]: a TCP connection of the device's own ([`TcpLink`]), or a bus
+//! shared by several units ([`rtu::BusLink`], serial RTU or RTU over TCP).
+//!
+//! Every request is wrapped in a timeout. After a timeout or a broken answer
+//! the link makes sure a late reply can never be matched to the next
+//! request: TCP drops the connection, a bus drains the line and restarts its
+//! framing. A Modbus exception, by contrast, is a valid answer: the link
+//! stays up and the affected tags get `exception:<code>`.
 
+pub mod commission;
 pub mod decode;
 pub mod plan;
+pub mod rtu;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::config::{DeviceConfig, TagConfig};
+use crate::config::{DeviceConfig, Protocol, TagConfig};
 use crate::loglimit::LogLimiter;
 use crate::reading::{BadReason, Quality, Reading, Value};
 use decode::{apply_scale, decode_registers};
 use plan::{Area, Block, Span};
 
 /// The raw answer to one block read.
-enum Data {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
     Bits(Vec<bool>),
     Words(Vec<u16>),
 }
 
 /// Why a block read gave no data.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No answer within the timeout.
+    #[error("no answer within the timeout")]
     Timeout,
+    /// The unit answered with this Modbus exception code.
+    #[error("Modbus exception {0}")]
     Exception(u8),
-    Transport,
+    /// No connection: refused, reset, port missing, or backing off.
+    #[error("link down: {0}")]
+    Disconnected(String),
+    /// An answer arrived but was not a valid reply to our request (bad
+    /// CRC, wrong unit or function, truncated frame).
+    #[error("broken answer: {0}")]
+    Decode(String),
 }
 
-/// One Modbus TCP device and its connection.
-pub struct ModbusDevice {
+impl Failure {
+    fn reason(&self) -> BadReason {
+        match self {
+            Failure::Timeout => BadReason::Timeout,
+            Failure::Exception(c) => BadReason::Exception(*c),
+            Failure::Disconnected(_) => BadReason::Disconnected,
+            Failure::Decode(_) => BadReason::Decode,
+        }
+    }
+}
+
+/// What carries requests to a unit.
+pub trait Link: Send {
+    /// Where the link goes (host:port or serial port), for messages.
+    fn endpoint(&self) -> &str;
+    /// Connects (or opens the port) unless already up. `Ok(true)` means a
+    /// new connection was made just now.
+    fn ensure(&mut self, timeout: Duration) -> impl Future<Output = Result<bool, String>> + Send;
+    /// One block read from `unit`. On any failure other than an exception,
+    /// the link resets itself so that a late reply cannot answer the next
+    /// request.
+    fn read(
+        &mut self,
+        unit: u8,
+        block: &Block,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Data, Failure>> + Send;
+}
+
+/// Sends one block read on a tokio-modbus context, as unit `unit`.
+async fn read_on(ctx: &mut Context, unit: u8, block: &Block) -> Result<Data, Failure> {
+    ctx.set_slave(Slave(unit));
+    let (start, count) = (block.start, block.count);
+    let answer = match block.area {
+        Area::Coil => ctx
+            .read_coils(start, count)
+            .await
+            .map(|r| r.map(Data::Bits)),
+        Area::DiscreteInput => ctx
+            .read_discrete_inputs(start, count)
+            .await
+            .map(|r| r.map(Data::Bits)),
+        Area::InputRegister => ctx
+            .read_input_registers(start, count)
+            .await
+            .map(|r| r.map(Data::Words)),
+        Area::HoldingRegister => ctx
+            .read_holding_registers(start, count)
+            .await
+            .map(|r| r.map(Data::Words)),
+    };
+    match answer {
+        Ok(Ok(data)) => Ok(data),
+        Ok(Err(exc)) => Err(Failure::Exception(exception_code(exc))),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// A frame that failed its CRC or could not be parsed surfaces from
+/// tokio-modbus as an `InvalidData` transport error or a protocol error:
+/// that is a broken answer (`decode`), not a broken link.
+fn classify(e: tokio_modbus::Error) -> Failure {
+    match e {
+        tokio_modbus::Error::Protocol(p) => Failure::Decode(p.to_string()),
+        tokio_modbus::Error::Transport(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Failure::Decode(io.to_string())
+        }
+        tokio_modbus::Error::Transport(io) => Failure::Disconnected(io.to_string()),
+    }
+}
+
+fn exception_code(e: ExceptionCode) -> u8 {
+    u8::from(e)
+}
+
+/// A Modbus TCP connection of one device.
+pub struct TcpLink {
+    /// `host:port`, resolved at every connect so DNS changes apply.
+    address: String,
+    conn: Option<Context>,
+}
+
+impl TcpLink {
+    pub fn new(address: &str) -> TcpLink {
+        TcpLink {
+            address: address.to_string(),
+            conn: None,
+        }
+    }
+}
+
+impl Link for TcpLink {
+    fn endpoint(&self) -> &str {
+        &self.address
+    }
+
+    async fn ensure(&mut self, limit: Duration) -> Result<bool, String> {
+        if self.conn.is_some() {
+            return Ok(false);
+        }
+        let addr = self.address.clone();
+        let attempt = async move {
+            let stream = TcpStream::connect(addr.as_str()).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(tokio_modbus::client::tcp::attach(stream))
+        };
+        match timeout(limit, attempt).await {
+            Ok(Ok(ctx)) => {
+                self.conn = Some(ctx);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".into()),
+        }
+    }
+
+    async fn read(&mut self, unit: u8, block: &Block, limit: Duration) -> Result<Data, Failure> {
+        let Some(ctx) = self.conn.as_mut() else {
+            return Err(Failure::Disconnected("not connected".into()));
+        };
+        let result = match timeout(limit, read_on(ctx, unit, block)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Timeout),
+        };
+        if matches!(
+            result,
+            Err(Failure::Timeout | Failure::Decode(_) | Failure::Disconnected(_))
+        ) {
+            // A late reply on this socket could answer the next request.
+            self.conn = None;
+        }
+        result
+    }
+}
+
+/// The per-unit half of a device: its plan, retries, backoff and qualities.
+/// Shared by every transport.
+pub struct Poller {
     cfg: Arc<DeviceConfig>,
     spans: Vec<Span>,
     /// The current request plan; blocks the device refused get split.
     plan: Vec<Block>,
-    conn: Option<Context>,
-    /// Earliest time of the next connect attempt while backing off.
-    next_connect: Instant,
+    /// Until then the unit is not asked at all (after its retries failed):
+    /// its tags are reported `disconnected` at once, so a dead unit costs
+    /// its timeout only once per backoff step.
+    resume_at: Instant,
     backoff: Backoff,
     log: LogLimiter,
     clock: Arc<dyn Clock>,
@@ -55,12 +214,8 @@ pub struct ModbusDevice {
     last_requests: usize,
 }
 
-fn exception_code(e: ExceptionCode) -> u8 {
-    u8::from(e)
-}
-
-impl ModbusDevice {
-    pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Self {
+impl Poller {
+    pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Poller {
         let spans: Vec<Span> = cfg
             .tags
             .iter()
@@ -72,17 +227,20 @@ impl ModbusDevice {
             .collect();
         let plan = plan::plan(&spans, cfg.max_gap, cfg.coalesce);
         tracing::info!(device = %cfg.id, tags = cfg.tags.len(), requests = plan.len(), "Poll plan built");
-        ModbusDevice {
+        Poller {
             spans,
             plan,
-            conn: None,
-            next_connect: Instant::now(),
+            resume_at: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             log: LogLimiter::new(Duration::from_secs(60)),
             clock,
             last_requests: 0,
             cfg,
         }
+    }
+
+    pub fn config(&self) -> &Arc<DeviceConfig> {
+        &self.cfg
     }
 
     /// Requests per cycle under the current plan.
@@ -95,88 +253,29 @@ impl ModbusDevice {
         self.last_requests
     }
 
-    async fn connect(&mut self) -> Result<(), String> {
-        let addr = self.cfg.address.clone();
-        let unit = self.cfg.unit_id;
-        let attempt = async move {
-            let stream = TcpStream::connect(addr.as_str()).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit)))
-        };
-        match timeout(self.cfg.timeout, attempt).await {
-            Ok(Ok(ctx)) => {
-                self.conn = Some(ctx);
-                if self.backoff.failures() > 0 {
-                    tracing::info!(device = %self.cfg.id, address = %self.cfg.address, "Device reconnected");
-                }
-                self.log.clear("connect");
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("connect timed out".into()),
+    /// Reads one block, retrying after link failures. After the last
+    /// attempt fails, the unit backs off (250 ms doubling to 30 s).
+    async fn read_block<L: Link>(&mut self, link: &mut L, block: &Block) -> Result<Data, Failure> {
+        if Instant::now() < self.resume_at {
+            return Err(Failure::Disconnected("backing off".into()));
         }
-    }
-
-    async fn request(&mut self, block: &Block) -> Result<Data, Failure> {
-        let Some(ctx) = self.conn.as_mut() else {
-            return Err(Failure::Transport);
-        };
-        self.last_requests += 1;
-        let (start, count) = (block.start, block.count);
-        let fut = async {
-            match block.area {
-                Area::Coil => ctx
-                    .read_coils(start, count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                Area::DiscreteInput => ctx
-                    .read_discrete_inputs(start, count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                Area::InputRegister => ctx
-                    .read_input_registers(start, count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-                Area::HoldingRegister => ctx
-                    .read_holding_registers(start, count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-            }
-        };
-        match timeout(self.cfg.timeout, fut).await {
-            Ok(Ok(Ok(data))) => Ok(data),
-            Ok(Ok(Err(exc))) => Err(Failure::Exception(exception_code(exc))),
-            Ok(Err(e)) => {
-                self.warn("transport", &format!("Request failed: {e}"));
-                self.conn = None;
-                Err(Failure::Transport)
-            }
-            Err(_) => {
-                self.warn("timeout", "Request timed out");
-                self.conn = None;
-                Err(Failure::Timeout)
-            }
-        }
-    }
-
-    /// Reads one block, reconnecting and retrying after link failures.
-    /// After the last attempt fails, the device backs off: until then,
-    /// every block of every cycle is reported `disconnected` at once, so a
-    /// dead device costs its timeout only once per backoff step.
-    async fn read_block(&mut self, block: &Block) -> Result<Data, Failure> {
-        if self.conn.is_none() && Instant::now() < self.next_connect {
-            return Err(Failure::Transport);
-        }
-        let mut last = Failure::Transport;
+        let mut last = Failure::Disconnected("not tried".into());
         for _ in 0..=self.cfg.retries {
-            if self.conn.is_none() {
-                if let Err(why) = self.connect().await {
-                    self.warn("connect", &format!("Connect failed: {why}"));
-                    last = Failure::Transport;
+            match link.ensure(self.cfg.timeout).await {
+                Ok(fresh) => {
+                    if fresh && self.backoff.failures() > 0 {
+                        tracing::info!(device = %self.cfg.id, address = %link.endpoint(), "Device reconnected");
+                    }
+                    self.log.clear("connect");
+                }
+                Err(why) => {
+                    self.warn(link, "connect", &format!("Connect failed: {why}"));
+                    last = Failure::Disconnected(why);
                     continue;
                 }
             }
-            match self.request(block).await {
+            self.last_requests += 1;
+            match link.read(self.cfg.unit_id, block, self.cfg.timeout).await {
                 Ok(d) => {
                     self.backoff.reset();
                     return Ok(d);
@@ -185,17 +284,28 @@ impl ModbusDevice {
                     self.backoff.reset();
                     return Err(f);
                 }
-                Err(f) => last = f,
+                Err(f) => {
+                    let kind = match f {
+                        Failure::Timeout => "timeout",
+                        Failure::Decode(_) => "decode",
+                        _ => "transport",
+                    };
+                    let msg = match &f {
+                        Failure::Timeout => "Request timed out".to_string(),
+                        other => format!("Request failed: {other}"),
+                    };
+                    self.warn(link, kind, &msg);
+                    last = f;
+                }
             }
         }
-        self.conn = None;
-        self.next_connect = Instant::now() + self.backoff.next_delay();
+        self.resume_at = Instant::now() + self.backoff.next_delay();
         Err(last)
     }
 
-    fn warn(&mut self, kind: &str, msg: &str) {
+    fn warn<L: Link>(&mut self, link: &L, kind: &str, msg: &str) {
         if let Some(suppressed) = self.log.check(kind) {
-            tracing::warn!(device = %self.cfg.id, address = %self.cfg.address, suppressed, "{msg}");
+            tracing::warn!(device = %self.cfg.id, address = %link.endpoint(), unit = self.cfg.unit_id, suppressed, "{msg}");
         }
     }
 
@@ -226,9 +336,7 @@ impl ModbusDevice {
             let tag = &self.cfg.tags[i];
             let decoded = match result {
                 Ok(data) => self.decode_tag(tag, block, data),
-                Err(Failure::Timeout) => Err(BadReason::Timeout),
-                Err(Failure::Exception(c)) => Err(BadReason::Exception(*c)),
-                Err(Failure::Transport) => Err(BadReason::Disconnected),
+                Err(f) => Err(f.reason()),
             };
             let (value, quality) = match decoded {
                 Ok(v) => (Some(v), Quality::Good),
@@ -243,18 +351,10 @@ impl ModbusDevice {
             });
         }
     }
-}
 
-impl super::Source for ModbusDevice {
-    fn id(&self) -> &str {
-        &self.cfg.id
-    }
-
-    fn interval(&self) -> Duration {
-        self.cfg.poll_interval
-    }
-
-    async fn poll_once(&mut self) -> Vec<Reading> {
+    /// One poll cycle over `link`: a reading for every tag, good or bad,
+    /// in config order.
+    pub async fn poll<L: Link>(&mut self, link: &mut L) -> Vec<Reading> {
         self.last_requests = 0;
         // Indexed by tag, so readings come out in config order whatever
         // order the plan reads the areas in.
@@ -262,7 +362,7 @@ impl super::Source for ModbusDevice {
         let mut i = 0;
         while i < self.plan.len() {
             let block = self.plan[i].clone();
-            let result = self.read_block(&block).await;
+            let result = self.read_block(link, &block).await;
             match result {
                 // A merged read touched an address the device does not map:
                 // fall back to one request per tag for this block, for good.
@@ -289,8 +389,7 @@ impl super::Source for ModbusDevice {
                         );
                     }
                 }
-                Ok(_) => {}
-                Err(Failure::Timeout | Failure::Transport) => {}
+                Ok(_) | Err(_) => {}
             }
             self.push_block(&block, &result, &mut out);
             i += 1;
@@ -298,5 +397,87 @@ impl super::Source for ModbusDevice {
         let out: Vec<Reading> = out.into_iter().flatten().collect();
         tracing::debug!(device = %self.cfg.id, requests = self.last_requests, readings = out.len(), "Poll cycle done");
         out
+    }
+}
+
+/// Either kind of link, for commands that take the kind from flags or from
+/// a device's config (`read`, `scan`, `probe`).
+pub enum AnyLink {
+    Tcp(TcpLink),
+    Bus(rtu::BusLink),
+}
+
+impl AnyLink {
+    /// The link a device's protocol calls for.
+    pub fn for_device(cfg: &DeviceConfig) -> AnyLink {
+        match cfg.protocol {
+            Protocol::ModbusTcp => AnyLink::Tcp(TcpLink::new(&cfg.address)),
+            Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
+                AnyLink::Bus(rtu::BusLink::new(rtu::Endpoint::of(cfg)))
+            }
+        }
+    }
+}
+
+impl Link for AnyLink {
+    fn endpoint(&self) -> &str {
+        match self {
+            AnyLink::Tcp(l) => l.endpoint(),
+            AnyLink::Bus(l) => l.endpoint(),
+        }
+    }
+
+    async fn ensure(&mut self, timeout: Duration) -> Result<bool, String> {
+        match self {
+            AnyLink::Tcp(l) => l.ensure(timeout).await,
+            AnyLink::Bus(l) => l.ensure(timeout).await,
+        }
+    }
+
+    async fn read(&mut self, unit: u8, block: &Block, timeout: Duration) -> Result<Data, Failure> {
+        match self {
+            AnyLink::Tcp(l) => l.read(unit, block, timeout).await,
+            AnyLink::Bus(l) => l.read(unit, block, timeout).await,
+        }
+    }
+}
+
+/// One Modbus TCP device and its connection: a [`Poller`] on a [`TcpLink`].
+pub struct ModbusDevice {
+    poller: Poller,
+    link: TcpLink,
+}
+
+impl ModbusDevice {
+    pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Self {
+        debug_assert_eq!(cfg.protocol, Protocol::ModbusTcp);
+        ModbusDevice {
+            link: TcpLink::new(&cfg.address),
+            poller: Poller::new(cfg, clock),
+        }
+    }
+
+    /// Requests per cycle under the current plan.
+    pub fn plan_len(&self) -> usize {
+        self.poller.plan_len()
+    }
+
+    /// Requests actually sent in the last cycle (including retries).
+    pub fn last_requests(&self) -> usize {
+        self.poller.last_requests()
+    }
+}
+
+impl super::Source for ModbusDevice {
+    fn id(&self) -> &str {
+        &self.poller.cfg.id
+    }
+
+    fn interval(&self) -> Duration {
+        self.poller.cfg.poll_interval
+    }
+
+    async fn poll_once(&mut self) -> Vec<Reading> {
+        self.poller.poll(&mut self.link).await
     }
 }

@@ -411,3 +411,20 @@ pub fn logs() {
             .try_init();
     }
 }
+
+/// A pty pair from socat (a serial cable in software). `None` when socat is
+/// not installed and we are not in CI; in CI (CI=true) a missing socat
+/// fails the test instead of skipping it, as with mosquitto.
+pub fn pty_pair() -> Option<zgsz_agent::sim::rtu::SocatPty> {
+    match zgsz_agent::sim::rtu::SocatPty::start() {
+        Ok(p) => Some(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but socat is not installed; .ci/run must install it");
+            }
+            eprintln!("NOTE: socat not installed; this test is skipped outside CI");
+            None
+        }
+        Err(e) => panic!("socat failed to make a pty pair: {e}"),
+    }
+}
