@@ -293,20 +293,36 @@ async fn serve<S>(
                 wait += line.char_time() * chars + line.inter_frame_gap();
             }
             // While "busy", any byte arriving is another frame on the wire.
+            // tokio's timers tick in whole milliseconds, so the last
+            // millisecond is waited out by yielding, to emulate a wire
+            // time closely.
             let deadline = Instant::now() + wait;
+            let coarse = deadline.checked_sub(Duration::from_millis(1));
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    r = stream.read(&mut chunk) => match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            overlapping += n;
-                            if buf.is_empty() {
-                                started = Some(Instant::now());
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
+                let got = match coarse.filter(|c| Instant::now() < *c) {
+                    Some(c) => tokio::select! {
+                        _ = tokio::time::sleep_until(c) => None,
+                        r = stream.read(&mut chunk) => Some(r),
                     },
+                    None if Instant::now() < deadline => {
+                        let r = read_now(&mut stream, &mut chunk).await;
+                        if r.is_none() {
+                            tokio::task::yield_now().await;
+                        }
+                        r
+                    }
+                    None => break,
+                };
+                match got {
+                    None => {}
+                    Some(Ok(0) | Err(_)) => return,
+                    Some(Ok(n)) => {
+                        overlapping += n;
+                        if buf.is_empty() {
+                            started = Some(Instant::now());
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
                 }
             }
             if stream.write_all(&adu).await.is_err() || stream.flush().await.is_err() {
@@ -329,6 +345,19 @@ async fn serve<S>(
         };
         let _ = count_tx.send(n);
     }
+}
+
+/// One read attempt that never waits: `None` when nothing is waiting.
+async fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        match std::pin::Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Some(Ok(rb.filled().len()))),
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Some(Err(e))),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        }
+    })
+    .await
 }
 
 /// Two connected ptys made by socat: whatever is written to one end can be

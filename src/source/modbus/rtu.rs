@@ -117,6 +117,19 @@ impl AsyncWrite for SharedPort {
     }
 }
 
+/// One read attempt that never waits: `None` when nothing is waiting.
+async fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Ready(None),
+        }
+    })
+    .await
+}
+
 /// Where a bus is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -227,7 +240,17 @@ impl BusLink {
         let mut buf = [0u8; 256];
         loop {
             let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
-            match timeout(wait, port.read(&mut buf)).await {
+            let got = if wait.is_zero() {
+                // Only what is already there: poll once, never wait for a
+                // timer tick (tokio's timers have 1 ms granularity).
+                match read_now(&mut port, &mut buf).await {
+                    Some(r) => Ok(r),
+                    None => return,
+                }
+            } else {
+                timeout(wait, port.read(&mut buf)).await
+            };
+            match got {
                 Ok(Ok(n)) if n > 0 => {
                     self.discarded += n as u64;
                     tracing::debug!(bus = %self.name, bytes = n, "Discarded stale bytes");
@@ -287,7 +310,9 @@ impl Link for BusLink {
             return Err(Failure::Disconnected("not connected".into()));
         }
         if let Some(t) = self.last_activity {
-            sleep_until(t + self.gap).await;
+            if Instant::now() < t + self.gap {
+                sleep_until(t + self.gap).await;
+            }
         }
         // A late answer to an earlier request must not pass for this one.
         self.drain(Duration::ZERO, limit).await;
