@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::Context;
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::backoff::Backoff;
@@ -123,26 +123,7 @@ impl ModbusDevice {
         };
         self.last_requests += 1;
         let (start, count) = (block.start, block.count);
-        let fut = async {
-            match block.area {
-                Area::Coil => ctx
-                    .read_coils(start, count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                Area::DiscreteInput => ctx
-                    .read_discrete_inputs(start, count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                Area::InputRegister => ctx
-                    .read_input_registers(start, count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-                Area::HoldingRegister => ctx
-                    .read_holding_registers(start, count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-            }
-        };
+        let fut = read_raw(ctx, block.area, start, count);
         match timeout(self.cfg.timeout, fut).await {
             Ok(Ok(Ok(data))) => Ok(data),
             Ok(Ok(Err(exc))) => Err(Failure::Exception(exception_code(exc))),
@@ -299,4 +280,33 @@ impl super::Source for ModbusDevice {
         tracing::debug!(device = %self.cfg.id, requests = self.last_requests, readings = out.len(), "Poll cycle done");
         out
     }
+}
+
+/// One read request through `Client::call`, matching the response
+/// ourselves: tokio-modbus's `Reader` helpers assert on the answer's
+/// length, and a PLC that answers short must cost a `decode` quality, not
+/// a panic. Only read function codes are ever built here.
+async fn read_raw(
+    ctx: &mut Context,
+    area: Area,
+    start: u16,
+    count: u16,
+) -> tokio_modbus::Result<Data> {
+    use tokio_modbus::client::Client;
+    use tokio_modbus::{Request, Response};
+    let request = match area {
+        Area::Coil => Request::ReadCoils(start, count),
+        Area::DiscreteInput => Request::ReadDiscreteInputs(start, count),
+        Area::InputRegister => Request::ReadInputRegisters(start, count),
+        Area::HoldingRegister => Request::ReadHoldingRegisters(start, count),
+    };
+    Ok(ctx.call(request).await?.map(|response| match response {
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => Data::Bits(bits),
+        Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words) => {
+            Data::Words(words)
+        }
+        // call() rejects a response of another function; an empty answer
+        // decodes as "too short" for every tag.
+        _ => Data::Words(Vec::new()),
+    }))
 }
