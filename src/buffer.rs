@@ -199,7 +199,15 @@ pub struct Outbox {
     /// Persistent counters, mirrored in memory.
     counters: BTreeMap<&'static str, i64>,
     devices: BTreeMap<String, DeviceHealth>,
+    /// Commits since open; evidence older than [`RETENTION_MS`] is pruned
+    /// every [`PRUNE_EVERY`] commits.
+    commits: u64,
 }
+
+/// State transitions and samples are kept this long (13 months: a full
+/// year of evidence plus the month a diagnosis takes).
+pub const RETENTION_MS: i64 = 400 * 24 * 3_600_000;
+const PRUNE_EVERY: u64 = 10_000;
 
 const COUNTERS: [&str; 6] = [
     "appended_readings",
@@ -276,6 +284,7 @@ impl Outbox {
             instance,
             counters,
             devices,
+            commits: 0,
         })
     }
 
@@ -378,6 +387,10 @@ impl Outbox {
                     up.execute(params![name, v])?;
                 }
             }
+        }
+        self.commits += 1;
+        if self.commits % PRUNE_EVERY == 1 {
+            prune(&tx, now_ms - RETENTION_MS)?;
         }
         let last_seq: i64 =
             tx.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))?;
@@ -1040,4 +1053,17 @@ pub fn open_read_only(state_dir: &Path) -> Result<Connection, BufferError> {
             source,
         },
     )
+}
+
+/// Drops evidence older than `before`, keeping each equipment's last
+/// transition before it (the state at the start of what remains).
+fn prune(tx: &rusqlite::Transaction<'_>, before: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM samples WHERE minute < ?1", [before])?;
+    tx.execute(
+        "DELETE FROM transitions WHERE ts < ?1 AND id NOT IN
+         (SELECT (SELECT id FROM transitions u WHERE u.equipment = t.equipment AND u.ts < ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+          FROM (SELECT DISTINCT equipment FROM transitions) t)",
+        [before],
+    )?;
+    Ok(())
 }

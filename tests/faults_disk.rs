@@ -227,3 +227,52 @@ fn an_unusable_state_dir_is_a_clear_error_at_start() {
     );
     assert!(stderr.contains("agent.state_dir"), "{stderr}");
 }
+
+/// Evidence older than the retention period is pruned, keeping the state
+/// each equipment was in when what remains begins.
+#[test]
+fn old_evidence_is_pruned_but_the_starting_state_is_kept() {
+    use zgsz_agent::plant::{Sample, State, Transition};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "", "", "");
+    {
+        let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+        let t = |ts, state| Transition {
+            equipment: "e1".into(),
+            ts,
+            state,
+        };
+        let batch = Batch {
+            transitions: vec![t(0, State::Idle), t(1_000, State::RunningNc)],
+            samples: vec![Sample {
+                equipment: "e1".into(),
+                minute: 0,
+                good: true,
+            }],
+            ..Default::default()
+        };
+        o.commit(&[], &batch, &[], &[], 2_000).unwrap();
+    }
+    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    o.commit(
+        &[],
+        &Batch::default(),
+        &[],
+        &[],
+        zgsz_agent::buffer::RETENTION_MS + 5_000,
+    )
+    .unwrap();
+    let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
+    let samples: i64 = conn
+        .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(samples, 0);
+    let left: Vec<(i64, String)> = conn
+        .prepare("SELECT ts, state FROM transitions ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(left, vec![(1_000, "running_nc".to_string())]);
+}
