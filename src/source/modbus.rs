@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::config::{DeviceConfig, TagConfig};
 use crate::loglimit::LogLimiter;
 use crate::reading::{BadReason, Quality, Reading, Value};
-use decode::{apply_scale, decode_registers};
+use decode::{decode_registers, scaled};
 use plan::{Area, Block, Span};
 
 /// The raw answer to one block read.
@@ -193,7 +193,7 @@ impl ModbusDevice {
                 decode_registers(regs, tag.ty, tag.order, tag.bit).map_err(|_| BadReason::Decode)?
             }
         };
-        Ok(apply_scale(v, tag.scale, tag.offset))
+        scaled(v, tag.scale, tag.offset).map_err(|_| BadReason::Decode)
     }
 
     fn push_block(
