@@ -160,11 +160,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
     equipment TEXT NOT NULL,
     ts INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (equipment, ts)
+    state TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS transitions_equipment_ts ON transitions (equipment, ts, id);
 CREATE TABLE IF NOT EXISTS samples (
     equipment TEXT NOT NULL,
     minute INTEGER NOT NULL,
@@ -198,7 +199,15 @@ pub struct Outbox {
     /// Persistent counters, mirrored in memory.
     counters: BTreeMap<&'static str, i64>,
     devices: BTreeMap<String, DeviceHealth>,
+    /// Commits since open; evidence older than [`RETENTION_MS`] is pruned
+    /// every [`PRUNE_EVERY`] commits.
+    commits: u64,
 }
+
+/// State transitions and samples are kept this long (13 months: a full
+/// year of evidence plus the month a diagnosis takes).
+pub const RETENTION_MS: i64 = 400 * 24 * 3_600_000;
+const PRUNE_EVERY: u64 = 10_000;
 
 const COUNTERS: [&str; 6] = [
     "appended_readings",
@@ -275,6 +284,7 @@ impl Outbox {
             instance,
             counters,
             devices,
+            commits: 0,
         })
     }
 
@@ -297,8 +307,9 @@ impl Outbox {
         let tx = self.conn.transaction()?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO transitions (equipment, ts, state) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(equipment, ts) DO UPDATE SET state = excluded.state",
+                // Two transitions may share a timestamp (after the clock
+                // stepped back, see plant::Tracker); `id` keeps their order.
+                "INSERT INTO transitions (equipment, ts, state) VALUES (?1, ?2, ?3)",
             )?;
             for t in &batch.transitions {
                 ins.execute(params![&*t.equipment, t.ts, t.state.name()])?;
@@ -377,6 +388,10 @@ impl Outbox {
                 }
             }
         }
+        self.commits += 1;
+        if self.commits % PRUNE_EVERY == 1 {
+            prune(&tx, now_ms - RETENTION_MS)?;
+        }
         let last_seq: i64 =
             tx.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))?;
         tx.commit()?;
@@ -412,7 +427,7 @@ impl Outbox {
     pub fn plant_restore(&self) -> Result<(Restored, Option<i64>), BufferError> {
         let mut st = self.conn.prepare(
             "SELECT equipment, ts, state FROM transitions t
-             WHERE ts = (SELECT max(ts) FROM transitions u WHERE u.equipment = t.equipment)",
+             WHERE id = (SELECT id FROM transitions u WHERE u.equipment = t.equipment ORDER BY ts DESC, id DESC LIMIT 1)",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -987,7 +1002,7 @@ pub fn window_data(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Wi
     let mut data = WindowData::default();
     let mut st = conn.prepare_cached(
         "SELECT equipment, state FROM transitions t
-         WHERE ts = (SELECT max(ts) FROM transitions u WHERE u.equipment = t.equipment AND u.ts <= ?1)",
+         WHERE id = (SELECT id FROM transitions u WHERE u.equipment = t.equipment AND u.ts <= ?1 ORDER BY ts DESC, id DESC LIMIT 1)",
     )?;
     for row in st.query_map([from], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -998,7 +1013,7 @@ pub fn window_data(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Wi
         }
     }
     let mut st = conn.prepare_cached(
-        "SELECT equipment, ts, state FROM transitions WHERE ts > ?1 AND ts < ?2 ORDER BY ts, equipment",
+        "SELECT equipment, ts, state FROM transitions WHERE ts > ?1 AND ts < ?2 ORDER BY ts, id",
     )?;
     for row in st.query_map([from, to], |r| {
         Ok((
@@ -1038,4 +1053,17 @@ pub fn open_read_only(state_dir: &Path) -> Result<Connection, BufferError> {
             source,
         },
     )
+}
+
+/// Drops evidence older than `before`, keeping each equipment's last
+/// transition before it (the state at the start of what remains).
+fn prune(tx: &rusqlite::Transaction<'_>, before: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM samples WHERE minute < ?1", [before])?;
+    tx.execute(
+        "DELETE FROM transitions WHERE ts < ?1 AND id NOT IN
+         (SELECT (SELECT id FROM transitions u WHERE u.equipment = t.equipment AND u.ts < ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+          FROM (SELECT DISTINCT equipment FROM transitions) t)",
+        [before],
+    )?;
+    Ok(())
 }

@@ -216,6 +216,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(c: Config) -> anyhow::Result<ExitCode> {
+    let stop = stop_signal();
     tracing::info!(config = %c.path.display(), gateway = %c.agent.gateway_id, devices = c.devices.len(), "Starting");
     let agent = crate::agent::start(&c, Arc::new(SystemClock)).with_context(|| {
         format!(
@@ -224,25 +225,31 @@ async fn run(c: Config) -> anyhow::Result<ExitCode> {
             c.path.display()
         )
     })?;
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("Stopping: flushing readings to the outbox");
     agent.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM (systemd) or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
+/// SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed when
+/// this is called, not when the future is first polled, so a signal that
+/// arrives while the agent is still starting is not lost (and does not
+/// kill the process with the default action).
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
-    match term {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -142,7 +142,7 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(end);
-    let signal = crate::cli::wait_for_signal();
+    let signal = crate::cli::stop_signal();
     tokio::pin!(signal);
     let mut last_msgs = 0u64;
     loop {

@@ -461,9 +461,11 @@ pub fn body(report: &Report) -> Vec<u8> {
     v
 }
 
-/// Closed windows are computed this long after they end, so that readings
-/// from the window's last poll cycles are committed first.
-pub const CLOSE_GRACE_MS: i64 = 5_000;
+/// Closed windows are computed this long after they end (plus four poll
+/// intervals of the slowest device), so that the readings of the window's
+/// last cycles are committed, and an "offline" that is back-dated to three
+/// silent poll intervals is already known, before the window is published.
+pub const CLOSE_GRACE_MS: i64 = 30_000;
 /// After a long outage, windows older than this are not back-filled.
 const MAX_CATCH_UP_MS: i64 = 7 * DAY;
 
@@ -522,12 +524,20 @@ impl Scheduler {
             };
             closed.push((kind, key, end));
         }
+        let slowest = self
+            .model
+            .equipment
+            .iter()
+            .map(|e| e.poll_interval.as_millis() as i64)
+            .max()
+            .unwrap_or(0);
+        let grace = CLOSE_GRACE_MS + 4 * slowest;
         let mut next_snapshot = now;
         loop {
             let now = self.clock.now_ms();
             for (kind, key, end) in closed.iter_mut() {
                 let len = if *kind == WindowKind::Hour { HOUR } else { DAY };
-                while *end + len + CLOSE_GRACE_MS <= now {
+                while *end + len + grace <= now {
                     let w = Window {
                         kind: *kind,
                         start: *end,
@@ -554,9 +564,7 @@ impl Scheduler {
             }
             let next_close = closed
                 .iter()
-                .map(|(k, _, end)| {
-                    end + if *k == WindowKind::Hour { HOUR } else { DAY } + CLOSE_GRACE_MS
-                })
+                .map(|(k, _, end)| end + if *k == WindowKind::Hour { HOUR } else { DAY } + grace)
                 .min()
                 .unwrap_or(i64::MAX);
             let wait = (next_close.min(next_snapshot) - self.clock.now_ms()).clamp(10, 60_000);

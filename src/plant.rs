@@ -150,7 +150,11 @@ pub fn profile_rules(profile: &str, tags: &[&str]) -> Result<(String, String), S
             let channels: Vec<&str> = tags
                 .iter()
                 .copied()
-                .filter(|t| t.starts_with("channel_state"))
+                .filter(|t| {
+                    *t == "channel_state"
+                        || t.strip_prefix("channel_state_")
+                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
                 .collect();
             if channels.is_empty() {
                 return Err(format!("profile {profile:?} needs at least one tag named channel_state or channel_state_<n>"));

@@ -255,6 +255,13 @@ async fn kill9_loop(synchronous: &str, rounds: usize) -> (i64, u64) {
     }
     // A last, undisturbed run drains everything that was committed.
     let mut child = spawn_agent(&file);
+    let before = zgsz_agent::buffer::read_stats(&state)
+        .unwrap()
+        .appended_readings;
+    wait_until(Duration::from_secs(20), "the last run to commit", || {
+        zgsz_agent::buffer::read_stats(&state).is_ok_and(|s| s.appended_readings > before)
+    })
+    .await;
     let committed = zgsz_agent::buffer::read_stats(&state).unwrap().last_seq;
     platform
         .wait_for(Duration::from_secs(60), "every committed row", |p| {

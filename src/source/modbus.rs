@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::Context;
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::config::{DeviceConfig, Protocol, TagConfig};
 use crate::loglimit::LogLimiter;
 use crate::reading::{BadReason, Quality, Reading, Value};
-use decode::{apply_scale, decode_registers};
+use decode::{decode_registers, scaled};
 use plan::{Area, Block, Span};
 
 /// The raw answer to one block read.
@@ -91,27 +91,33 @@ pub trait Link: Send {
 }
 
 /// Sends one block read on a tokio-modbus context, as unit `unit`.
+///
+/// Goes through `Client::call` and matches the response here: the `Reader`
+/// helpers assert on the answer's length, and a PLC that answers short
+/// must cost a `decode` quality, not a panic. Only read function codes are
+/// ever built here (the agent is read-only by design).
 async fn read_on(ctx: &mut Context, unit: u8, block: &Block) -> Result<Data, Failure> {
+    use tokio_modbus::client::Client;
+    use tokio_modbus::{Request, Response};
     ctx.set_slave(Slave(unit));
     let (start, count) = (block.start, block.count);
-    let answer = match block.area {
-        Area::Coil => ctx
-            .read_coils(start, count)
-            .await
-            .map(|r| r.map(Data::Bits)),
-        Area::DiscreteInput => ctx
-            .read_discrete_inputs(start, count)
-            .await
-            .map(|r| r.map(Data::Bits)),
-        Area::InputRegister => ctx
-            .read_input_registers(start, count)
-            .await
-            .map(|r| r.map(Data::Words)),
-        Area::HoldingRegister => ctx
-            .read_holding_registers(start, count)
-            .await
-            .map(|r| r.map(Data::Words)),
+    let request = match block.area {
+        Area::Coil => Request::ReadCoils(start, count),
+        Area::DiscreteInput => Request::ReadDiscreteInputs(start, count),
+        Area::InputRegister => Request::ReadInputRegisters(start, count),
+        Area::HoldingRegister => Request::ReadHoldingRegisters(start, count),
     };
+    let answer = ctx.call(request).await.map(|r| {
+        r.map(|response| match response {
+            Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => Data::Bits(bits),
+            Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words) => {
+                Data::Words(words)
+            }
+            // call() rejects a response to another function; an empty
+            // answer decodes as "too short" for every tag.
+            _ => Data::Words(Vec::new()),
+        })
+    });
     match answer {
         Ok(Ok(data)) => Ok(data),
         Ok(Err(exc)) => Err(Failure::Exception(exception_code(exc))),
@@ -322,7 +328,7 @@ impl Poller {
                 decode_registers(regs, tag.ty, tag.order, tag.bit).map_err(|_| BadReason::Decode)?
             }
         };
-        Ok(apply_scale(v, tag.scale, tag.offset))
+        scaled(v, tag.scale, tag.offset).map_err(|_| BadReason::Decode)
     }
 
     fn push_block(

@@ -32,6 +32,9 @@ use crate::clock::Clock;
 use crate::config::{Enterprise, MqttConfig};
 use crate::loglimit::LogLimiter;
 
+/// Outgoing packet limit for metrics messages: room for ~30,000 equipment.
+const METRICS_PACKET_LIMIT: usize = 16 << 20;
+
 /// The topics of one gateway: `{prefix}/{region_code}/{uscc}/{gateway_id}/{kind}`.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -158,7 +161,13 @@ impl MqttUplink {
         o.set_keep_alive(c.keepalive);
         o.set_clean_session(true);
         o.set_inflight(c.max_inflight);
-        o.set_max_packet_size(64 * 1024, c.max_message_bytes + 4096);
+        // Telemetry rows are cut to max_message_bytes; a metrics message
+        // grows with the plant (about 0.5 KiB per equipment) and must never
+        // be too large to send, or it would block the outbox behind it.
+        o.set_max_packet_size(
+            64 * 1024,
+            (c.max_message_bytes + 4096).max(METRICS_PACKET_LIMIT),
+        );
         o.set_last_will(LastWill::new(
             self.topics.of("status"),
             self.status_payload("offline", None),

@@ -232,6 +232,15 @@ pub fn apply_scale(v: Value, scale: f64, offset: f64) -> Value {
     }
 }
 
+/// [`apply_scale`], refusing a result JSON cannot carry (a huge raw value
+/// times a scale can overflow to infinity).
+pub fn scaled(v: Value, scale: f64, offset: f64) -> Result<Value, DecodeError> {
+    match apply_scale(v, scale, offset) {
+        Value::Float(x) if !x.is_finite() => Err(DecodeError::NotFinite),
+        v => Ok(v),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +348,15 @@ mod tests {
             decode_registers(&[0xFF00], DataType::String(2), WordOrder::ABCD, None),
             Err(DecodeError::NotUtf8)
         );
+    }
+
+    #[test]
+    fn scaling_to_infinity_is_a_decode_error() {
+        assert_eq!(
+            scaled(Value::UInt(u64::MAX), 1e300, 0.0),
+            Err(DecodeError::NotFinite)
+        );
+        assert_eq!(scaled(Value::Int(2), 0.5, 0.0), Ok(Value::Float(1.0)));
     }
 
     #[test]

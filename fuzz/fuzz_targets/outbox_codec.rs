@@ -1,0 +1,48 @@
+//! The outbox row codec: whatever readings (odd tag text, extreme numbers,
+//! any size limit), every row is valid JSON once wrapped in braces, holds
+//! the readings in order, and respects the size limit unless a single
+//! reading alone exceeds it.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use zgsz_agent::buffer::encode_readings;
+use zgsz_agent::reading::{BadReason, Quality, Reading, Value};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let max = 64 + usize::from(data[0]) * 8;
+    let mut readings = Vec::new();
+    for chunk in data[1..].chunks(9) {
+        let text = String::from_utf8_lossy(chunk).to_string();
+        let n = i64::from_le_bytes({
+            let mut b = [0u8; 8];
+            b[..chunk.len().min(8)].copy_from_slice(&chunk[..chunk.len().min(8)]);
+            b
+        });
+        let (value, quality) = match chunk[0] % 5 {
+            0 => (Some(Value::Int(n)), Quality::Good),
+            1 => (Some(Value::Float(f64::from_bits(n as u64))), Quality::Good),
+            2 => (Some(Value::Str(text.clone())), Quality::Good),
+            3 => (Some(Value::UInt(n as u64)), Quality::Good),
+            _ => (None, Quality::Bad(BadReason::Exception(chunk[0]))),
+        };
+        readings.push(Reading { device: text.as_str().into(), tag: "t".into(), value, quality, ts: n });
+    }
+    let rows = encode_readings(&readings, max);
+    let mut seen = 0;
+    for row in rows {
+        let mut json = b"{".to_vec();
+        json.extend_from_slice(&row.body);
+        json.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("row is valid JSON");
+        let items = v["readings"].as_array().expect("readings array");
+        assert_eq!(items.len(), row.count as usize);
+        assert!(row.body.len() <= max || row.count == 1, "row over the limit with {} readings", row.count);
+        for item in items {
+            assert_eq!(item["ts"], readings[seen].ts);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, readings.len());
+});

@@ -1,0 +1,278 @@
+//! Disk pressure: a small outbox with the broker away, a disk that fills
+//! up, and a state directory the agent cannot use.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{config, Mode, Platform, Proxy};
+use zgsz_agent::buffer::{encode_readings, Batch, Kind, NewRow, Outbox};
+use zgsz_agent::clock::SystemClock;
+use zgsz_agent::reading::{Quality, Reading, Value};
+use zgsz_agent::sim::{Bank, SimDevice};
+
+fn reading(i: i64) -> Reading {
+    Reading {
+        device: "d".into(),
+        tag: "t".into(),
+        value: Some(Value::Int(i)),
+        quality: Quality::Good,
+        ts: i,
+    }
+}
+
+fn metrics_row() -> NewRow {
+    NewRow {
+        kind: Kind::Metrics,
+        count: 1,
+        body: br#""window":{"kind":"hour"}"#.to_vec(),
+    }
+}
+
+/// Eviction order and exact counters, on the outbox itself.
+#[test]
+fn eviction_takes_oldest_telemetry_first_and_counts_every_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "", "", "max_bytes = \"1MiB\"");
+    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    let mut appended = 0u64;
+    let mut metrics = 0u64;
+    for round in 0..400 {
+        let readings: Vec<Reading> = (0..50).map(|i| reading(round * 50 + i)).collect();
+        let mut rows = encode_readings(&readings, 4096);
+        if round % 20 == 0 {
+            rows.push(metrics_row());
+            metrics += 1;
+        }
+        appended += 50;
+        o.commit(&rows, &Batch::default(), &[], &[], round).unwrap();
+    }
+    let s = o.stats().unwrap();
+    assert!(s.evicted_rows > 0, "1 MiB must overflow");
+    assert!(s.bytes <= 1 << 20);
+    assert_eq!(s.evicted_metrics, 0, "metrics outlive telemetry");
+    // Every reading is either still in the outbox or counted as evicted.
+    let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
+    let (pending_readings, pending_metrics, oldest_telemetry): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT coalesce(sum(CASE WHEN kind = 0 THEN count END), 0), count(CASE WHEN kind = 1 THEN 1 END), min(CASE WHEN kind = 0 THEN seq END) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(pending_readings as u64 + s.evicted_readings, appended);
+    assert_eq!(pending_metrics as u64, metrics);
+    // Eviction went strictly oldest first: every telemetry row newer than
+    // the oldest survivor is still there.
+    let (max_seq, telemetry_after, metrics_after): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT max(seq), count(CASE WHEN kind = 0 THEN 1 END), count(CASE WHEN kind = 1 AND seq > ?1 THEN 1 END) FROM outbox WHERE seq >= ?1",
+            [oldest_telemetry],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        telemetry_after,
+        max_seq - oldest_telemetry + 1 - metrics_after
+    );
+}
+
+/// SQLite reporting a full disk (emulated with max_page_count): the
+/// commit fails cleanly, room is made by counted eviction, and it succeeds.
+#[test]
+fn a_full_disk_is_reported_and_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "", "", "");
+    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    let pages: i64 = zgsz_agent::buffer::open_read_only(dir.path())
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    o.set_max_pages(pages as u64 + 40).unwrap();
+    let mut err = None;
+    for round in 0..1000 {
+        let rows = encode_readings(&(0..50).map(reading).collect::<Vec<_>>(), 4096);
+        if let Err(e) = o.commit(&rows, &Batch::default(), &[], &[], round) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("the capped database fills up");
+    assert!(err.is_disk_full(), "reported as a full disk: {err}");
+    o.evict_for_space(64).unwrap();
+    let rows = encode_readings(&(0..50).map(reading).collect::<Vec<_>>(), 4096);
+    o.commit(&rows, &Batch::default(), &[], &[], 0)
+        .expect("room was made");
+    let s = o.stats().unwrap();
+    assert!(s.evicted_rows >= 1 && s.evicted_readings >= 1);
+}
+
+/// The whole agent with a 1 MiB outbox and no broker: it keeps polling,
+/// evicts telemetry (never metrics), and when the broker returns the
+/// platform receives exactly what was not evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_outbox_with_broker_down_keeps_polling_and_counts_evictions() {
+    let mut bank = Bank::new(130);
+    for i in 0..120 {
+        bank.holding[i] = i as u16;
+    }
+    let sim = SimDevice::start(HashMap::from([(1u8, Arc::new(Mutex::new(bank)))]))
+        .await
+        .unwrap();
+    let mut tags = String::new();
+    for i in 0..120 {
+        tags += &format!(
+            "[[devices.tags]]\nname = \"r{i}\"\narea = \"holding_register\"\naddress = {i}\n"
+        );
+    }
+    let port = zgsz_agent::broker::free_port().unwrap();
+    zgsz_agent::broker::start_embedded(port).unwrap();
+    let platform = Platform::subscribe(port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], port).into(), Mode::Refuse).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = format!(
+        "[[devices]]\nid = \"plc-1\"\naddress = \"{}\"\npoll_interval = \"10ms\"\n{tags}",
+        sim.addr
+    );
+    let cfg = config(dir.path(), proxy.port, &devices, "", "max_bytes = \"1MiB\"");
+    let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
+    let buffer = agent.buffer.clone();
+    let mut evicting = None;
+    for _ in 0..3000 {
+        let s = buffer.stats().await.unwrap();
+        if s.evicted_rows > 0 {
+            evicting = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let evicting = evicting.expect("the 1 MiB outbox overflows");
+    // Still polling after eviction started.
+    let later = loop {
+        let s = buffer.stats().await.unwrap();
+        if s.appended_readings > evicting.appended_readings + 1200 {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        later.evicted_readings > evicting.evicted_readings,
+        "eviction continues while polling does"
+    );
+    assert_eq!(later.evicted_metrics, 0);
+
+    agent.stop().await;
+
+    // The broker returns; an agent with no devices drains the outbox.
+    proxy.set(Mode::Forward);
+    let drain_cfg = config(dir.path(), proxy.port, "", "", "max_bytes = \"1MiB\"");
+    let drain = zgsz_agent::agent::start(&drain_cfg, Arc::new(SystemClock)).unwrap();
+    let last_seq = drain.buffer.stats().await.unwrap().last_seq;
+    platform
+        .wait_for(Duration::from_secs(60), "the surviving backlog", |p| {
+            p.telemetry_by_seq()
+                .keys()
+                .last()
+                .is_some_and(|&s| s >= last_seq)
+        })
+        .await;
+    let buffer = drain.buffer.clone();
+    common::wait_until(Duration::from_secs(30), "every row acked", || {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(buffer.stats()))
+            .is_ok_and(|s| s.rows == 0)
+    })
+    .await;
+    drain.stop().await;
+    let s = zgsz_agent::buffer::read_stats(dir.path()).unwrap();
+    let delivered: u64 = platform
+        .telemetry_by_seq()
+        .values()
+        .map(|m| m["readings"].as_array().unwrap().len() as u64)
+        .sum();
+    // Exact: every reading appended was either delivered or counted evicted.
+    assert_eq!(delivered + s.evicted_readings, s.appended_readings);
+    let pending = 0;
+    eprintln!(
+        "MEASURED: appended {} readings, evicted {}, delivered {delivered}, pending {pending}",
+        s.appended_readings, s.evicted_readings
+    );
+}
+
+/// A state directory that cannot exist: `run` says so and exits non-zero
+/// at once, rather than crash-looping silently.
+#[test]
+fn an_unusable_state_dir_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[agent]\ngateway_id = \"gw\"\nstate_dir = \"/proc/zgsz-agent-cannot-live-here\"\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[mqtt]\ntls = false\n",
+            common::USCC
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the outbox in /proc/zgsz-agent-cannot-live-here"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("agent.state_dir"), "{stderr}");
+}
+
+/// Evidence older than the retention period is pruned, keeping the state
+/// each equipment was in when what remains begins.
+#[test]
+fn old_evidence_is_pruned_but_the_starting_state_is_kept() {
+    use zgsz_agent::plant::{Sample, State, Transition};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "", "", "");
+    {
+        let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+        let t = |ts, state| Transition {
+            equipment: "e1".into(),
+            ts,
+            state,
+        };
+        let batch = Batch {
+            transitions: vec![t(0, State::Idle), t(1_000, State::RunningNc)],
+            samples: vec![Sample {
+                equipment: "e1".into(),
+                minute: 0,
+                good: true,
+            }],
+            ..Default::default()
+        };
+        o.commit(&[], &batch, &[], &[], 2_000).unwrap();
+    }
+    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    o.commit(
+        &[],
+        &Batch::default(),
+        &[],
+        &[],
+        zgsz_agent::buffer::RETENTION_MS + 5_000,
+    )
+    .unwrap();
+    let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
+    let samples: i64 = conn
+        .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(samples, 0);
+    let left: Vec<(i64, String)> = conn
+        .prepare("SELECT ts, state FROM transitions ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(left, vec![(1_000, "running_nc".to_string())]);
+}
