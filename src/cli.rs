@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `demo`, `read`, `status`.
+//! Command line: `run`, `check`, `demo`, `read`, `scan`, `probe`, `metrics`, `status`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

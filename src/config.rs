@@ -1199,14 +1199,21 @@ fn validate_plant(
                 Err(why) => p.error(format!("{key}.profile"), why),
             }
         }
+        let nc_active_given = r.nc_active.is_some();
         if let Some(t) = r.nc_active {
             nc_text = Some(t);
         }
         if let Some(t) = r.running {
             run_text = Some(t);
         }
-        if nc_text.is_none() && !r.kind.nc_capable() {
-            // Manual stations never run under NC.
+        if !r.kind.nc_capable() {
+            // Manual stations never run under NC, whatever a profile says.
+            if nc_active_given {
+                p.error(
+                    format!("{key}.nc_active"),
+                    format!("a {} equipment never runs under NC; remove nc_active, or set kind to cnc, plc, dcs or robot", format!("{:?}", r.kind).to_lowercase()),
+                );
+            }
             nc_text = Some("false".into());
         }
         let mut rule = |field: &str, text: Option<String>| -> Option<Expr> {

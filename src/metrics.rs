@@ -517,10 +517,26 @@ impl Scheduler {
         for kind in [WindowKind::Hour, WindowKind::Day] {
             let key = format!("closed_{}_end", kind.name());
             let end = match self.buffer.meta(&key).await {
-                Ok(Some(end)) => end,
+                Ok(Some(end)) => {
+                    // After a change of utc_offset the old boundaries no
+                    // longer align: resume at the next aligned boundary.
+                    let aligned = Window::containing(kind, end, self.offset);
+                    if aligned.start == end {
+                        end
+                    } else {
+                        tracing::warn!(
+                            window = kind.name(),
+                            "utc_offset changed; windows realign at the next boundary"
+                        );
+                        aligned.end
+                    }
+                }
                 // First run: no window before this one is claimed.
                 Ok(None) => Window::containing(kind, now, self.offset).start,
-                Err(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot read the metrics state; no windows will be published");
+                    return;
+                }
             };
             closed.push((kind, key, end));
         }
@@ -544,7 +560,15 @@ impl Scheduler {
                         end: *end + len,
                     };
                     if now - w.end > MAX_CATCH_UP_MS {
-                        tracing::warn!(window = kind.name(), start = %rfc3339(w.start, self.offset), "Skipping a window older than 7 days");
+                        // Skip the whole stretch at once, with one line.
+                        let skip_to = now - MAX_CATCH_UP_MS;
+                        let next = Window::containing(*kind, skip_to, self.offset).end;
+                        tracing::warn!(
+                            window = kind.name(), from = %rfc3339(w.start, self.offset), to = %rfc3339(next, self.offset),
+                            "Not back-filling windows older than 7 days"
+                        );
+                        *end = next;
+                        continue;
                     } else if let Err(e) = self.publish(w, vec![(key.clone(), w.end)]).await {
                         tracing::debug!(error = %e, "Metrics stopped");
                         return;
