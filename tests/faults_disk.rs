@@ -139,24 +139,18 @@ async fn small_outbox_with_broker_down_keeps_polling_and_counts_evictions() {
     let cfg = config(dir.path(), proxy.port, &devices, "", "max_bytes = \"1MiB\"");
     let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
     let buffer = agent.buffer.clone();
-    let mut evicting = None;
-    for _ in 0..3000 {
-        let s = buffer.stats().await.unwrap();
-        if s.evicted_rows > 0 {
-            evicting = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let evicting = evicting.expect("the 1 MiB outbox overflows");
+    let evicting = common::wait_for_stats(
+        &buffer,
+        Duration::from_secs(60),
+        "the 1 MiB outbox to overflow",
+        |s| s.evicted_rows > 0,
+    )
+    .await;
     // Still polling after eviction started.
-    let later = loop {
-        let s = buffer.stats().await.unwrap();
-        if s.appended_readings > evicting.appended_readings + 1200 {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let later = common::wait_for_stats(&buffer, Duration::from_secs(60), "more polling", |s| {
+        s.appended_readings > evicting.appended_readings + 1200
+    })
+    .await;
     assert!(
         later.evicted_readings > evicting.evicted_readings,
         "eviction continues while polling does"
@@ -179,9 +173,8 @@ async fn small_outbox_with_broker_down_keeps_polling_and_counts_evictions() {
         })
         .await;
     let buffer = drain.buffer.clone();
-    common::wait_until(Duration::from_secs(30), "every row acked", || {
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(buffer.stats()))
-            .is_ok_and(|s| s.rows == 0)
+    common::wait_for_stats(&buffer, Duration::from_secs(30), "every row acked", |s| {
+        s.rows == 0
     })
     .await;
     drain.stop().await;

@@ -67,15 +67,13 @@ async fn delivers_through_a_mosquitto_restart_with_nothing_missing() {
     )
     .await;
     let buffer = agent.buffer.clone();
-    let mut backlog = 0;
-    for _ in 0..1000 {
-        backlog = buffer.stats().await.unwrap().rows;
-        if backlog >= 30 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(backlog >= 30, "a backlog builds while the broker is down");
+    common::wait_for_stats(
+        &buffer,
+        Duration::from_secs(60),
+        "a backlog builds while the broker is down",
+        |s| s.rows >= 30,
+    )
+    .await;
 
     // A fresh broker on the same port; the platform subscribes before the
     // agent is let through, so it sees every message.

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_contiguous, assert_schema, config, wait_until, Mode, Platform, Proxy};
+use common::{assert_contiguous, assert_schema, config, Mode, Platform, Proxy};
 use serde_json::{json, Value as Json};
 use zgsz_agent::clock::SystemClock;
 use zgsz_agent::reading::{BadReason, Quality, Value};
@@ -466,15 +466,13 @@ async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
 
     // Build a backlog while the broker is unreachable.
     let buffer = agent.buffer.clone();
-    let mut backlog = 0;
-    for _ in 0..500 {
-        backlog = buffer.stats().await.unwrap().rows;
-        if backlog >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(backlog >= 20, "backlog built while the broker is down");
+    common::wait_for_stats(
+        &buffer,
+        Duration::from_secs(60),
+        "backlog built while the broker is down",
+        |s| s.rows >= 20,
+    )
+    .await;
     assert!(!agent.uplink.borrow().connected);
     assert!(platform.of_kind("telemetry").is_empty());
 
@@ -537,8 +535,8 @@ async fn restart_with_rows_pending_sends_them_with_their_original_seq() {
     // First run: the broker is unreachable; stop with rows pending.
     let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
     let buffer = agent.buffer.clone();
-    wait_until(Duration::from_secs(20), "10 pending rows", || {
-        futures_lite_block(buffer.stats()).is_ok_and(|s| s.rows >= 10)
+    common::wait_for_stats(&buffer, Duration::from_secs(20), "10 pending rows", |s| {
+        s.rows >= 10
     })
     .await;
     agent.stop().await;
@@ -575,9 +573,4 @@ async fn restart_with_rows_pending_sends_them_with_their_original_seq() {
             );
         }
     }
-}
-
-/// Runs a future to completion from a sync closure inside a multi-thread runtime.
-fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }

@@ -428,3 +428,23 @@ pub fn pty_pair() -> Option<zgsz_agent::sim::rtu::SocatPty> {
         Err(e) => panic!("socat failed to make a pty pair: {e}"),
     }
 }
+
+/// Waits until the outbox figures satisfy `cond` and returns them.
+pub async fn wait_for_stats<F: FnMut(&zgsz_agent::buffer::Stats) -> bool>(
+    buffer: &zgsz_agent::buffer::BufferClient,
+    limit: Duration,
+    what: &str,
+    mut cond: F,
+) -> zgsz_agent::buffer::Stats {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let s = buffer.stats().await.expect("outbox running");
+        if cond(&s) {
+            return s;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}; outbox: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
