@@ -484,3 +484,79 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         assert_eq!(m["config_hash"].as_str().map(str::len), Some(64));
     }
 }
+
+/// Each built-in profile against simulator registers: the equipment state
+/// follows the standard codes as the registers change.
+#[tokio::test]
+async fn every_builtin_profile_reads_its_standard_codes_from_registers() {
+    use zgsz_agent::sim::{Bank, SimDevice};
+    use zgsz_agent::source::modbus::ModbusDevice;
+    use zgsz_agent::source::Source;
+
+    let bank = Arc::new(std::sync::Mutex::new(Bank::new(16)));
+    let sim = SimDevice::start(HashMap::from([(1u8, bank.clone())]))
+        .await
+        .unwrap();
+    // One register per signal: OPC 40501 OperationMode and two channels'
+    // ChannelState, OPC 40001 MachineryItemState, MTConnect-like mode/execution.
+    let tags = [
+        ("operation_mode", 0),
+        ("channel_state", 1),
+        ("channel_state_2", 2),
+        ("machinery_item_state", 3),
+        ("controller_mode", 4),
+        ("execution", 5),
+    ]
+    .iter()
+    .map(|(n, a)| {
+        format!("[[devices.tags]]\nname = \"{n}\"\narea = \"holding_register\"\naddress = {a}\n")
+    })
+    .collect::<String>();
+    let text = format!(
+        "[agent]\ngateway_id = \"gw\"\nstate_dir = \"state\"\n[enterprise]\nname = \"测试\"\nuscc = \"91350100M000100Y43\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[mqtt]\ntls = false\n[[devices]]\nid = \"d\"\naddress = \"{}\"\n{tags}\n{}{}{}{}",
+        sim.addr,
+        process("p", true),
+        equipment("machine_tool", "p", "cnc", "d").replace("mtconnect-like", "opcua-machine-tool"),
+        equipment("machinery", "p", "robot", "d").replace("mtconnect-like", "opcua-machinery"),
+        equipment("mtc", "p", "cnc", "d"),
+    );
+    let (cfg, _) = config::load_str(Path::new("profiles.toml"), &text).unwrap();
+    let mut dev = ModbusDevice::new(
+        cfg.devices[0].clone(),
+        Arc::new(zgsz_agent::clock::SystemClock),
+    );
+    let (mut tracker, _) = Tracker::new(cfg.plant.clone(), &HashMap::new(), None);
+    async fn states(
+        bank: &std::sync::Mutex<Bank>,
+        dev: &mut ModbusDevice,
+        tracker: &mut Tracker,
+        regs: [u16; 6],
+    ) -> HashMap<String, State> {
+        bank.lock().unwrap().holding[..6].copy_from_slice(&regs);
+        let readings = dev.poll_once().await;
+        let (mut tr, mut samples) = (Vec::new(), Vec::new());
+        tracker.observe(&readings, &mut tr, &mut samples);
+        assert!(samples.iter().all(|s| s.good), "{samples:?}");
+        tr.into_iter()
+            .map(|t| (t.equipment.to_string(), t.state))
+            .collect()
+    }
+    // Automatic(1), channel 2 Active(0); Executing(3); AUTOMATIC + ACTIVE.
+    let s = states(&bank, &mut dev, &mut tracker, [1, 2, 0, 3, 1, 1]).await;
+    assert_eq!(s["machine_tool"], State::RunningNc);
+    assert_eq!(s["machinery"], State::RunningNc);
+    assert_eq!(s["mtc"], State::RunningNc);
+    // Manual(0) with a channel active; Idle(1); MANUAL + ACTIVE.
+    let s = states(&bank, &mut dev, &mut tracker, [0, 0, 2, 1, 0, 1]).await;
+    assert_eq!(s["machine_tool"], State::RunningManual);
+    assert_eq!(s["machinery"], State::Idle);
+    assert_eq!(s["mtc"], State::RunningManual);
+    // AutoWithManualIntervention(3), every channel Reset(2); execution READY.
+    let s = states(&bank, &mut dev, &mut tracker, [3, 2, 2, 3, 1, 0]).await;
+    assert_eq!(s["machine_tool"], State::Idle);
+    assert_eq!(s["mtc"], State::Idle);
+    assert!(
+        !s.contains_key("machinery"),
+        "still executing: no transition"
+    );
+}
