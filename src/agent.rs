@@ -6,35 +6,108 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::buffer::{self, Batch, BufferClient, BufferError, Outbox};
 use crate::clock::Clock;
-use crate::config::{Config, Protocol};
+use crate::config::{Config, DeviceConfig, Protocol};
 use crate::metrics::Scheduler;
 use crate::plant::Tracker;
+use crate::reading::Reading;
 use crate::source::{self, modbus::ModbusDevice};
 use crate::uplink::mqtt::{MqttUplink, UplinkState};
+use crate::watchdog::Progress;
 
 /// A running agent.
 pub struct RunningAgent {
     shutdown: watch::Sender<bool>,
-    sources: Vec<JoinHandle<()>>,
+    /// One entry per configured device, each with its own stop switch, so
+    /// a reload can restart one device and leave the others connected.
+    devices: Vec<DeviceTask>,
+    /// A sender for device tasks started by a reload; dropped at stop so
+    /// the outbox sees its input close.
+    cycles: Option<mpsc::Sender<Vec<Reading>>>,
     plant_task: JoinHandle<()>,
-    metrics_task: JoinHandle<()>,
+    /// The metrics scheduler has its own stop switch: a device reload
+    /// restarts it with the new config hash.
+    metrics: (watch::Sender<bool>, JoinHandle<()>),
     uplink_task: JoinHandle<()>,
     buffer_thread: std::thread::JoinHandle<()>,
+    clock: Arc<dyn Clock>,
     /// For the demo and tests: outbox figures.
     pub buffer: BufferClient,
     /// For the demo and tests: connection state and ack count.
     pub uplink: watch::Receiver<UplinkState>,
 }
 
+/// A device's poll task and what it was started with.
+struct DeviceTask {
+    config: Arc<DeviceConfig>,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+fn spawn_device(
+    dev: &Arc<DeviceConfig>,
+    clock: &Arc<dyn Clock>,
+    cycles: &mpsc::Sender<Vec<Reading>>,
+) -> DeviceTask {
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = match dev.protocol {
+        Protocol::ModbusTcp => {
+            let d = ModbusDevice::new(dev.clone(), clock.clone());
+            tokio::spawn(source::run(d, cycles.clone(), stop_rx))
+        }
+    };
+    DeviceTask {
+        config: dev.clone(),
+        stop,
+        handle,
+    }
+}
+
+fn spawn_metrics(
+    config: &Config,
+    buffer: &BufferClient,
+    clock: &Arc<dyn Clock>,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let scheduler = Scheduler {
+        model: config.plant.clone(),
+        enterprise: config.enterprise.clone(),
+        config_hash: config.hash(),
+        offset: config.metrics.utc_offset,
+        snapshot_interval: config.metrics.snapshot_interval,
+        buffer: buffer.clone(),
+        clock: clock.clone(),
+    };
+    (stop, tokio::spawn(scheduler.run(stop_rx)))
+}
+
+/// What a device reload did, by device id.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeviceChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
 /// Opens the outbox and starts every component. Errors here are the ones
 /// an operator must fix before the agent can run (e.g. an unwritable
 /// state directory).
 pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, BufferError> {
+    start_with(config, clock, Progress::new())
+}
+
+/// [`start`], with the outbox and uplink loops bumping `progress` for the
+/// systemd watchdog.
+pub fn start_with(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    progress: Arc<Progress>,
+) -> Result<RunningAgent, BufferError> {
     let mut outbox = Outbox::open(&config.agent.state_dir, &config.buffer)?;
     // Resume the equipment states; whatever was running when the agent was
     // last alive is offline from then on, committed before anything else.
@@ -52,7 +125,12 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
         state_dir = %config.agent.state_dir.display(), instance = outbox.instance(), pending,
         "Outbox open"
     );
-    let handles = buffer::spawn(outbox, config.buffer.max_message_bytes, clock.clone());
+    let handles = buffer::spawn_with_progress(
+        outbox,
+        config.buffer.max_message_bytes,
+        clock.clone(),
+        progress.clone(),
+    );
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (uplink, uplink_state) = MqttUplink::new(
@@ -63,45 +141,27 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
         handles.appended.clone(),
         clock.clone(),
     );
-    let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
+    let uplink_task = tokio::spawn(uplink.with_progress(progress).run(shutdown_rx.clone()));
 
-    let scheduler = Scheduler {
-        model: config.plant.clone(),
-        enterprise: config.enterprise.clone(),
-        config_hash: config.hash(),
-        offset: config.metrics.utc_offset,
-        snapshot_interval: config.metrics.snapshot_interval,
-        buffer: handles.client.clone(),
-        clock: clock.clone(),
-    };
-    let metrics_task = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+    let metrics = spawn_metrics(config, &handles.client, &clock);
 
     // Sources → plant stage → outbox.
-    let (cycles_tx, cycles_rx) = tokio::sync::mpsc::channel(1024);
+    let (cycles_tx, cycles_rx) = mpsc::channel(1024);
     let plant_task = tokio::spawn(crate::plant::run(tracker, cycles_rx, handles.readings));
-    let mut sources = Vec::new();
-    for dev in &config.devices {
-        match dev.protocol {
-            Protocol::ModbusTcp => {
-                let d = ModbusDevice::new(dev.clone(), clock.clone());
-                sources.push(tokio::spawn(source::run(
-                    d,
-                    cycles_tx.clone(),
-                    shutdown_rx.clone(),
-                )));
-            }
-        }
-    }
-    // Our own copy of the readings sender is dropped here, so the outbox
-    // sees its input close once every source has stopped.
-    drop(cycles_tx);
+    let devices = config
+        .devices
+        .iter()
+        .map(|dev| spawn_device(dev, &clock, &cycles_tx))
+        .collect();
     Ok(RunningAgent {
         shutdown,
-        sources,
+        devices,
+        cycles: Some(cycles_tx),
         plant_task,
-        metrics_task,
+        metrics,
         uplink_task,
         buffer_thread: handles.thread,
+        clock,
         buffer: handles.client,
         uplink: uplink_state,
     })
@@ -109,17 +169,79 @@ pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, Buf
 
 impl RunningAgent {
     /// Stops polling, commits what is queued, says goodbye to the broker.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        for s in self.sources {
-            let _ = s.await;
+        let _ = self.metrics.0.send(true);
+        for d in &self.devices {
+            let _ = d.stop.send(true);
         }
+        for d in self.devices {
+            let _ = d.handle.await;
+        }
+        // Our own copy of the readings sender goes last, so the outbox sees
+        // its input close once every source has stopped.
+        self.cycles.take();
         let _ = self.plant_task.await;
-        let _ = self.metrics_task.await;
+        let _ = self.metrics.1.await;
         let _ = self.uplink_task.await;
         self.buffer.close().await;
         let thread = self.buffer_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         tracing::info!("Agent stopped; outbox flushed");
+    }
+
+    /// The ids of the running device tasks, in start order.
+    pub fn device_ids(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .map(|d| d.config.id.to_string())
+            .collect()
+    }
+
+    /// Applies a new, already validated config's `[[devices]]`: devices
+    /// whose config is unchanged keep their task and connection; changed
+    /// ones are restarted, removed ones stopped, added ones started. The
+    /// metrics scheduler restarts with the new config hash. Everything
+    /// else in `new` is ignored; the caller decides whether other sections
+    /// changed (see `reload.rs`).
+    pub async fn reload_devices(&mut self, new: &Config) -> DeviceChanges {
+        let mut changes = DeviceChanges::default();
+        let Some(cycles) = self.cycles.clone() else {
+            return changes;
+        };
+        let mut old: Vec<DeviceTask> = std::mem::take(&mut self.devices);
+        let mut next = Vec::with_capacity(new.devices.len());
+        for dev in &new.devices {
+            let id = dev.id.to_string();
+            match old.iter().position(|t| t.config.id == dev.id) {
+                Some(i) if *old[i].config == **dev => {
+                    next.push(old.swap_remove(i));
+                    changes.unchanged.push(id);
+                }
+                Some(i) => {
+                    let t = old.swap_remove(i);
+                    let _ = t.stop.send(true);
+                    let _ = t.handle.await;
+                    next.push(spawn_device(dev, &self.clock, &cycles));
+                    changes.changed.push(id);
+                }
+                None => {
+                    next.push(spawn_device(dev, &self.clock, &cycles));
+                    changes.added.push(id);
+                }
+            }
+        }
+        for t in old {
+            let _ = t.stop.send(true);
+            let _ = t.handle.await;
+            changes.removed.push(t.config.id.to_string());
+        }
+        self.devices = next;
+        if !(changes.added.is_empty() && changes.removed.is_empty() && changes.changed.is_empty()) {
+            let _ = self.metrics.0.send(true);
+            let _ = (&mut self.metrics.1).await;
+            self.metrics = spawn_metrics(new, &self.buffer, &self.clock);
+        }
+        changes
     }
 }

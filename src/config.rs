@@ -372,7 +372,7 @@ pub struct Enterprise {
     pub declared: Declared,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     pub id: Arc<str>,
     pub protocol: Protocol,
@@ -387,7 +387,7 @@ pub struct DeviceConfig {
     pub tags: Vec<TagConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TagConfig {
     pub name: Arc<str>,
     pub area: Area,
