@@ -33,8 +33,13 @@ pub struct RunningAgent {
     /// restarts it with the new config hash.
     metrics: (watch::Sender<bool>, JoinHandle<()>),
     uplink_task: JoinHandle<()>,
+    /// The `[http]` endpoint, if configured.
+    http_task: Option<JoinHandle<()>>,
     buffer_thread: std::thread::JoinHandle<()>,
     clock: Arc<dyn Clock>,
+    /// Where `/metrics` and `/healthz` are served (the bound address, so
+    /// tests can ask for port 0).
+    pub http_addr: Option<std::net::SocketAddr>,
     /// For the demo and tests: outbox figures.
     pub buffer: BufferClient,
     /// For the demo and tests: connection state and ack count.
@@ -97,7 +102,16 @@ pub struct DeviceChanges {
 /// Opens the outbox and starts every component. Errors here are the ones
 /// an operator must fix before the agent can run (e.g. an unwritable
 /// state directory).
-pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, BufferError> {
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+}
+
+pub fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningAgent, StartError> {
     start_with(config, clock, Progress::new())
 }
 
@@ -107,7 +121,12 @@ pub fn start_with(
     config: &Config,
     clock: Arc<dyn Clock>,
     progress: Arc<Progress>,
-) -> Result<RunningAgent, BufferError> {
+) -> Result<RunningAgent, StartError> {
+    // Bound first: a busy port must fail the start before anything runs.
+    let http_listener = match &config.http {
+        Some(h) => Some(crate::http::bind(h.listen)?),
+        None => None,
+    };
     let mut outbox = Outbox::open(&config.agent.state_dir, &config.buffer)?;
     // Resume the equipment states; whatever was running when the agent was
     // last alive is offline from then on, committed before anything else.
@@ -145,6 +164,17 @@ pub fn start_with(
 
     let metrics = spawn_metrics(config, &handles.client, &clock);
 
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let http_task = http_listener.map(|l| {
+        let state = Arc::new(crate::http::HttpState {
+            buffer: handles.client.clone(),
+            uplink: uplink_state.clone(),
+            clock: clock.clone(),
+            clock_sync: crate::clocksync::check,
+        });
+        tokio::spawn(crate::http::serve(l, state, shutdown_rx.clone()))
+    });
+
     // Sources → plant stage → outbox.
     let (cycles_tx, cycles_rx) = mpsc::channel(1024);
     let plant_task = tokio::spawn(crate::plant::run(tracker, cycles_rx, handles.readings));
@@ -160,8 +190,10 @@ pub fn start_with(
         plant_task,
         metrics,
         uplink_task,
+        http_task,
         buffer_thread: handles.thread,
         clock,
+        http_addr,
         buffer: handles.client,
         uplink: uplink_state,
     })
@@ -184,6 +216,9 @@ impl RunningAgent {
         let _ = self.plant_task.await;
         let _ = self.metrics.1.await;
         let _ = self.uplink_task.await;
+        if let Some(t) = self.http_task.take() {
+            let _ = t.await;
+        }
         self.buffer.close().await;
         let thread = self.buffer_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

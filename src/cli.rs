@@ -265,12 +265,17 @@ fn start_agent(
     clock: &Arc<dyn Clock>,
     progress: &Arc<crate::watchdog::Progress>,
 ) -> anyhow::Result<crate::agent::RunningAgent> {
-    crate::agent::start_with(c, clock.clone(), progress.clone()).with_context(|| {
-        format!(
+    use crate::agent::StartError;
+    crate::agent::start_with(c, clock.clone(), progress.clone()).map_err(|e| match e {
+        StartError::Buffer(e) => anyhow::Error::new(e).context(format!(
             "cannot open the outbox in {} (agent.state_dir in {})",
             c.agent.state_dir.display(),
             c.path.display()
-        )
+        )),
+        StartError::Http(e) => anyhow::Error::new(e).context(format!(
+            "cannot start the HTTP endpoint ([http] in {})",
+            c.path.display()
+        )),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod clocksync;
 pub mod config;
 pub mod demo;
 pub mod expr;
+pub mod http;
 pub mod identity;
 pub mod loglimit;
 pub mod metrics;
