@@ -758,9 +758,25 @@ const MAX_BATCHES_PER_COMMIT: usize = 256;
 /// Starts the outbox thread. It owns the SQLite connection and runs its own
 /// single-threaded runtime, so blocking on SQLite never stalls a network task.
 pub fn spawn(
+    outbox: Outbox,
+    max_message_bytes: usize,
+    clock: std::sync::Arc<dyn Clock>,
+) -> BufferHandles {
+    spawn_with_progress(
+        outbox,
+        max_message_bytes,
+        clock,
+        crate::watchdog::Progress::new(),
+    )
+}
+
+/// [`spawn`], bumping `progress` on every iteration of the outbox loop
+/// (and on an idle tick), for the systemd watchdog.
+pub fn spawn_with_progress(
     mut outbox: Outbox,
     max_message_bytes: usize,
     clock: std::sync::Arc<dyn Clock>,
+    progress: std::sync::Arc<crate::watchdog::Progress>,
 ) -> BufferHandles {
     let (readings_tx, mut readings_rx) = mpsc::channel::<Batch>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(256);
@@ -780,7 +796,10 @@ pub fn spawn(
                 let mut clock_watch = ClockWatch::default();
                 let mut readings_open = true;
                 let mut control_open = true;
+                let mut beat = tokio::time::interval(crate::watchdog::HEARTBEAT);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while readings_open || control_open {
+                    progress.outbox_beat();
                     let mut batches: Vec<Batch> = Vec::new();
                     let mut controls: Vec<Control> = Vec::new();
                     tokio::select! {
@@ -792,6 +811,8 @@ pub fn spawn(
                             Some(Control::Close) | None => control_open = false,
                             Some(c) => controls.push(c),
                         },
+                        // Idle tick: a quiet outbox still shows it is alive.
+                        _ = beat.tick() => {}
                     }
                     while batches.len() < MAX_BATCHES_PER_COMMIT {
                         match readings_rx.try_recv() {
@@ -807,7 +828,7 @@ pub fn spawn(
                         controls.push(c);
                     }
                     clock_watch.check(clock.now_ms());
-                    process(&mut outbox, batches, controls, max_body, &*clock, &appended_tx, readings_open).await;
+                    process(&mut outbox, batches, controls, max_body, &*clock, &appended_tx, readings_open, &progress).await;
                 }
                 tracing::debug!("Outbox closed");
             });
@@ -852,6 +873,7 @@ impl ClockWatch {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn process(
     outbox: &mut Outbox,
     batches: Vec<Batch>,
@@ -860,6 +882,7 @@ async fn process(
     clock: &dyn Clock,
     appended: &watch::Sender<i64>,
     running: bool,
+    progress: &crate::watchdog::Progress,
 ) {
     let mut batch = Batch::default();
     for b in batches {
@@ -895,6 +918,9 @@ async fn process(
                 }
                 Err(e) => {
                     attempt += 1;
+                    // Retrying a failed write is progress: a restart would
+                    // lose the readings held here, not fix the disk.
+                    progress.outbox_beat();
                     let full = e.is_disk_full();
                     tracing::error!(
                         error = %e, readings = readings.len(), attempt, disk_full = full,

@@ -100,8 +100,12 @@ pub enum Command {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    // Colours only on a terminal: under systemd, stderr is the journal,
+    // which would store the escape codes verbatim.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -216,19 +220,126 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(c: Config) -> anyhow::Result<ExitCode> {
+    use crate::watchdog::{self, Progress};
     let stop = stop_signal();
+    tokio::pin!(stop);
+    // Installed before anything starts, so an early SIGHUP is not fatal.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     tracing::info!(config = %c.path.display(), gateway = %c.agent.gateway_id, devices = c.devices.len(), "Starting");
-    let agent = crate::agent::start(&c, Arc::new(SystemClock)).with_context(|| {
-        format!(
+    crate::clocksync::warn_if_unsynchronized();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let progress = Progress::new();
+    let mut agent = start_agent(&c, &clock, &progress)?;
+    let mut raw = crate::reload::read_raw(&c.path);
+    let mut current = c;
+    watchdog::ready(&format!("Running, {} device(s)", current.devices.len()));
+    let (watchdog_stop, watchdog_rx) = tokio::sync::watch::channel(false);
+    let watchdog_task = watchdog::period()
+        .map(|period| tokio::spawn(watchdog::run(progress.clone(), period, watchdog_rx)));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup.recv() => {
+                watchdog::reloading();
+                let new_raw = crate::reload::read_raw(&current.path);
+                match reload(agent, &current, raw.as_ref(), new_raw.as_ref(), &clock, &progress).await {
+                    Ok((a, Some(new))) => {
+                        agent = a;
+                        current = new;
+                        raw = new_raw;
+                    }
+                    Ok((a, None)) => agent = a,
+                    Err(e) => {
+                        watchdog::stopping();
+                        return Err(e);
+                    }
+                }
+                watchdog::ready(&format!("Running, {} device(s)", current.devices.len()));
+            }
+        }
+    }
+    watchdog::stopping();
+    tracing::info!("Stopping: flushing readings to the outbox");
+    let _ = watchdog_stop.send(true);
+    if let Some(t) = watchdog_task {
+        let _ = t.await;
+    }
+    agent.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_agent(
+    c: &Config,
+    clock: &Arc<dyn Clock>,
+    progress: &Arc<crate::watchdog::Progress>,
+) -> anyhow::Result<crate::agent::RunningAgent> {
+    use crate::agent::StartError;
+    crate::agent::start_with(c, clock.clone(), progress.clone()).map_err(|e| match e {
+        StartError::Buffer(e) => anyhow::Error::new(e).context(format!(
             "cannot open the outbox in {} (agent.state_dir in {})",
             c.agent.state_dir.display(),
             c.path.display()
-        )
-    })?;
-    stop.await;
-    tracing::info!("Stopping: flushing readings to the outbox");
-    agent.stop().await;
-    Ok(ExitCode::SUCCESS)
+        )),
+        StartError::Http(e) => anyhow::Error::new(e).context(format!(
+            "cannot start the HTTP endpoint ([http] in {})",
+            c.path.display()
+        )),
+    })
+}
+
+/// SIGHUP: validates the file again and applies it (see `reload.rs`).
+/// Returns the new config if it was applied, `None` if the old one stays;
+/// an error only if neither the new nor the old config could be started.
+async fn reload(
+    mut agent: crate::agent::RunningAgent,
+    current: &Config,
+    raw: Option<&toml::Table>,
+    new_raw: Option<&toml::Table>,
+    clock: &Arc<dyn Clock>,
+    progress: &Arc<crate::watchdog::Progress>,
+) -> anyhow::Result<(crate::agent::RunningAgent, Option<Config>)> {
+    use crate::reload::Plan;
+    let path = &current.path;
+    let new = match config::load(path) {
+        Ok((new, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{}", w.display(path));
+            }
+            new
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), "Config reload refused, still running the previous config:\n{e}");
+            return Ok((agent, None));
+        }
+    };
+    match crate::reload::plan(raw, new_raw, current, &new) {
+        Plan::Unchanged => {
+            tracing::info!(config = %path.display(), "Config reloaded; nothing changed");
+        }
+        Plan::Devices => {
+            let ch = agent.reload_devices(&new).await;
+            tracing::info!(
+                config = %path.display(),
+                added = %ch.added.join(","), removed = %ch.removed.join(","),
+                changed = %ch.changed.join(","), unchanged = %ch.unchanged.join(","),
+                "Config reloaded; changed devices restarted, unchanged devices kept polling"
+            );
+        }
+        Plan::Restart(why) => {
+            tracing::warn!(config = %path.display(), "Config reloaded: {why}; restarting the agent in-process");
+            agent.stop().await;
+            agent = match start_agent(&new, clock, progress) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "Cannot start with the new config; going back to the previous one");
+                    let a = start_agent(current, clock, progress)?;
+                    return Ok((a, None));
+                }
+            };
+        }
+    }
+    Ok((agent, Some(new)))
 }
 
 /// SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed when
@@ -315,8 +426,13 @@ fn status(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
             c.agent.state_dir.display()
         )
     })?;
+    let clock_sync = crate::clocksync::check();
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("clock_sync".into(), serde_json::to_value(clock_sync)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemClock.now_ms();
@@ -340,6 +456,15 @@ fn status(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
         }
     );
     println!("last seq          {}", s.last_seq);
+    println!(
+        "clock             {}{}",
+        clock_sync.name(),
+        if clock_sync == crate::clocksync::ClockSync::Synchronized {
+            ""
+        } else {
+            " (timestamps are evidence: enable NTP on this gateway)"
+        }
+    );
     println!("last PUBACK       {}", age(s.last_ack_ts));
     println!("acked messages    {}", s.acked_rows);
     println!(

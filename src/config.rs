@@ -38,6 +38,17 @@ struct RawConfig {
     equipment: Vec<RawEquipment>,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    http: Option<RawHttp>,
+}
+
+/// `[http]`: the optional local Prometheus and health endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -435,6 +446,15 @@ pub struct Config {
     pub mqtt: Arc<MqttConfig>,
     pub plant: Arc<crate::plant::PlantModel>,
     pub metrics: MetricsConfig,
+    /// `None`: no HTTP endpoint (the default).
+    pub http: Option<HttpConfig>,
+}
+
+/// The local `/metrics` and `/healthz` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Loopback unless `allow_remote` was set.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Window alignment and snapshot cadence of the indicators.
@@ -462,7 +482,7 @@ pub struct Enterprise {
     pub declared: Declared,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     pub id: Arc<str>,
     pub protocol: Protocol,
@@ -480,7 +500,7 @@ pub struct DeviceConfig {
     pub tags: Vec<TagConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TagConfig {
     pub name: Arc<str>,
     pub area: Area,
@@ -1086,6 +1106,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         ),
     };
 
+    let http = raw.http.and_then(|h| validate_http(h, p));
+
     Some(Config {
         path: path.to_path_buf(),
         agent,
@@ -1095,7 +1117,43 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         mqtt: Arc::new(mqtt),
         plant: Arc::new(plant),
         metrics,
+        http,
     })
+}
+
+fn validate_http(h: RawHttp, p: &mut Problems) -> Option<HttpConfig> {
+    let listen: std::net::SocketAddr = match h.listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            p.error(
+                "http.listen",
+                format!(
+                    "{:?} is not an IP address with a port; write e.g. \"127.0.0.1:9187\"",
+                    h.listen
+                ),
+            );
+            return None;
+        }
+    };
+    if listen.ip().is_loopback() {
+        return Some(HttpConfig { listen });
+    }
+    if !h.allow_remote {
+        p.error(
+            "http.listen",
+            format!(
+                "{listen} is not a loopback address, and /metrics and /healthz have no authentication; \
+                 listen on 127.0.0.1:{port}, or set http.allow_remote = true and firewall the port",
+                port = listen.port()
+            ),
+        );
+        return None;
+    }
+    p.warn(
+        "http.allow_remote",
+        format!("/metrics and /healthz are reachable from the network on {listen} without authentication; firewall the port"),
+    );
+    Some(HttpConfig { listen })
 }
 
 fn validate_plant(

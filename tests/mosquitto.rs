@@ -136,12 +136,16 @@ async fn status_is_retained_and_says_offline_after_a_clean_stop() {
     let sim = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), broker.port, &devices(sim.addr), "", "");
+    // An early subscriber sees the online status arrive: from then on the
+    // broker holds it as retained (waiting only for "connected" would race
+    // with the status publish).
+    let early = Platform::subscribe(broker.port).await;
     let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
-    let uplink = agent.uplink.clone();
-    wait_until(Duration::from_secs(20), "the agent to connect", || {
-        uplink.borrow().connected
-    })
-    .await;
+    early
+        .wait_for(Duration::from_secs(20), "the online status", |p| {
+            !p.of_kind("status").is_empty()
+        })
+        .await;
 
     // A subscriber that arrives later still gets the retained status.
     let late = Platform::subscribe(broker.port).await;

@@ -21,25 +21,69 @@ use crate::clock::Clock;
 use crate::config::{DeviceConfig, Protocol};
 use crate::reading::Reading;
 
-/// Starts a task per Modbus TCP device and a lane per RTU bus, all sending
-/// their cycles to `tx` until `shutdown` turns true.
+/// One polling task's worth of devices: a Modbus TCP device on its own, or
+/// every unit of one RTU bus (a serial port or a serial device server),
+/// which must share a task so that requests never interleave on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lane {
+    /// `tcp:<device id>` or `bus:<port or address>`; stable across reloads.
+    pub key: String,
+    pub devices: Vec<Arc<DeviceConfig>>,
+}
+
+/// Groups devices into lanes, in config order.
+pub fn lanes(devices: &[Arc<DeviceConfig>]) -> Vec<Lane> {
+    let mut out: Vec<Lane> = Vec::new();
+    for d in devices {
+        let key = match d.bus_key() {
+            Some(bus) => format!("bus:{bus}"),
+            None => format!("tcp:{}", d.id),
+        };
+        match out.iter_mut().find(|l| l.key == key) {
+            Some(lane) => lane.devices.push(d.clone()),
+            None => out.push(Lane {
+                key,
+                devices: vec![d.clone()],
+            }),
+        }
+    }
+    out
+}
+
+/// Starts one lane's task; it stops when `shutdown` turns true.
+pub fn spawn_lane(
+    lane: &Lane,
+    clock: &Arc<dyn Clock>,
+    tx: &mpsc::Sender<Vec<Reading>>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    match lane.devices.first() {
+        Some(d) if d.protocol == Protocol::ModbusTcp => {
+            let dev = modbus::ModbusDevice::new(d.clone(), clock.clone());
+            tokio::spawn(run(dev, tx.clone(), shutdown))
+        }
+        _ => match modbus::rtu::Bus::group(&lane.devices, clock)
+            .into_iter()
+            .next()
+        {
+            Some(bus) => tokio::spawn(bus.run(tx.clone(), shutdown)),
+            None => tokio::spawn(async {}),
+        },
+    }
+}
+
+/// Starts every lane, all stopping when `shutdown` turns true (for
+/// commands, tests and examples; the agent keeps a switch per lane).
 pub fn spawn_all(
     devices: &[Arc<DeviceConfig>],
     clock: &Arc<dyn Clock>,
     tx: &mpsc::Sender<Vec<Reading>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for dev in devices {
-        if dev.protocol == Protocol::ModbusTcp {
-            let d = modbus::ModbusDevice::new(dev.clone(), clock.clone());
-            tasks.push(tokio::spawn(run(d, tx.clone(), shutdown.clone())));
-        }
-    }
-    for bus in modbus::rtu::Bus::group(devices, clock) {
-        tasks.push(tokio::spawn(bus.run(tx.clone(), shutdown.clone())));
-    }
-    tasks
+    lanes(devices)
+        .iter()
+        .map(|lane| spawn_lane(lane, clock, tx, shutdown.clone()))
+        .collect()
 }
 
 /// A device the agent polls.

@@ -29,8 +29,10 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::buffer::{BufferClient, Kind, Row, Stats};
 use crate::clock::Clock;
+use crate::clocksync::ClockSync;
 use crate::config::{Enterprise, MqttConfig};
 use crate::loglimit::LogLimiter;
+use crate::watchdog::{Progress, HEARTBEAT};
 
 /// Outgoing packet limit for metrics messages: room for ~30,000 equipment.
 const METRICS_PACKET_LIMIT: usize = 16 << 20;
@@ -74,6 +76,9 @@ struct StatusMsg<'a> {
     ts: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox: Option<&'a Stats>,
+    /// Whether the gateway's clock is NTP-synchronised (online only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_sync: Option<ClockSync>,
 }
 
 /// What the uplink has done, for the demo and tests.
@@ -97,6 +102,11 @@ pub struct MqttUplink {
     clock: Arc<dyn Clock>,
     state: watch::Sender<UplinkState>,
     log: LogLimiter,
+    /// Heartbeat for the systemd watchdog: bumped on every loop iteration,
+    /// including idle ticks and back-off waits.
+    progress: Arc<Progress>,
+    /// Reads the clock-sync state for each status message.
+    clock_sync: fn() -> ClockSync,
 }
 
 enum End {
@@ -138,9 +148,23 @@ impl MqttUplink {
                 clock,
                 state,
                 log: LogLimiter::new(Duration::from_secs(60)),
+                progress: Progress::new(),
+                clock_sync: crate::clocksync::check,
             },
             state_rx,
         )
+    }
+
+    /// Bumps `progress` for the systemd watchdog (see `watchdog.rs`).
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> MqttUplink {
+        self.progress = progress;
+        self
+    }
+
+    /// Replaces the clock-sync probe (tests).
+    pub fn with_clock_sync(mut self, probe: fn() -> ClockSync) -> MqttUplink {
+        self.clock_sync = probe;
+        self
     }
 
     fn status_payload(&self, state: &'static str, outbox: Option<&Stats>) -> Vec<u8> {
@@ -151,6 +175,7 @@ impl MqttUplink {
             agent_version: env!("CARGO_PKG_VERSION"),
             ts: self.clock.now_ms(),
             outbox,
+            clock_sync: outbox.map(|_| (self.clock_sync)()),
         };
         serde_json::to_vec(&msg).unwrap_or_default()
     }
@@ -225,9 +250,16 @@ impl MqttUplink {
                             suppressed, "MQTT connection lost: {why}"
                         );
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => return,
+                    // Waiting out a broker outage is progress, not a wedge.
+                    let until = Instant::now() + delay;
+                    let mut beat = tokio::time::interval(HEARTBEAT);
+                    loop {
+                        self.progress.uplink_beat();
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = beat.tick() => {}
+                            _ = shutdown.changed() => return,
+                        }
                     }
                 }
             }
@@ -255,8 +287,12 @@ impl MqttUplink {
 
         // Wait for CONNACK.
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.progress.uplink_beat();
             tokio::select! {
+                _ = beat.tick() => {}
                 ev = events.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                         if ack.code == ConnectReturnCode::Success { break; }
@@ -302,6 +338,7 @@ impl MqttUplink {
         let mut acks: Vec<i64> = Vec::new();
 
         loop {
+            self.progress.uplink_beat();
             // Fill the window from the outbox.
             while !drained && queued.len() + inflight.len() < window {
                 let want = window - queued.len() - inflight.len();
@@ -381,6 +418,8 @@ impl MqttUplink {
                 _ = shutdown.changed() => {
                     return self.goodbye(&client, &mut events).await;
                 }
+                // Idle tick: nothing to send is still progress.
+                _ = beat.tick() => {}
             }
         }
     }
