@@ -281,8 +281,8 @@ fn headline(h: &mut String, r: &EvidenceReport) {
     );
 }
 
-/// One day of the chart: (date, declared, verified, networking).
-type ChartPoint = (String, Option<f64>, Option<f64>, Option<f64>);
+/// One day of the chart: (date, declared, verified, networking, partial).
+type ChartPoint = (String, Option<f64>, Option<f64>, Option<f64>, bool);
 
 fn chart_points(days: &[Day]) -> Vec<ChartPoint> {
     days.iter()
@@ -294,6 +294,7 @@ fn chart_points(days: &[Day]) -> Vec<ChartPoint> {
                 v("cnc_rate_declared"),
                 v("cnc_rate_verified"),
                 v("networking_rate"),
+                d.status == "partial",
             )
         })
         .collect()
@@ -380,6 +381,16 @@ fn daily_chart(h: &mut String, r: &EvidenceReport) {
                 _ => p.3,
             };
             match v {
+                // The day so far: a hollow marker, not joined to the line.
+                Some(v) if p.4 => {
+                    pen_down = false;
+                    let _ = write!(
+                        h,
+                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#ffffff\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
+                        x(i),
+                        y(v)
+                    );
+                }
                 Some(v) => {
                     let _ = write!(
                         path,
@@ -427,6 +438,14 @@ fn daily_chart(h: &mut String, r: &EvidenceReport) {
             lx + 27.0
         );
         lx += 205.0;
+    }
+    if pts.iter().any(|p| p.4) {
+        let _ = write!(
+            h,
+            "<circle cx=\"{0}\" cy=\"32\" r=\"3.5\" fill=\"#ffffff\" stroke=\"#444\" stroke-width=\"1.5\"/><text x=\"{1}\" y=\"36\" font-size=\"10.5\" fill=\"#444\">当日进行中 day so far</text>\n",
+            l + 11.0,
+            l + 27.0
+        );
     }
     h.push_str("</svg>\n<table><tr><th>日期 <span class=\"en\">Date</span></th><th>状态 <span class=\"en\">Status</span></th><th>申报 <span class=\"en\">Declared</span></th><th>核验 <span class=\"en\">Verified</span></th><th>联网率 <span class=\"en\">Networking</span></th><th>数控时间占比 <span class=\"en\">NC time share</span></th><th>完整率 <span class=\"en\">Completeness</span></th></tr>\n");
     for d in &r.days {
