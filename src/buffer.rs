@@ -1136,12 +1136,15 @@ fn insert_chain(tx: &rusqlite::Transaction<'_>, seals: &[ChainEntry]) -> rusqlit
     if seals.is_empty() {
         return Ok(());
     }
+    // A conflicting index must not wedge the outbox (every retry would
+    // fail the same way and hold back the readings): the entry is skipped,
+    // loudly. It cannot happen with one agent per state directory.
     let mut ins = tx.prepare_cached(
         "INSERT INTO chain (idx, kind, start_ts, end_ts, config_hash, prev, metrics_sha256, transitions_sha256, digest, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(idx) DO NOTHING",
     )?;
     for e in seals {
-        ins.execute(params![
+        let added = ins.execute(params![
             e.seal.index as i64,
             e.kind,
             e.start_ts,
@@ -1153,6 +1156,12 @@ fn insert_chain(tx: &rusqlite::Transaction<'_>, seals: &[ChainEntry]) -> rusqlit
             e.seal.digest,
             e.body
         ])?;
+        if added == 0 {
+            tracing::error!(
+                index = e.seal.index, start_ts = e.start_ts,
+                "Digest chain already has an entry with this index (two agents on one state directory?); this window is not chained"
+            );
+        }
     }
     Ok(())
 }

@@ -604,6 +604,15 @@ async fn closed_windows_carry_a_linked_seal_under_a_compressed_clock() {
     cfg.set_broker("127.0.0.1", port);
     cfg.set_state_dir(dir.path());
     let agent = zgsz_agent::agent::start(&cfg, clock.clone()).unwrap();
+    // The gateway key was created on this first run, readable by its owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(zgsz_agent::signing::KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let sealed = |p: &common::Platform| -> Vec<Value> {
         let mut v: Vec<Value> = p
             .of_kind("metrics")
@@ -770,4 +779,91 @@ fn the_demo_plants_report_renders_in_headless_chromium() {
     // A blank page compresses to a few kilobytes; the report does not.
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 50_000, "screenshot is {size} bytes: blank page?");
+}
+
+#[test]
+fn a_sealed_row_and_its_chain_entry_commit_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = plant_config(dir.path());
+    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    o.commit(
+        &[],
+        &Batch {
+            transitions: vec![t("e1", 0, State::Idle)],
+            ..Default::default()
+        },
+        &[],
+        &[],
+        0,
+    )
+    .unwrap();
+    let w = Window {
+        kind: WindowKind::Hour,
+        start: 0,
+        end: H,
+    };
+    let conn = buffer::open_read_only(dir.path()).unwrap();
+    let data = buffer::window_data(&conn, 0, H).unwrap();
+    let seal = |head| {
+        seal_window(
+            &cfg.plant,
+            &cfg.enterprise,
+            &cfg.hash(),
+            w,
+            cfg.metrics.utc_offset,
+            &data,
+            head,
+        )
+        .unwrap()
+    };
+    let (report, row, entry) = seal(None);
+    let entry = entry.unwrap();
+    assert_eq!(report.seal.as_ref(), Some(&entry.seal));
+    let body: Value = serde_json::from_slice(&[b"{", &row.body[..], b"}"].concat()).unwrap();
+    assert_eq!(
+        body["seal"]["digest"].as_str(),
+        Some(entry.seal.digest.as_str())
+    );
+    assert!(entry.body.is_none(), "hour bodies are not kept");
+    // The disk fills up during the transaction (a large row beside it):
+    // neither the metrics row nor its chain entry is committed.
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    o.set_max_pages(pages as u64).unwrap();
+    let big = buffer::NewRow {
+        kind: buffer::Kind::Telemetry,
+        count: 1,
+        body: vec![b' '; 256 * 1024],
+    };
+    assert!(o
+        .commit_sealed(
+            &[big, row.clone()],
+            &Batch::default(),
+            &[],
+            &[],
+            std::slice::from_ref(&entry),
+            H
+        )
+        .is_err());
+    o.set_max_pages(1 << 30).unwrap();
+    assert_eq!(buffer::chain_head(&conn).unwrap(), None);
+    assert_eq!(o.stats().unwrap().rows, 0);
+    o.commit_sealed(
+        &[row],
+        &Batch::default(),
+        &[],
+        &[],
+        std::slice::from_ref(&entry),
+        H,
+    )
+    .unwrap();
+    assert_eq!(
+        buffer::chain_head(&conn).unwrap(),
+        Some((1, entry.seal.digest.clone()))
+    );
+    assert_eq!(o.stats().unwrap().rows, 1);
+    // The next window links to it.
+    let (_, _, next) = seal(Some(&(1, entry.seal.digest.clone())));
+    assert_eq!(next.unwrap().seal.prev, entry.seal.digest);
 }
