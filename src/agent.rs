@@ -127,6 +127,13 @@ pub fn start_with(
         };
         outbox.commit(&[], &batch, &[], &[], clock.now_ms())?;
     }
+    // The key that signs evidence reports, created on first run.
+    match crate::signing::GatewayKey::load_or_create(&config.agent.state_dir) {
+        Ok((key, _)) => tracing::debug!(fingerprint = %key.fingerprint(), "Gateway key loaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot load or create the gateway key; reports cannot be signed")
+        }
+    }
     let pending = outbox.stats().map(|s| s.rows).unwrap_or(0);
     tracing::info!(
         state_dir = %config.agent.state_dir.display(), instance = outbox.instance(), pending,

@@ -27,6 +27,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::chain::{ChainEntry, Seal};
 use crate::clock::Clock;
 use crate::config::{BufferConfig, Synchronous};
 use crate::metrics::WindowData;
@@ -173,6 +174,19 @@ CREATE TABLE IF NOT EXISTS samples (
     total INTEGER NOT NULL,
     PRIMARY KEY (equipment, minute)
 );
+CREATE TABLE IF NOT EXISTS chain (
+    idx INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    start_ts INTEGER NOT NULL,
+    end_ts INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    metrics_sha256 TEXT NOT NULL,
+    transitions_sha256 TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    body BLOB
+);
+CREATE INDEX IF NOT EXISTS chain_window ON chain (start_ts, kind);
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
     last_good_ts INTEGER,
@@ -303,8 +317,23 @@ impl Outbox {
         meta: &[(String, i64)],
         now_ms: i64,
     ) -> Result<i64, BufferError> {
+        self.commit_sealed(rows, batch, acks, meta, &[], now_ms)
+    }
+
+    /// [`Outbox::commit`], also appending digest-chain entries: a sealed
+    /// metrics row and its entry are committed together or not at all.
+    pub fn commit_sealed(
+        &mut self,
+        rows: &[NewRow],
+        batch: &Batch,
+        acks: &[i64],
+        meta: &[(String, i64)],
+        seals: &[ChainEntry],
+        now_ms: i64,
+    ) -> Result<i64, BufferError> {
         let readings = &batch.readings;
         let tx = self.conn.transaction()?;
+        insert_chain(&tx, seals)?;
         {
             let mut ins = tx.prepare_cached(
                 // Two transitions may share a timestamp (after the clock
@@ -649,6 +678,10 @@ pub enum Control {
     /// Append a non-telemetry message (metrics), with meta values that
     /// must change in the same transaction (e.g. "this window is closed").
     Append(NewRow, Vec<(String, i64)>),
+    /// As `Append`, with the digest-chain entry of a closed window.
+    AppendSealed(NewRow, Vec<(String, i64)>, Box<ChainEntry>),
+    /// The last chain entry: (index, digest).
+    ChainHead(oneshot::Sender<Result<Option<(u64, String)>, String>>),
     /// Transitions and samples for a window, for the metrics.
     WindowData {
         from: i64,
@@ -703,6 +736,28 @@ impl BufferClient {
             .send(Control::Append(row, meta))
             .await
             .map_err(|_| "outbox stopped".to_string())
+    }
+
+    /// Appends a closed window's metrics row and its chain entry atomically.
+    pub async fn append_sealed(
+        &self,
+        row: NewRow,
+        meta: Vec<(String, i64)>,
+        entry: ChainEntry,
+    ) -> Result<(), String> {
+        self.control
+            .send(Control::AppendSealed(row, meta, Box::new(entry)))
+            .await
+            .map_err(|_| "outbox stopped".to_string())
+    }
+
+    pub async fn chain_head(&self) -> Result<Option<(u64, String)>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::ChainHead(reply))
+            .await
+            .map_err(|_| "outbox stopped".to_string())?;
+        rx.await.map_err(|_| "outbox stopped".to_string())?
     }
 
     pub async fn window_data(&self, from: i64, to: i64) -> Result<WindowData, String> {
@@ -894,12 +949,18 @@ async fn process(
     let mut rows = encode_readings(readings, max_body);
     let mut acks = Vec::new();
     let mut meta = Vec::new();
+    let mut seals = Vec::new();
     let mut queries = Vec::new();
     for c in controls {
         match c {
             Control::Append(r, m) => {
                 rows.push(r);
                 meta.extend(m);
+            }
+            Control::AppendSealed(r, m, e) => {
+                rows.push(r);
+                meta.extend(m);
+                seals.push(*e);
             }
             Control::Ack(s) => acks.extend(s),
             q => queries.push(q),
@@ -909,7 +970,7 @@ async fn process(
     {
         let mut attempt = 0u32;
         loop {
-            match outbox.commit(&rows, &batch, &acks, &meta, clock.now_ms()) {
+            match outbox.commit_sealed(&rows, &batch, &acks, &meta, &seals, clock.now_ms()) {
                 Ok(last) => {
                     if !rows.is_empty() {
                         appended.send_replace(last);
@@ -965,7 +1026,10 @@ async fn process(
             Control::Meta { key, reply } => {
                 let _ = reply.send(outbox.meta(&key).map_err(|e| e.to_string()));
             }
-            Control::Append(..) | Control::Ack(_) | Control::Close => {}
+            Control::ChainHead(reply) => {
+                let _ = reply.send(chain_head(&outbox.conn).map_err(|e| e.to_string()));
+            }
+            Control::Append(..) | Control::AppendSealed(..) | Control::Ack(_) | Control::Close => {}
         }
     }
 }
@@ -1092,4 +1156,85 @@ fn prune(tx: &rusqlite::Transaction<'_>, before: i64) -> rusqlite::Result<()> {
         [before],
     )?;
     Ok(())
+}
+
+fn insert_chain(tx: &rusqlite::Transaction<'_>, seals: &[ChainEntry]) -> rusqlite::Result<()> {
+    if seals.is_empty() {
+        return Ok(());
+    }
+    // A conflicting index must not wedge the outbox (every retry would
+    // fail the same way and hold back the readings): the entry is skipped,
+    // loudly. It cannot happen with one agent per state directory.
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO chain (idx, kind, start_ts, end_ts, config_hash, prev, metrics_sha256, transitions_sha256, digest, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(idx) DO NOTHING",
+    )?;
+    for e in seals {
+        let added = ins.execute(params![
+            e.seal.index as i64,
+            e.kind,
+            e.start_ts,
+            e.end_ts,
+            e.config_hash,
+            e.seal.prev,
+            e.seal.metrics_sha256,
+            e.seal.transitions_sha256,
+            e.seal.digest,
+            e.body
+        ])?;
+        if added == 0 {
+            tracing::error!(
+                index = e.seal.index, start_ts = e.start_ts,
+                "Digest chain already has an entry with this index (two agents on one state directory?); this window is not chained"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The last digest-chain entry: (index, digest).
+pub fn chain_head(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
+    conn.query_row(
+        "SELECT idx, digest FROM chain ORDER BY idx DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+    )
+    .optional()
+}
+
+/// Chain entries of windows starting in [from, to), in chain order.
+pub fn chain_entries(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<ChainEntry>> {
+    let mut st = conn.prepare(
+        "SELECT idx, kind, start_ts, end_ts, config_hash, prev, metrics_sha256, transitions_sha256, digest, body
+         FROM chain WHERE idx >= (SELECT coalesce(min(idx), 0) FROM chain WHERE start_ts >= ?1 AND start_ts < ?2)
+           AND idx <= (SELECT coalesce(max(idx), -1) FROM chain WHERE start_ts >= ?1 AND start_ts < ?2)
+         ORDER BY idx",
+    )?;
+    let rows = st.query_map([from, to], |r| {
+        Ok(ChainEntry {
+            seal: Seal {
+                index: r.get::<_, i64>(0)? as u64,
+                prev: r.get(5)?,
+                digest: r.get(8)?,
+                metrics_sha256: r.get(6)?,
+                transitions_sha256: r.get(7)?,
+            },
+            kind: r.get(1)?,
+            start_ts: r.get(2)?,
+            end_ts: r.get(3)?,
+            config_hash: r.get(4)?,
+            body: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Minutes (UTC, start ms) in [from, to) in which any equipment was
+/// evaluated: the agent was running then. Gaps are agent downtime.
+pub fn sample_minutes(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut st = conn.prepare(
+        "SELECT DISTINCT minute FROM samples WHERE minute >= ?1 AND minute < ?2 ORDER BY minute",
+    )?;
+    let rows = st.query_map([from, to], |r| r.get::<_, i64>(0))?;
+    rows.collect()
 }

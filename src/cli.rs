@@ -1,4 +1,5 @@
-//! Command line: `run`, `check`, `demo`, `read`, `scan`, `probe`, `metrics`, `status`.
+//! Command line: `run`, `check`, `demo`, `read`, `scan`, `probe`, `metrics`,
+//! `status`, `report`, `verify`, `identity`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +58,44 @@ pub enum Command {
         /// Stop after this long, e.g. 20s (default: until Ctrl-C).
         #[arg(long)]
         duration: Option<String>,
+        /// Time compression: 720 simulates a day in two minutes. Windows,
+        /// metrics and the digest chain follow the simulated clock.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Write an evidence report of the run into this directory at the end.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Write the signed evidence report (report.html, report.json,
+    /// report.json.sig) for whole days from the local database.
+    Report {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// First day, e.g. 2026-11-01 (in metrics.utc_offset).
+        #[arg(long)]
+        from: String,
+        /// Last day, inclusive, e.g. 2026-11-30.
+        #[arg(long)]
+        to: String,
+        /// Output directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a report: signature, every figure against its detail, the
+    /// digest chain. Exits 1 with a list of what does not match.
+    Verify {
+        /// The directory holding report.json and report.json.sig.
+        dir: PathBuf,
+        /// The gateway's registered public key (64 hex characters, or a
+        /// file holding them, e.g. gateway.pub).
+        #[arg(long)]
+        pubkey: Option<String>,
+    },
+    /// Print the gateway's public key and fingerprint (creates the key
+    /// pair in the state directory on first use).
+    Identity {
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Poll one device once and print its decoded tags.
     Read {
@@ -177,7 +216,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             run(c).await
         }
-        Command::Demo { duration } => {
+        Command::Demo {
+            duration,
+            speed,
+            report,
+        } => {
             let duration = match duration {
                 Some(d) => Some(
                     config::parse_duration(&d)
@@ -185,8 +228,31 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            crate::demo::run(duration).await?;
+            if !(1.0..=100_000.0).contains(&speed) {
+                anyhow::bail!("--speed {speed}: use a factor from 1 to 100000, e.g. 720");
+            }
+            crate::demo::run(duration, speed, report).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            config,
+            from,
+            to,
+            out,
+        } => {
+            let c = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            report(&c, &from, &to, &out, SystemClock.now_ms())
+        }
+        Command::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
+        Command::Identity { config } => {
+            let c = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            identity(&c)
         }
         Command::Read { config, device } => {
             let c = match load_config(&config) {
@@ -643,5 +709,87 @@ fn metrics(
             }
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the signed report for `from..=to` into `out`; prints a summary.
+pub fn report(
+    c: &Config,
+    from: &str,
+    to: &str,
+    out: &Path,
+    now_ms: i64,
+) -> anyhow::Result<ExitCode> {
+    let (Some(f), Some(t)) = (
+        crate::report::parse_date(from),
+        crate::report::parse_date(to),
+    ) else {
+        eprintln!("error: --from {from:?} --to {to:?}: write days like 2026-11-01");
+        return Ok(ExitCode::from(2));
+    };
+    let (key, _) = crate::signing::GatewayKey::load_or_create(&c.agent.state_dir)
+        .context("loading the gateway key")?;
+    let r = crate::report::build(c, &key, f, t, now_ms)
+        .with_context(|| format!("building the report from {}", c.agent.state_dir.display()))?;
+    crate::report::write(out, &r, &key)?;
+    let h = &r.headline;
+    println!(
+        "{}: {} day(s), {} sealed; 关键工序数控化率 CNC rate declared {} verified {}; 设备联网率 networking {}",
+        out.display(),
+        r.days.len(),
+        r.days.iter().filter(|d| d.status == "sealed").count(),
+        pct(&h.cnc_rate_declared).trim(),
+        pct(&h.cnc_rate_verified).trim(),
+        pct(&h.networking_rate).trim(),
+    );
+    println!(
+        "  report.html, report.json, report.json.sig (key fingerprint {})",
+        key.fingerprint()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(dir: &Path, pubkey: Option<&str>) -> anyhow::Result<ExitCode> {
+    let key = match pubkey {
+        None => None,
+        Some(k) => {
+            let text = if Path::new(k).is_file() {
+                std::fs::read_to_string(k).with_context(|| format!("reading --pubkey {k}"))?
+            } else {
+                k.to_string()
+            };
+            Some(crate::signing::parse_public_key(&text)?)
+        }
+    };
+    let outcome = crate::report::verify::verify_dir(dir, key);
+    for n in &outcome.notes {
+        println!("note: {n}");
+    }
+    if outcome.ok() {
+        println!("{}: OK", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &outcome.problems {
+        println!("MISMATCH: {p}");
+    }
+    println!(
+        "{}: FAILED ({} problem(s))",
+        dir.display(),
+        outcome.problems.len()
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+fn identity(c: &Config) -> anyhow::Result<ExitCode> {
+    let (key, created) = crate::signing::GatewayKey::load_or_create(&c.agent.state_dir)
+        .context("loading or creating the gateway key")?;
+    let pk = crate::signing::parse_public_key(&key.public_hex())?;
+    if created {
+        eprintln!("created a new key pair in {}", c.agent.state_dir.display());
+    }
+    println!("gateway      {}", c.agent.gateway_id);
+    println!("public key   {}", key.public_hex());
+    println!("fingerprint  SHA256:{}", key.fingerprint());
+    print!("{}", crate::signing::public_pem(&pk));
     Ok(ExitCode::SUCCESS)
 }

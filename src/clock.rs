@@ -1,11 +1,17 @@
 //! Wall-clock time behind a trait, so that timestamp and window logic can be
 //! tested (and the demo time-compressed) without sleeping.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
     /// UTC milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
+
+    /// How long to really wait for `d` of this clock's time to pass. The
+    /// system clock waits `d`; a time-compressed clock waits less.
+    fn to_real(&self, d: Duration) -> Duration {
+        d
+    }
 }
 
 /// The system clock.
@@ -40,5 +46,68 @@ impl OffsetClock {
 impl Clock for OffsetClock {
     fn now_ms(&self) -> i64 {
         SystemClock.now_ms() + self.offset_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A time-compressed clock for the demo: starts at the system time and runs
+/// `speed` times faster, so `--speed 720` passes a day in two minutes. Every
+/// wait that is measured in clock time (poll intervals, metrics windows,
+/// the simulator's schedule) goes through [`Clock::to_real`], so windows,
+/// metrics and the digest chain follow the simulated time consistently.
+#[derive(Debug)]
+pub struct ScaledClock {
+    /// Clock time at `real_start`.
+    start_ms: i64,
+    /// Monotonic, so a stepping system clock cannot make simulated time jump.
+    real_start: Instant,
+    speed: f64,
+}
+
+impl ScaledClock {
+    /// A clock at the current system time running `speed` (≥ 1) times faster.
+    pub fn new(speed: f64) -> ScaledClock {
+        ScaledClock {
+            start_ms: SystemClock.now_ms(),
+            real_start: Instant::now(),
+            speed: if speed.is_finite() {
+                speed.max(1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+
+    pub fn speed(&self) -> f64 {
+        self.speed
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now_ms(&self) -> i64 {
+        let real = self.real_start.elapsed().as_secs_f64() * 1000.0;
+        self.start_ms + (real * self.speed) as i64
+    }
+
+    fn to_real(&self, d: Duration) -> Duration {
+        d.div_f64(self.speed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_clock_compresses_waits_and_runs_fast() {
+        let c = ScaledClock::new(720.0);
+        assert_eq!(c.to_real(Duration::from_secs(3600)), Duration::from_secs(5));
+        let a = c.now_ms();
+        std::thread::sleep(Duration::from_millis(20));
+        // 20 ms of real time is at least 14.4 s of clock time.
+        assert!(c.now_ms() - a >= 14_400);
+        assert_eq!(
+            SystemClock.to_real(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! embedded broker, with a "platform" subscriber printing what arrives.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
 
 use crate::broker;
-use crate::clock::SystemClock;
+use crate::clock::{Clock, ScaledClock, SystemClock};
 use crate::config;
 use crate::sim::ShopFloor;
 
@@ -87,10 +87,37 @@ impl Platform {
     }
 }
 
-pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
-    let floor = ShopFloor::start()
-        .await
-        .context("starting the simulated shop floor")?;
+/// The demo's poll interval in real time at `speed`, and in clock time:
+/// 1 s at speed 1; under compression the machines are polled every 12
+/// simulated minutes (at least every 100 ms of real time).
+fn scaled_poll(speed: f64) -> (Duration, Duration) {
+    if speed <= 1.0 {
+        return (Duration::from_secs(1), Duration::from_secs(1));
+    }
+    let real = Duration::from_secs(1)
+        .mul_f64((720.0 / speed).min(1.0))
+        .max(Duration::from_millis(100));
+    (real, real.mul_f64(speed))
+}
+
+pub async fn run(
+    duration: Option<Duration>,
+    speed: f64,
+    report: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (mut cfg, _warnings) = config::load_str(Path::new("config/demo.toml"), DEMO_CONFIG)?;
+    let scaled = speed > 1.0;
+    let clock: Arc<dyn Clock> = if scaled {
+        Arc::new(ScaledClock::new(speed))
+    } else {
+        Arc::new(SystemClock)
+    };
+    let floor = if scaled {
+        ShopFloor::start_plant_day(clock.clone(), cfg.metrics.utc_offset).await
+    } else {
+        ShopFloor::start().await
+    }
+    .context("starting the simulated shop floor")?;
     let port = broker::free_port().context("finding a free loopback port for the broker")?;
     let broker_addr = broker::start_embedded(port).context("starting the embedded MQTT broker")?;
     let state = tempfile::Builder::new()
@@ -98,7 +125,17 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         .tempdir()
         .context("creating a temporary state directory")?;
 
-    let (mut cfg, _warnings) = config::load_str(Path::new("config/demo.toml"), DEMO_CONFIG)?;
+    if scaled {
+        // Poll intervals and the snapshot cadence are clock time.
+        let (_, poll) = scaled_poll(speed);
+        for d in &mut cfg.devices {
+            Arc::make_mut(d).poll_interval = poll;
+        }
+        for e in &mut Arc::make_mut(&mut cfg.plant).equipment {
+            e.poll_interval = poll;
+        }
+        cfg.metrics.snapshot_interval = cfg.metrics.snapshot_interval.mul_f64(speed);
+    }
     for (id, addr) in floor.addresses() {
         cfg.set_device_address(&id, &addr.to_string());
     }
@@ -115,6 +152,13 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         "  outbox:               {}",
         state.path().join(crate::buffer::DB_FILE).display()
     );
+    if scaled {
+        println!(
+            "  time compression:     ×{speed} (a day in {:.0} s); machines polled every {} simulated s",
+            86_400.0 / speed,
+            scaled_poll(speed).1.as_secs()
+        );
+    }
     println!(
         "  stop with Ctrl-C{}",
         duration
@@ -130,7 +174,8 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
     sub.subscribe(format!("{}/#", cfg.mqtt.topic_prefix), QoS::AtLeastOnce)
         .await?;
 
-    let agent = crate::agent::start(&cfg, Arc::new(SystemClock))?;
+    let agent = crate::agent::start(&cfg, clock.clone())?;
+    let demo_start = clock.now_ms();
 
     let started = Instant::now();
     let mut platform = Platform::default();
@@ -159,6 +204,9 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
                 let up = agent.uplink.borrow().clone();
                 let rate = (platform.messages - last_msgs) as f64 / 2.0;
                 last_msgs = platform.messages;
+                if scaled {
+                    println!("\n[simulated {}]", crate::metrics::rfc3339(clock.now_ms() / 1000 * 1000, cfg.metrics.utc_offset));
+                }
                 println!(
                     "\n[{:>4}s] uplink {} | platform got {} msgs ({rate:.1}/s), {} readings, last seq {} | outbox {} rows | acked {}",
                     started.elapsed().as_secs(),
@@ -188,6 +236,15 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         }
     }
     agent.stop().await;
+    if let Some(dir) = report {
+        let day = |ms: i64| {
+            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+                .map(|t| crate::report::format_date(t.to_offset(cfg.metrics.utc_offset).date()))
+        };
+        let (from, to) = (day(demo_start)?, day(clock.now_ms())?);
+        println!("\nWriting the evidence report of the run ({from} to {to}):");
+        crate::cli::report(&cfg, &from, &to, &dir, clock.now_ms())?;
+    }
     println!(
         "\nDemo done: the platform received {} unique messages ({} readings, {} duplicates dropped by msg_id).",
         platform.messages, platform.readings, platform.duplicates

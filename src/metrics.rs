@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -102,7 +102,7 @@ pub struct WindowData {
 }
 
 /// A ratio with its parts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ratio {
     pub value: Option<f64>,
     pub numerator: u64,
@@ -132,7 +132,7 @@ impl Ratio {
 }
 
 /// Time spent in each state within the window, in ms.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateTimes {
     pub offline: u64,
     pub idle: u64,
@@ -240,6 +240,9 @@ pub struct Report {
     pub declared: DeclaredIndicators,
     pub processes: Vec<ProcessMetrics>,
     pub equipment: Vec<EquipmentMetrics>,
+    /// The window's digest-chain entry: closed (hour, day) windows only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal: Option<crate::chain::Seal>,
 }
 
 /// Computes every indicator for one window.
@@ -433,7 +436,58 @@ pub fn compute(
         declared,
         processes,
         equipment,
+        seal: None,
     }
+}
+
+/// Computes a window and builds its outbox row. A closed window (hour,
+/// day) is sealed onto the digest chain after `head` (the last entry's
+/// index and digest); the returned entry must be committed with the row.
+pub fn seal_window(
+    model: &PlantModel,
+    enterprise: &Enterprise,
+    config_hash: &str,
+    window: Window,
+    offset: UtcOffset,
+    data: &WindowData,
+    head: Option<&(u64, String)>,
+) -> Result<
+    (
+        Report,
+        crate::buffer::NewRow,
+        Option<crate::chain::ChainEntry>,
+    ),
+    String,
+> {
+    let mut report = compute(model, enterprise, config_hash, window, offset, data);
+    let mut entry = None;
+    if window.kind != WindowKind::Snapshot {
+        let value = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+        let lines = crate::chain::metrics_lines(&value).map_err(|e| e.to_string())?;
+        let ids: Vec<&str> = model.equipment.iter().map(|e| &*e.id).collect();
+        let history = crate::chain::transitions_lines(&ids, window.start, window.end, data);
+        let seal = crate::chain::seal(head, &lines, &history);
+        report.seal = Some(seal.clone());
+        entry = Some(crate::chain::ChainEntry {
+            seal,
+            kind: window.kind.name().to_string(),
+            start_ts: window.start,
+            end_ts: window.end,
+            config_hash: config_hash.to_string(),
+            body: None,
+        });
+    }
+    let row = crate::buffer::NewRow {
+        kind: crate::buffer::Kind::Metrics,
+        count: report.equipment.len() as u32,
+        body: body(&report),
+    };
+    if let Some(e) = entry.as_mut() {
+        if window.kind == WindowKind::Day {
+            e.body = Some(row.body.clone());
+        }
+    }
+    Ok((report, row, entry))
 }
 
 fn declared_indicators(d: &Declared) -> DeclaredIndicators {
@@ -481,21 +535,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    async fn publish(&self, window: Window, meta: Vec<(String, i64)>) -> Result<(), String> {
+    async fn publish(
+        &self,
+        window: Window,
+        meta: Vec<(String, i64)>,
+        head: &mut Option<(u64, String)>,
+    ) -> Result<(), String> {
         let data = self.buffer.window_data(window.start, window.end).await?;
-        let report = compute(
+        let (report, row, entry) = seal_window(
             &self.model,
             &self.enterprise,
             &self.config_hash,
             window,
             self.offset,
             &data,
-        );
-        let row = crate::buffer::NewRow {
-            kind: crate::buffer::Kind::Metrics,
-            count: report.equipment.len() as u32,
-            body: body(&report),
-        };
+            head.as_ref(),
+        )?;
         tracing::info!(
             window = window.kind.name(), start = %report.window.start,
             cnc_declared = ?report.indicators.cnc_rate_declared.value,
@@ -503,7 +558,15 @@ impl Scheduler {
             networking = ?report.indicators.networking_rate.value,
             "Metrics computed"
         );
-        self.buffer.append(row, meta).await
+        match entry {
+            Some(entry) => {
+                let next = (entry.seal.index, entry.seal.digest.clone());
+                self.buffer.append_sealed(row, meta, entry).await?;
+                *head = Some(next);
+                Ok(())
+            }
+            None => self.buffer.append(row, meta).await,
+        }
     }
 
     /// Closes hourly and daily windows as they end and publishes a snapshot
@@ -548,6 +611,10 @@ impl Scheduler {
             .max()
             .unwrap_or(0);
         let grace = CLOSE_GRACE_MS + 4 * slowest;
+        let mut head = match self.buffer.chain_head().await {
+            Ok(h) => h,
+            Err(_) => return,
+        };
         let mut next_snapshot = now;
         loop {
             let now = self.clock.now_ms();
@@ -569,7 +636,9 @@ impl Scheduler {
                         );
                         *end = next;
                         continue;
-                    } else if let Err(e) = self.publish(w, vec![(key.clone(), w.end)]).await {
+                    } else if let Err(e) =
+                        self.publish(w, vec![(key.clone(), w.end)], &mut head).await
+                    {
                         tracing::debug!(error = %e, "Metrics stopped");
                         return;
                     }
@@ -581,7 +650,7 @@ impl Scheduler {
                 || next_snapshot - now > self.snapshot_interval.as_millis() as i64
             {
                 let w = Window::containing(WindowKind::Snapshot, now, self.offset);
-                if self.publish(w, Vec::new()).await.is_err() {
+                if self.publish(w, Vec::new(), &mut head).await.is_err() {
                     return;
                 }
                 next_snapshot = now + self.snapshot_interval.as_millis() as i64;
@@ -591,9 +660,17 @@ impl Scheduler {
                 .map(|(k, _, end)| end + if *k == WindowKind::Hour { HOUR } else { DAY } + grace)
                 .min()
                 .unwrap_or(i64::MAX);
-            let wait = (next_close.min(next_snapshot) - self.clock.now_ms()).clamp(10, 60_000);
+            // The wait is in clock time; a time-compressed clock waits less.
+            let wait = (next_close.min(next_snapshot) - self.clock.now_ms()).max(0) as u64;
+            let wait = self
+                .clock
+                .to_real(std::time::Duration::from_millis(wait))
+                .clamp(
+                    std::time::Duration::from_millis(10),
+                    std::time::Duration::from_secs(60),
+                );
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(wait as u64)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_modbus::prelude::*;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 
+use crate::clock::Clock;
 use crate::config::SerialConfig;
 
 pub mod rtu;
@@ -397,6 +398,26 @@ impl ShopFloor {
 
     /// Starts the given machines: (device id, kind, cycle seconds, idle seconds).
     pub async fn start_with(list: &[(&str, MachineKind, u64, u64)]) -> std::io::Result<ShopFloor> {
+        Self::start_inner(list, None).await
+    }
+
+    /// Starts the demo machines on a plant day that follows `clock` (a
+    /// time-compressed clock for `demo --speed`): shifts from about 07:30 to
+    /// 22:30 in `offset`, cycles in minutes instead of seconds, a manual
+    /// set-up every morning on lathe-02, a daily stop of mill-02's
+    /// controller, mill-01 down every fourth day and lathe-03 run by hand
+    /// every third day, so the daily figures move.
+    pub async fn start_plant_day(
+        clock: Arc<dyn Clock>,
+        offset: time::UtcOffset,
+    ) -> std::io::Result<ShopFloor> {
+        Self::start_inner(DEMO_MACHINES, Some((clock, offset))).await
+    }
+
+    async fn start_inner(
+        list: &[(&str, MachineKind, u64, u64)],
+        day: Option<(Arc<dyn Clock>, time::UtcOffset)>,
+    ) -> std::io::Result<ShopFloor> {
         let mut machines = Vec::new();
         for &(id, kind, cycle_s, idle_s) in list {
             let bank = Arc::new(Mutex::new(Bank::new(64)));
@@ -421,6 +442,7 @@ impl ShopFloor {
                     m.idle_s,
                     m.device.bank(1),
                     m.mode.clone(),
+                    m.device.faults.clone(),
                 )
             })
             .collect();
@@ -430,7 +452,24 @@ impl ShopFloor {
             loop {
                 tick.tick().await;
                 let t = started.elapsed().as_secs_f64();
-                for (i, kind, cycle_s, idle_s, bank, mode) in &snapshot {
+                if let Some((clock, offset)) = &day {
+                    let local_ms = clock.now_ms() + i64::from(offset.whole_seconds()) * 1000;
+                    for (i, kind, cycle_s, idle_s, bank, mode, faults) in &snapshot {
+                        let forced = *mode.lock().unwrap_or_else(|e| e.into_inner());
+                        let silent = plant_day(
+                            &mut bank.lock().unwrap_or_else(|e| e.into_inner()),
+                            *i,
+                            *kind,
+                            *cycle_s,
+                            *idle_s,
+                            forced,
+                            local_ms,
+                        );
+                        faults.silent.store(silent, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                for (i, kind, cycle_s, idle_s, bank, mode, _) in &snapshot {
                     let forced = *mode.lock().unwrap_or_else(|e| e.into_inner());
                     step(
                         &mut bank.lock().unwrap_or_else(|e| e.into_inner()),
@@ -490,6 +529,54 @@ fn step(
     let cycles_done = (shifted / period).floor() as u32;
     let running = phase >= idle_s as f64;
     let manual = kind == MachineKind::Manual || forced == ModeOverride::Manual;
+    write_bank(bank, i, kind, running, manual, cycles_done, t);
+}
+
+/// One machine on the plant day at local time `local_ms` (ms since the
+/// epoch, shifted by the plant's UTC offset). Returns whether the
+/// machine's controller is down (answers nothing).
+fn plant_day(
+    bank: &mut Bank,
+    i: u64,
+    kind: MachineKind,
+    cycle_s: u64,
+    idle_s: u64,
+    forced: ModeOverride,
+    local_ms: i64,
+) -> bool {
+    const H: f64 = 3_600_000.0;
+    let day = local_ms.div_euclid(86_400_000);
+    let hour = local_ms.rem_euclid(86_400_000) as f64 / H;
+    let id = DEMO_MACHINES.get(i as usize).map(|m| m.0).unwrap_or("");
+    let down = match id {
+        "mill-02" => (13.0..15.0).contains(&hour),
+        "mill-01" => day % 4 == 1,
+        _ => false,
+    };
+    let in_shift = hour >= 7.5 + 0.1 * i as f64 && hour < 22.5 - 0.2 * i as f64;
+    // Cycles and pauses last minutes instead of seconds.
+    let t = (local_ms as f64 / 1000.0) / 60.0;
+    let period = (cycle_s + idle_s) as f64;
+    let shifted = t + (i * 13) as f64;
+    let cycles_done = (shifted / period).floor() as u32;
+    let running = in_shift && shifted % period >= idle_s as f64;
+    let manual = kind == MachineKind::Manual
+        || forced == ModeOverride::Manual
+        || (id == "lathe-02" && (8.0..10.0).contains(&hour))
+        || (id == "lathe-03" && day % 3 == 0);
+    write_bank(bank, i, kind, running, manual, cycles_done, t);
+    down
+}
+
+fn write_bank(
+    bank: &mut Bank,
+    i: u64,
+    kind: MachineKind,
+    running: bool,
+    manual: bool,
+    cycles_done: u32,
+    t: f64,
+) {
     let mode = if manual { 0 } else { 1 };
     let execution = if running { 1 } else { 0 };
     let base_rpm = match kind {
