@@ -108,8 +108,12 @@ impl Platform {
                         let _ = subacked_tx.send(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let json: Json =
-                            serde_json::from_slice(&p.payload).expect("payload is JSON");
+                        // Our agent publishes JSON only; anything else is
+                        // not ours (e.g. another test's broker), so leave it.
+                        let Ok(json) = serde_json::from_slice::<Json>(&p.payload) else {
+                            eprintln!("ignoring a non-JSON message on {}", p.topic);
+                            continue;
+                        };
                         r2.lock()
                             .unwrap()
                             .push((p.topic.clone(), p.payload.to_vec(), p.retain));
@@ -317,37 +321,77 @@ impl Mosquitto {
             eprintln!("NOTE: mosquitto not installed; this test is skipped outside CI");
             return None;
         };
-        let port = zgsz_agent::broker::free_port().unwrap();
-        Some(Self::start_on(bin, port, extra_conf))
+        // A free port can be taken by another process before mosquitto
+        // binds it; try a few.
+        for _ in 0..5 {
+            let port = zgsz_agent::broker::free_port().unwrap();
+            if let Some(m) = Self::try_start_on(bin, port, extra_conf) {
+                return Some(m);
+            }
+        }
+        panic!("mosquitto could not start on any of 5 free ports");
     }
 
     fn start_on(bin: &str, port: u16, extra_conf: &str) -> Mosquitto {
+        match Self::try_start_on(bin, port, extra_conf) {
+            Some(m) => m,
+            None => panic!("mosquitto could not listen on 127.0.0.1:{port}"),
+        }
+    }
+
+    /// Starts mosquitto and waits for its own log line saying it listens,
+    /// so that a connect cannot reach some other process that happens to
+    /// hold the port. `None` if it exited instead (port taken).
+    fn try_start_on(bin: &str, port: u16, extra_conf: &str) -> Option<Mosquitto> {
+        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 0\n{extra_conf}\n"),
+            format!(
+                "log_dest stderr\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 0\n{extra_conf}\n"
+            ),
         )
         .unwrap();
-        #[allow(clippy::zombie_processes)] // killed and waited for in Drop
-        let child = std::process::Command::new(bin)
+        #[allow(clippy::zombie_processes)] // killed and waited for in Drop, or here
+        let mut child = std::process::Command::new(bin)
             .arg("-c")
             .arg(&conf)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("starting mosquitto");
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Mosquitto {
-                    port,
-                    child,
-                    _dir: dir,
-                };
+        // Read its log (stderr: unbuffered, unlike a piped stdout) on a thread (which keeps draining it afterwards, so
+        // mosquitto never blocks on a full pipe) and wait for the line.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
             }
-            std::thread::sleep(Duration::from_millis(10));
+        });
+        let wanted = format!("listen socket on port {port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(&wanted) => {
+                    return Some(Mosquitto {
+                        port,
+                        child,
+                        _dir: dir,
+                    })
+                }
+                Ok(_) => {}
+                // Log closed (mosquitto exited, e.g. port taken) or no line in time.
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
         }
-        panic!("mosquitto did not start listening on {port}");
     }
 
     /// Kills the broker and starts a fresh one on the same port.
