@@ -623,7 +623,26 @@ fn metrics(
     })?;
     let data =
         crate::buffer::window_data(&conn, w.start, w.end).context("reading the state history")?;
-    let report = compute(&c.plant, &c.enterprise, &c.hash(), w, offset, &data);
+    let mut report = compute(&c.plant, &c.enterprise, &c.hash(), w, offset, &data);
+    if !partial {
+        // A closed window the agent sealed: show its seal when the figures
+        // recomputed now are the ones that were sealed.
+        let sealed = crate::buffer::chain_entries(&conn, w.start, w.start + 1)
+            .context("reading the digest chain")?
+            .into_iter()
+            .find(|e| e.kind == kind.name() && e.start_ts == w.start);
+        if let Some(e) = sealed {
+            let lines = crate::chain::metrics_lines(&serde_json::to_value(&report)?)?;
+            if crate::chain::sha256_hex(lines.as_bytes()) == e.seal.metrics_sha256 {
+                report.seal = Some(e.seal);
+            } else {
+                eprintln!(
+                    "note: these figures differ from the ones sealed on the digest chain (entry #{}); the evidence changed since",
+                    e.seal.index
+                );
+            }
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);

@@ -89,7 +89,7 @@ impl Platform {
 
 /// The demo's poll interval in real time at `speed`, and in clock time:
 /// 1 s at speed 1; under compression the machines are polled every 12
-/// simulated minutes (at least every 100 ms of real time).
+/// simulated minutes, but never more often than every 100 ms of real time.
 fn scaled_poll(speed: f64) -> (Duration, Duration) {
     if speed <= 1.0 {
         return (Duration::from_secs(1), Duration::from_secs(1));

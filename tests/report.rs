@@ -22,6 +22,13 @@ const H: i64 = 3_600_000;
 const MIN: i64 = 60_000;
 
 fn plant_config(state: &Path) -> Config {
+    match config::load_str(Path::new("report-test.toml"), &plant_text(state)) {
+        Ok((c, _)) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn plant_text(state: &Path) -> String {
     let mut text = format!(
         "[agent]\ngateway_id = \"gw-report\"\nstate_dir = {:?}\n[enterprise]\nname = \"扬州测试机械有限公司\"\nuscc = \"91350100M000100Y43\"\nregion_code = \"321003\"\nindustry = \"discrete\"\nchain = \"高端装备\"\n[metrics]\nutc_offset = \"+08:00\"\n[mqtt]\ntls = false\n",
         state.display().to_string()
@@ -37,10 +44,7 @@ fn plant_config(state: &Path) -> Config {
     ] {
         text += &format!("[[equipment]]\nid = \"{id}\"\nname = \"设备 {id}\"\nprocess = \"{process}\"\nkind = \"{kind}\"\ndevice = \"{dev}\"\nprofile = \"mtconnect-like\"\n");
     }
-    match config::load_str(Path::new("report-test.toml"), &text) {
-        Ok((c, _)) => c,
-        Err(e) => panic!("{e}"),
-    }
+    text
 }
 
 fn t(eq: &str, ts: i64, state: State) -> Transition {
@@ -866,4 +870,34 @@ fn a_sealed_row_and_its_chain_entry_commit_together() {
     // The next window links to it.
     let (_, _, next) = seal(Some(&(1, entry.seal.digest.clone())));
     assert_eq!(next.unwrap().seal.prev, entry.seal.digest);
+}
+
+#[test]
+fn the_metrics_command_shows_the_seal_of_a_closed_window() {
+    let f = fixture();
+    let file = f._dir.path().join("plant.toml");
+    std::fs::write(&file, plant_text(f._dir.path())).unwrap();
+    let bin = env!("CARGO_BIN_EXE_zgsz-agent");
+    for (window, at) in [("day", "2026-11-02"), ("hour", "2026-11-02T10:30")] {
+        let out = std::process::Command::new(bin)
+            .args([
+                "metrics", "--json", "--window", window, "--at", at, "--config",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["window"]["kind"], window);
+        assert!(v["seal"]["index"].as_u64().is_some(), "{window}: {v:#}");
+        let lines = zgsz_agent::chain::metrics_lines(&v).unwrap();
+        assert_eq!(
+            v["seal"]["metrics_sha256"].as_str().unwrap(),
+            zgsz_agent::chain::sha256_hex(lines.as_bytes())
+        );
+    }
 }

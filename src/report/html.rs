@@ -302,8 +302,8 @@ fn chart_points(days: &[Day]) -> Vec<ChartPoint> {
 
 fn daily_chart(h: &mut String, r: &EvidenceReport) {
     let pts = chart_points(&r.days);
-    let (w, ht) = (700.0f64, 300.0f64);
-    let (l, rt, t, b) = (52.0, 16.0, 40.0, 46.0);
+    let (w, ht) = (700.0f64, 310.0f64);
+    let (l, rt, t, b) = (52.0, 16.0, 50.0, 46.0);
     let pw = w - l - rt;
     let ph = ht - t - b;
     let n = pts.len().max(1);
@@ -442,7 +442,7 @@ fn daily_chart(h: &mut String, r: &EvidenceReport) {
     if pts.iter().any(|p| p.4) {
         let _ = write!(
             h,
-            "<circle cx=\"{0}\" cy=\"32\" r=\"3.5\" fill=\"#ffffff\" stroke=\"#444\" stroke-width=\"1.5\"/><text x=\"{1}\" y=\"36\" font-size=\"10.5\" fill=\"#444\">当日进行中 day so far</text>\n",
+            "<circle cx=\"{0}\" cy=\"33\" r=\"3.5\" fill=\"#ffffff\" stroke=\"#444\" stroke-width=\"1.5\"/><text x=\"{1}\" y=\"37\" font-size=\"10.5\" fill=\"#444\">当日进行中 day so far</text>\n",
             l + 11.0,
             l + 27.0
         );

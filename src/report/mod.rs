@@ -1148,3 +1148,56 @@ pub fn write(dir: &Path, report: &EvidenceReport, key: &GatewayKey) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_downtime_is_cut_out_of_device_outages() {
+        assert_eq!(subtract(0, 100, &[]), vec![(0, 100)]);
+        assert_eq!(
+            subtract(0, 100, &[(10, 20), (50, 60)]),
+            vec![(0, 10), (20, 50), (60, 100)]
+        );
+        assert_eq!(subtract(10, 20, &[(0, 30)]), vec![]);
+        assert_eq!(subtract(10, 40, &[(0, 15), (35, 50)]), vec![(15, 35)]);
+    }
+
+    #[test]
+    fn the_timeline_shows_the_dominant_state_of_each_slot() {
+        let exact = [
+            (0, 70, State::Idle),
+            (70, 100, State::RunningNc),
+            (100, 260, State::Offline),
+            (260, 300, State::RunningNc),
+        ];
+        assert_eq!(
+            coarsen(&exact, 0, 300, 100),
+            vec![
+                (0, 100, "idle".to_string()),
+                // 60 of 100 offline, 40 running: offline wins; merged.
+                (100, 300, "offline".to_string()),
+            ]
+        );
+        // A partial last slot, and equal slots merged.
+        assert_eq!(
+            coarsen(&[(0, 250, State::RunningManual)], 0, 250, 100),
+            vec![(0, 250, "running_manual".to_string())]
+        );
+    }
+
+    #[test]
+    fn dates_and_offsets() {
+        let off = UtcOffset::from_hms(8, 0, 0).unwrap();
+        let d = parse_date("2026-11-01").unwrap();
+        assert_eq!(format_date(d), "2026-11-01");
+        assert_eq!(rfc3339(day_start(d, off), off), "2026-11-01T00:00:00+08:00");
+        assert_eq!(offset_text(off), "+08:00");
+        assert_eq!(
+            offset_text(UtcOffset::from_hms(-3, -30, 0).unwrap()),
+            "-03:30"
+        );
+        assert!(parse_date("2026-13-01").is_none());
+    }
+}
