@@ -156,13 +156,25 @@ impl Agent {
     }
 
     /// SIGTERM, then the exit code.
-    async fn stop(mut self) -> Option<i32> {
+    async fn stop(self) -> Option<i32> {
         self.signal(libc::SIGTERM);
-        let status = tokio::task::spawn_blocking(move || self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        status.code()
+        tokio::task::spawn_blocking(move || {
+            let mut agent = self;
+            agent.child.wait().map(|s| s.code())
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+}
+
+/// A failing test must not leave its agent running.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
