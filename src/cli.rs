@@ -39,6 +39,8 @@ pub enum WindowArg {
 pub enum LogFormat {
     Text,
     Json,
+    /// Text with syslog priority prefixes for the systemd journal.
+    Journald,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +151,14 @@ pub fn init_tracing(format: LogFormat) {
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
+        LogFormat::Journald => builder
+            .with_ansi(false)
+            .event_format(crate::logfmt::Journald(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .try_init(),
     };
 }
 
@@ -375,7 +385,9 @@ async fn reload(
             new
         }
         Err(e) => {
-            tracing::error!(config = %path.display(), "Config reload refused, still running the previous config:\n{e}");
+            // One line, so the journal keeps every problem at ERROR.
+            let problems = e.to_string().replace('\n', "; ");
+            tracing::error!(config = %path.display(), "Config reload refused, still running the previous config: {problems}");
             return Ok((agent, None));
         }
     };

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod expr;
 pub mod http;
 pub mod identity;
+pub mod logfmt;
 pub mod loglimit;
 pub mod metrics;
 pub mod plant;

@@ -106,7 +106,20 @@ pub fn period() -> Option<Duration> {
 
 /// Pings `WATCHDOG=1` every half period while both loops make progress;
 /// returns when `shutdown` turns true.
-pub async fn run(progress: Arc<Progress>, period: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(progress: Arc<Progress>, period: Duration, shutdown: watch::Receiver<bool>) {
+    run_with(progress, period, shutdown, || {
+        notify(&[NotifyState::Watchdog])
+    })
+    .await
+}
+
+/// [`run`] with the ping as a callback (tests).
+pub async fn run_with(
+    progress: Arc<Progress>,
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut ping: impl FnMut(),
+) {
     let every = (period / 2).max(HEARTBEAT * 2);
     tracing::info!(
         period_ms = period.as_millis() as u64,
@@ -129,7 +142,7 @@ pub async fn run(progress: Arc<Progress>, period: Duration, mut shutdown: watch:
                 tracing::info!("Outbox and uplink loops progress again; watchdog pings resumed");
                 stalled = false;
             }
-            notify(&[NotifyState::Watchdog]);
+            ping();
         } else if !stalled {
             stalled = true;
             tracing::error!(
@@ -144,6 +157,46 @@ pub async fn run(progress: Arc<Progress>, period: Duration, mut shutdown: watch:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A wedged uplink (only the outbox beats) earns no ping; once both
+    /// loops beat again, pings resume.
+    #[tokio::test(start_paused = true)]
+    async fn withholds_pings_while_a_loop_is_stalled() {
+        let progress = Progress::new();
+        let pings = Arc::new(AtomicU64::new(0));
+        let uplink_alive = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = watch::channel(false);
+        let beater = {
+            let (progress, uplink_alive) = (progress.clone(), uplink_alive.clone());
+            tokio::spawn(async move {
+                loop {
+                    progress.outbox_beat();
+                    if uplink_alive.load(Ordering::SeqCst) {
+                        progress.uplink_beat();
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+            })
+        };
+        let p = pings.clone();
+        let dog = tokio::spawn(run_with(
+            progress,
+            Duration::from_secs(30),
+            stop_rx,
+            move || {
+                p.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(pings.load(Ordering::SeqCst), 0, "stalled uplink, no ping");
+        uplink_alive.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(46)).await;
+        assert!(pings.load(Ordering::SeqCst) >= 2, "both loops beat: pinged");
+        let _ = stop.send(true);
+        dog.await.unwrap();
+        beater.abort();
+    }
 
     #[test]
     fn pings_only_when_both_loops_moved() {

@@ -89,8 +89,14 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path, env: &[(&str, String)]) -> Agent {
+        Agent::start_with_args(config, env, &[])
+    }
+
+    /// `zgsz-agent ARGS... run --config CONFIG`.
+    fn start_with_args(config: &Path, env: &[(&str, String)], args: &[&str]) -> Agent {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"])
+        cmd.args(args)
+            .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
@@ -150,13 +156,25 @@ impl Agent {
     }
 
     /// SIGTERM, then the exit code.
-    async fn stop(mut self) -> Option<i32> {
+    async fn stop(self) -> Option<i32> {
         self.signal(libc::SIGTERM);
-        let status = tokio::task::spawn_blocking(move || self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        status.code()
+        tokio::task::spawn_blocking(move || {
+            let mut agent = self;
+            agent.child.wait().map(|s| s.code())
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+}
+
+/// A failing test must not leave its agent running.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -371,7 +389,13 @@ async fn status_reports_clock_sync() {
         ),
     )
     .unwrap();
-    let agent = Agent::start(&config, &[]);
+    // As the unit runs it: journald format, syslog priority prefixes.
+    let mut agent = Agent::start_with_args(&config, &[], &["--log-format", "journald"]);
+    let line = agent.wait_log("Starting").await;
+    assert!(line.starts_with("<6>"), "{line}");
+    let line = agent.wait_log("NTP-synchronised").await;
+    assert!(line.starts_with("<4>") || line.starts_with("<6>"), "{line}");
+    assert!(!line.contains('\u{1b}'), "no colour codes: {line}");
     wait_good(&config, "a", 0).await;
     let s = status(&config).expect("status --json");
     let sync = s["clock_sync"]
