@@ -1103,8 +1103,14 @@ fn table(a: &Args, r: &Results, broker: &str) -> String {
     row(
         "throughput: acked tag values/s".into(),
         "tp_acked_per_s",
-        "goal ≥ 500,000, all acked",
-        med("tp_acked_per_s").map(|v| v >= 500_000.0),
+        if offered >= 500_000.0 {
+            "goal ≥ 500,000, all acked"
+        } else {
+            "goal ≥ 500,000 (offered less: use a shorter --interval)"
+        },
+        med("tp_acked_per_s")
+            .filter(|_| offered >= 500_000.0)
+            .map(|v| v >= 500_000.0),
     );
     row(
         "throughput: received by subscriber/s".into(),
