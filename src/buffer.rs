@@ -187,6 +187,12 @@ CREATE TABLE IF NOT EXISTS chain (
     body BLOB
 );
 CREATE INDEX IF NOT EXISTS chain_window ON chain (start_ts, kind);
+CREATE TABLE IF NOT EXISTS uplink_events (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    up INTEGER NOT NULL,
+    reason TEXT
+);
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
     last_good_ts INTEGER,
@@ -439,6 +445,21 @@ impl Outbox {
     pub fn set_max_pages(&self, pages: u64) -> Result<(), BufferError> {
         self.conn
             .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Records that the uplink came up or went down. Rare (a connect or a
+    /// loss), so it is a transaction of its own.
+    pub fn record_uplink(
+        &self,
+        ts: i64,
+        up: bool,
+        reason: Option<&str>,
+    ) -> Result<(), BufferError> {
+        self.conn.execute(
+            "INSERT INTO uplink_events (ts, up, reason) VALUES (?1, ?2, ?3)",
+            params![ts, up, reason],
+        )?;
         Ok(())
     }
 
@@ -702,6 +723,13 @@ pub enum Control {
     /// The broker acknowledged these seqs.
     Ack(Vec<i64>),
     Stats(oneshot::Sender<Result<Stats, String>>),
+    /// The uplink came up (`up`) or went down, with why; the evidence
+    /// report lists the outages.
+    UplinkEvent {
+        ts: i64,
+        up: bool,
+        reason: Option<String>,
+    },
     /// Stop taking requests once the readings channel is closed too; sent
     /// at shutdown so that stray client clones cannot keep the thread alive.
     Close,
@@ -779,6 +807,14 @@ impl BufferClient {
             .await
             .map_err(|_| "outbox stopped".to_string())?;
         rx.await.map_err(|_| "outbox stopped".to_string())?
+    }
+
+    /// Records that the uplink came up or went down.
+    pub async fn uplink_event(&self, ts: i64, up: bool, reason: Option<String>) {
+        let _ = self
+            .control
+            .send(Control::UplinkEvent { ts, up, reason })
+            .await;
     }
 
     /// Asks the outbox thread to finish once its input is drained.
@@ -1020,6 +1056,11 @@ async fn process(
             Control::Stats(reply) => {
                 let _ = reply.send(outbox.stats().map_err(|e| e.to_string()));
             }
+            Control::UplinkEvent { ts, up, reason } => {
+                if let Err(e) = outbox.record_uplink(ts, up, reason.as_deref()) {
+                    tracing::warn!(error = %e, "Cannot record an uplink event");
+                }
+            }
             Control::WindowData { from, to, reply } => {
                 let _ = reply.send(window_data(&outbox.conn, from, to).map_err(|e| e.to_string()));
             }
@@ -1236,5 +1277,23 @@ pub fn sample_minutes(conn: &Connection, from: i64, to: i64) -> rusqlite::Result
         "SELECT DISTINCT minute FROM samples WHERE minute >= ?1 AND minute < ?2 ORDER BY minute",
     )?;
     let rows = st.query_map([from, to], |r| r.get::<_, i64>(0))?;
+    rows.collect()
+}
+
+/// Uplink events (ts, up, reason) with `from <= ts < to`, plus the last one
+/// before `from` (the state the period starts in), oldest first.
+pub fn uplink_events(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<Vec<(i64, bool, Option<String>)>> {
+    let mut st = conn.prepare(
+        "SELECT ts, up, reason FROM (
+             SELECT id, ts, up, reason FROM (SELECT * FROM uplink_events WHERE ts < ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+             UNION ALL
+             SELECT id, ts, up, reason FROM uplink_events WHERE ts >= ?1 AND ts < ?2
+         ) ORDER BY ts, id",
+    )?;
+    let rows = st.query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
 }

@@ -252,7 +252,11 @@ async fn the_clock_stepping_back_an_hour_reuses_no_seq_and_is_warned_about() {
     agent.stop().await;
 
     // Seqs keep counting up; each msg_id has one seq (telemetry_by_seq checks).
-    let by_seq = platform.telemetry_by_seq();
+    // Telemetry and metrics share the seq space: check both together.
+    let mut by_seq = platform.telemetry_by_seq();
+    for m in platform.of_kind("metrics") {
+        by_seq.insert(m["seq"].as_i64().unwrap(), m);
+    }
     common::assert_contiguous(&by_seq);
     // The state history never goes backwards in time.
     let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();

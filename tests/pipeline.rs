@@ -512,6 +512,13 @@ async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
     // Messages created while the broker was down are marked historical and
     // keep their original timestamps.
     assert_eq!(by_seq[&1]["historical"], true);
+    // The uplink's record for the evidence report: down from the first
+    // refused attempt, then up; only changes are stored.
+    let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
+    let events = zgsz_agent::buffer::uplink_events(&conn, 0, i64::MAX).unwrap();
+    let states: Vec<bool> = events.iter().map(|e| e.1).collect();
+    assert_eq!(states, vec![false, true], "{events:?}");
+    assert!(events[0].2.is_some(), "a loss records its reason");
     let created = by_seq[&1]["created_ts"].as_i64().unwrap();
     let first_ts = by_seq[&1]["readings"][0]["ts"].as_i64().unwrap();
     assert!(first_ts <= created);

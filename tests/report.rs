@@ -133,6 +133,11 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     seal_days(&mut o, &cfg, dir.path(), day0, 3);
+    // The uplink: up from the start, lost 08:00-09:00 on day 2.
+    o.record_uplink(day0, true, None).unwrap();
+    o.record_uplink(day0 + 24 * H + 8 * H, false, Some("connection reset"))
+        .unwrap();
+    o.record_uplink(day0 + 24 * H + 9 * H, true, None).unwrap();
     let (key, created) = GatewayKey::load_or_create(dir.path()).unwrap();
     assert!(created);
     Fixture {
@@ -267,6 +272,10 @@ fn report_from_a_sealed_history_verifies_and_shows_the_figures() {
     assert_eq!(agent.as_array().unwrap().len(), 1, "{agent:#}");
     assert_eq!(agent[0]["start"], "2026-11-02T02:00:00+08:00");
     assert_eq!(agent[0]["end"], "2026-11-02T04:00:00+08:00");
+    let uplink = v["outages"]["uplink"]["down"].as_array().unwrap();
+    assert_eq!(uplink.len(), 1, "{uplink:#?}");
+    assert_eq!(uplink[0]["start"], "2026-11-02T08:00:00+08:00");
+    assert_eq!(uplink[0]["end"], "2026-11-02T09:00:00+08:00");
     let dev = v["outages"]["device_down"].as_array().unwrap();
     assert!(
         dev.iter()

@@ -721,6 +721,16 @@ fn outages(h: &mut String, r: &EvidenceReport) {
     let u = &o.uplink;
     let _ = write!(
         h,
+        "<h3>上行链路中断 <span class=\"en\">Uplink down</span> ({})</h3>\n",
+        u.down.len()
+    );
+    if !u.down.is_empty() {
+        h.push_str("<table><tr><th>开始 <span class=\"en\">From</span></th><th>结束 <span class=\"en\">To</span></th><th>时长 <span class=\"en\">Duration</span></th></tr>\n");
+        gap_rows(h, &u.down, false);
+        h.push_str("</table>\n");
+    }
+    let _ = write!(
+        h,
         "<h3>上行链路 <span class=\"en\">Uplink</span></h3>\n<p class=\"note\">{}</p>\n<table class=\"meta\"><tr><td>待发送消息 <span class=\"en\">Waiting in outbox</span></td><td class=\"num\">{}</td></tr><tr><td>已确认消息 <span class=\"en\">Acknowledged</span></td><td class=\"num\">{}</td></tr><tr><td>最后确认 <span class=\"en\">Last PUBACK</span></td><td>{}</td></tr><tr><td>溢出丢弃 <span class=\"en\">Evicted</span></td><td class=\"num\">{} 条消息 rows ({} 读数 readings, {} 指标 metrics)</td></tr><tr><td>最大序号 <span class=\"en\">Last seq</span></td><td class=\"num\">{}</td></tr></table></section>\n",
         esc(&u.note),
         u.outbox_rows,

@@ -280,6 +280,9 @@ pub struct Outages {
 pub struct UplinkRecord {
     /// What the gateway records about its uplink, in words.
     pub note: String,
+    /// When the MQTT connection was down within the period (from the
+    /// gateway's record of every connect and loss).
+    pub down: Vec<Gap>,
     pub outbox_rows: u64,
     pub oldest_unsent_ts: Option<i64>,
     pub last_seq: i64,
@@ -969,8 +972,30 @@ pub fn build(
     let omitted = device_down.len().saturating_sub(MAX_DEVICE_GAPS) as u64;
     device_down.truncate(MAX_DEVICE_GAPS);
     let stats = crate::buffer::read_stats(&cfg.agent.state_dir)?;
+    // Uplink outages: from each recorded loss to the next connect, clipped
+    // to the covered period.
+    let mut uplink_down = Vec::new();
+    let mut down_since: Option<i64> = None;
+    for (ts, up, _) in crate::buffer::uplink_events(&conn, start, covered_end)? {
+        match (up, down_since) {
+            (false, None) => down_since = Some(ts.max(start)),
+            (true, Some(since)) => {
+                if ts > since {
+                    uplink_down.push(gap(None, since, ts, offset));
+                }
+                down_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(since) = down_since {
+        if covered_end > since {
+            uplink_down.push(gap(None, since, covered_end, offset));
+        }
+    }
     let uplink = UplinkRecord {
-        note: "The gateway does not keep a history of uplink connections. Every message stays in the outbox until the broker acknowledges it (PUBACK), so an uplink outage delays messages but loses none unless the outbox overflows; the counters below are since the outbox was created. 网关不记录上行链路的连接历史；消息在收到确认前一直保存在本地缓存中，链路中断只会延迟、不会丢失数据（除非缓存溢出，见下方计数）。".into(),
+        down: uplink_down,
+        note: "Every message stays in the outbox until the broker acknowledges it (PUBACK), so an uplink outage delays messages but loses none unless the outbox overflows; messages sent after an outage are marked historical. The counters below are since the outbox was created. 消息在收到确认前一直保存在本地缓存中，上行链路中断只会延迟、不会丢失数据（除非缓存溢出，见下方计数）；中断后补发的消息标记为历史数据。".into(),
         outbox_rows: stats.rows,
         oldest_unsent_ts: stats.oldest_unsent_ts,
         last_seq: stats.last_seq,

@@ -107,6 +107,8 @@ pub struct MqttUplink {
     progress: Arc<Progress>,
     /// Reads the clock-sync state for each status message.
     clock_sync: fn() -> ClockSync,
+    /// The last up/down recorded in the outbox, so only changes are stored.
+    recorded_up: Option<bool>,
 }
 
 enum End {
@@ -150,6 +152,7 @@ impl MqttUplink {
                 log: LogLimiter::new(Duration::from_secs(60)),
                 progress: Progress::new(),
                 clock_sync: crate::clocksync::check,
+                recorded_up: None,
             },
             state_rx,
         )
@@ -239,6 +242,7 @@ impl MqttUplink {
             match self.session(&mut shutdown, &mut backoff).await {
                 End::Shutdown => return,
                 End::Lost(why) => {
+                    self.record(false, Some(why.clone())).await;
                     self.state.send_modify(|s| {
                         s.connected = false;
                         s.last_error = Some(why.clone());
@@ -314,6 +318,7 @@ impl MqttUplink {
             s.connects += 1;
         });
         tracing::info!(broker = %format!("{}:{}", self.cfg.host, self.cfg.port), "MQTT connected");
+        self.record(true, None).await;
 
         let instance = match self.buffer.stats().await {
             Ok(s) => {
@@ -421,6 +426,16 @@ impl MqttUplink {
                 // Idle tick: nothing to send is still progress.
                 _ = beat.tick() => {}
             }
+        }
+    }
+
+    /// Stores a change of the uplink's state (not every failed retry).
+    async fn record(&mut self, up: bool, reason: Option<String>) {
+        if self.recorded_up != Some(up) {
+            self.recorded_up = Some(up);
+            self.buffer
+                .uplink_event(self.clock.now_ms(), up, reason)
+                .await;
         }
     }
 
