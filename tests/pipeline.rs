@@ -447,9 +447,15 @@ async fn a_dead_device_does_not_delay_the_others() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
-    common::logs();
+/// A device with every type, a broker, its platform subscriber, and a
+/// proxy in front of the broker that refuses the agent until told otherwise.
+async fn broker_unreachable() -> (
+    SimDevice,
+    Platform,
+    Proxy,
+    tempfile::TempDir,
+    zgsz_agent::config::Config,
+) {
     let sim = sim_with(known_bank()).await;
     let broker = embedded_broker();
     let platform = Platform::subscribe(broker).await;
@@ -462,6 +468,13 @@ async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
         "",
         "",
     );
+    (sim, platform, proxy, dir, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
+    common::logs();
+    let (_sim, platform, proxy, dir, cfg) = broker_unreachable().await;
     let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
 
     // Build a backlog while the broker is unreachable.
@@ -526,18 +539,7 @@ async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_rows_pending_sends_them_with_their_original_seq() {
-    let sim = sim_with(known_bank()).await;
-    let broker = embedded_broker();
-    let platform = Platform::subscribe(broker).await;
-    let proxy = Proxy::start(([127, 0, 0, 1], broker).into(), Mode::Refuse).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        proxy.port,
-        &device_toml("plc-1", sim.addr, "50ms", "1s", KNOWN_TAGS),
-        "",
-        "",
-    );
+    let (_sim, platform, proxy, dir, cfg) = broker_unreachable().await;
 
     // First run: the broker is unreachable; stop with rows pending.
     let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
