@@ -13,6 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, ConfigError};
 use crate::source::modbus::{AnyLink, Poller};
 
+mod browse;
 mod commission;
 
 #[derive(Parser, Debug)]
@@ -112,6 +113,9 @@ pub enum Command {
     /// Read registers once and decode them as every type in every word and
     /// byte order; prints a ready-to-paste tag for the right one.
     Probe(commission::ProbeArgs),
+    /// List an OPC UA server's address space as a tree (node ids, data
+    /// types, current values); --snippet prints ready-to-paste tags.
+    Browse(browse::BrowseArgs),
     /// The indicators (CNC rate, networking rate, ...) of one window, from
     /// the local database.
     Metrics {
@@ -273,6 +277,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Scan(args) => commission::scan(args).await,
         Command::Probe(args) => commission::probe(args).await,
+        Command::Browse(args) => browse::browse_cmd(args).await,
         Command::Metrics {
             config,
             window,
@@ -453,6 +458,9 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
+    if dev.opcua.is_some() {
+        return read_opcua(dev).await;
+    }
     // The same poll cycle `run` does, over the link the protocol calls for.
     let mut link = AnyLink::for_device(dev);
     let mut d = Poller::new(dev.clone(), Arc::new(SystemClock));
@@ -490,6 +498,37 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         );
     }
     let bad = readings.iter().filter(|r| !r.quality.is_good()).count();
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn read_opcua(dev: &crate::config::DeviceConfig) -> anyhow::Result<ExitCode> {
+    let rows = match crate::source::opcua::read_once(dev, Arc::new(SystemClock)).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("error: {}: {e}", dev.id);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!("{} (opcua {})", dev.id, dev.address);
+    println!("{:<20} {:>16} {:<24} node", "tag", "value", "quality");
+    for r in &rows {
+        let value = r
+            .reading
+            .value
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        let quality = match &r.reading.quality {
+            crate::reading::Quality::Good => "good".to_string(),
+            crate::reading::Quality::Bad(why) => format!("bad ({why})"),
+        };
+        println!("{:<20} {:>16} {:<24} {}", r.tag, value, quality, r.node);
+    }
+    let bad = rows.iter().filter(|r| !r.reading.quality.is_good()).count();
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {

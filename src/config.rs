@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::{self, UsccCheck};
+
+pub mod opcua;
 use crate::source::modbus::decode::{DataType, WordOrder};
 use crate::source::modbus::plan::Area;
 
@@ -161,24 +163,44 @@ struct RawDevice {
     coalesce: bool,
     #[serde(default)]
     tags: Vec<RawTag>,
+    // OPC UA only (see config/opcua.rs).
+    endpoint: Option<String>,
+    security_policy: Option<opcua::SecurityPolicy>,
+    security_mode: Option<opcua::SecurityMode>,
+    identity: Option<opcua::IdentityKind>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    user_certificate: Option<PathBuf>,
+    user_private_key: Option<PathBuf>,
+    trust_unknown_server_certs: Option<bool>,
+    root: Option<String>,
+    profile: Option<String>,
+    channels: Option<Vec<String>>,
 }
 
+/// A tag: Modbus keys (area, address, ...) or OPC UA keys (node or path,
+/// mode, ...); which apply depends on the device's protocol.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTag {
     name: String,
-    area: Area,
-    address: u32,
+    area: Option<Area>,
+    address: Option<u32>,
     #[serde(rename = "type")]
     ty: Option<String>,
-    #[serde(default)]
-    order: WordOrder,
+    order: Option<WordOrder>,
     bit: Option<u8>,
-    #[serde(default = "default_scale")]
-    scale: f64,
-    #[serde(default)]
-    offset: f64,
+    scale: Option<f64>,
+    offset: Option<f64>,
     unit: Option<String>,
+    node: Option<String>,
+    path: Option<String>,
+    mode: Option<opcua::TagMode>,
+    sampling_interval: Option<String>,
+    publishing_interval: Option<String>,
+    queue_size: Option<u32>,
+    deadband_absolute: Option<f64>,
+    deadband_percent: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,9 +272,6 @@ fn default_max_gap() -> u16 {
 }
 fn default_true() -> bool {
     true
-}
-fn default_scale() -> f64 {
-    1.0
 }
 fn default_max_bytes() -> ByteSize {
     ByteSize::Text("256MiB".into())
@@ -357,6 +376,8 @@ pub enum Protocol {
     /// Raw RTU frames (with CRC) over TCP, for serial device servers that
     /// forward bytes transparently.
     ModbusRtuOverTcp,
+    /// OPC UA binary over TCP (opc.tcp://), one session per device.
+    Opcua,
 }
 
 impl Protocol {
@@ -365,6 +386,7 @@ impl Protocol {
             Protocol::ModbusTcp => "modbus-tcp",
             Protocol::ModbusRtu => "modbus-rtu",
             Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            Protocol::Opcua => "opcua",
         }
     }
 
@@ -497,7 +519,10 @@ pub struct DeviceConfig {
     pub retries: u32,
     pub max_gap: u16,
     pub coalesce: bool,
+    /// Modbus tags; empty for OPC UA, whose tags are in `opcua`.
     pub tags: Vec<TagConfig>,
+    /// `Some` exactly for protocol = "opcua".
+    pub opcua: Option<Arc<opcua::OpcUaDevice>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -534,10 +559,14 @@ pub struct BufferConfig {
 }
 
 /// A secret read from a file; never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -879,7 +908,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
                 format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", d.id),
             );
         }
-        if let Some(dev) = validate_device(d, &key, p) {
+        if let Some(dev) = validate_device(d, &key, base, &agent, p) {
             devices.push(Arc::new(dev));
         }
     }
@@ -1236,19 +1265,15 @@ fn validate_plant(
             );
             continue;
         };
-        let types = |name: &str| {
-            dev.tags
-                .iter()
-                .find(|t| &*t.name == name)
-                .map(|t| match t.ty {
-                    crate::source::modbus::decode::DataType::Bool => Type::Bool,
-                    crate::source::modbus::decode::DataType::String(_) => Type::Str,
-                    _ => Type::Num,
-                })
-        };
-        let tag_names: Vec<&str> = dev.tags.iter().map(|t| &*t.name).collect();
+        let types = |name: &str| dev.tag_type(name);
+        let tag_names = dev.tag_names();
         let (mut nc_text, mut run_text) = (None, None);
-        if let Some(profile) = &r.profile {
+        // An OPC UA device's profile also sets its equipment's rules.
+        let profile = r
+            .profile
+            .clone()
+            .or_else(|| dev.opcua.as_ref().and_then(|u| u.profile.clone()));
+        if let Some(profile) = &profile {
             match profile_rules(profile, &tag_names) {
                 Ok((nc, run)) => {
                     nc_text = Some(nc);
@@ -1276,7 +1301,7 @@ fn validate_plant(
         }
         let mut rule = |field: &str, text: Option<String>| -> Option<Expr> {
             let Some(text) = text else {
-                if r.profile.is_none() {
+                if profile.is_none() {
                     p.error(format!("{key}.{field}"), format!("is missing; write a rule over {}'s tags, e.g. \"execution == 1\", or set profile", dev.id));
                 }
                 return None;
@@ -1314,7 +1339,7 @@ fn validate_plant(
                 nc_active,
                 running,
                 parts: r.parts,
-                profile: r.profile,
+                profile,
             });
         }
     }
@@ -1437,7 +1462,50 @@ fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Opt
     (port, Some(serial))
 }
 
-fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceConfig> {
+fn validate_device(
+    mut d: RawDevice,
+    key: &str,
+    base: &Path,
+    agent: &AgentConfig,
+    p: &mut Problems,
+) -> Option<DeviceConfig> {
+    let poll_interval = duration(
+        p,
+        &format!("{key}.poll_interval"),
+        &d.poll_interval,
+        Duration::from_millis(10),
+    );
+    let timeout = duration(
+        p,
+        &format!("{key}.timeout"),
+        &d.timeout,
+        Duration::from_millis(10),
+    );
+    if d.protocol == Protocol::Opcua {
+        let ua = opcua::validate(
+            &mut d,
+            key,
+            base,
+            (&agent.state_dir, &agent.gateway_id),
+            poll_interval,
+            p,
+        );
+        return Some(DeviceConfig {
+            id: d.id.as_str().into(),
+            protocol: d.protocol,
+            address: ua.endpoint.clone(),
+            serial: None,
+            unit_id: 0,
+            poll_interval,
+            timeout,
+            retries: d.retries,
+            max_gap: 0,
+            coalesce: false,
+            tags: Vec::new(),
+            opcua: Some(Arc::new(ua)),
+        });
+    }
+    opcua::reject_on_modbus(&d, key, p);
     let (address, serial) = validate_endpoint(&d, key, p);
     // 0 is broadcast (no answer ever comes); 248..=254 are reserved; 255 is
     // the usual "don't care" id of Modbus TCP devices, and means nothing on
@@ -1454,18 +1522,6 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
             1
         }
     };
-    let poll_interval = duration(
-        p,
-        &format!("{key}.poll_interval"),
-        &d.poll_interval,
-        Duration::from_millis(10),
-    );
-    let timeout = duration(
-        p,
-        &format!("{key}.timeout"),
-        &d.timeout,
-        Duration::from_millis(10),
-    );
     if d.max_gap > 125 {
         p.error(
             format!("{key}.max_gap"),
@@ -1491,8 +1547,21 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
                 format!("{:?} is already used by {key}.tags[{first}]", t.name),
             );
         }
+        let (Some(area), Some(address)) = (t.area, t.address) else {
+            let k = if t.area.is_none() { "area" } else { "address" };
+            p.error(
+                format!("{tkey}.{k}"),
+                "is missing; a Modbus tag needs area (holding_register, input_register, coil or discrete_input) and address (0-based)",
+            );
+            continue;
+        };
+        let (order, scale, offset) = (
+            t.order.unwrap_or_default(),
+            t.scale.unwrap_or(1.0),
+            t.offset.unwrap_or(0.0),
+        );
         let ty_text = t.ty.clone().unwrap_or_else(|| {
-            if t.area.is_bits() || t.bit.is_some() {
+            if area.is_bits() || t.bit.is_some() {
                 "bool".into()
             } else {
                 "u16".into()
@@ -1502,15 +1571,15 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
             p.error(format!("{tkey}.type"), format!("unknown type {ty_text:?}; use one of bool, u16, i16, u32, i32, u64, i64, f32, f64, string(N) with N in 1..=250"));
             continue;
         };
-        if t.area.is_bits() && ty != DataType::Bool {
+        if area.is_bits() && ty != DataType::Bool {
             p.error(
                 format!("{tkey}.type"),
-                format!("a {} holds single bits; use type = \"bool\"", t.area.name()),
+                format!("a {} holds single bits; use type = \"bool\"", area.name()),
             );
             continue;
         }
         if let Some(bit) = t.bit {
-            if t.area.is_bits() {
+            if area.is_bits() {
                 p.error(
                     format!("{tkey}.bit"),
                     "bit only applies to registers; remove it for a coil or discrete input",
@@ -1527,26 +1596,26 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
                 );
             }
         }
-        if !t.scale.is_finite() || t.scale == 0.0 {
+        if !scale.is_finite() || scale == 0.0 {
             p.error(format!("{tkey}.scale"), "must be a finite, non-zero number");
         }
-        if !t.offset.is_finite() {
+        if !offset.is_finite() {
             p.error(format!("{tkey}.offset"), "must be a finite number");
         }
         let tag = TagConfig {
             name: t.name.as_str().into(),
-            area: t.area,
-            address: t.address.min(65535) as u16,
+            area: area,
+            address: address.min(65535) as u16,
             ty,
-            order: t.order,
+            order: order,
             bit: t.bit,
-            scale: t.scale,
-            offset: t.offset,
+            scale: scale,
+            offset: offset,
             unit: t.unit,
         };
-        let end = u64::from(t.address) + u64::from(tag.span()) - 1;
-        if t.address > 65535 {
-            p.error(format!("{tkey}.address"), format!("{} is beyond the Modbus address space; addresses are 0-based, 0..=65535 (register 40001 is holding_register address 0)", t.address));
+        let end = u64::from(address) + u64::from(tag.span()) - 1;
+        if address > 65535 {
+            p.error(format!("{tkey}.address"), format!("{} is beyond the Modbus address space; addresses are 0-based, 0..=65535 (register 40001 is holding_register address 0)", address));
             continue;
         } else if end > 65535 {
             p.error(
@@ -1554,7 +1623,7 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
                 format!(
                     "a {} at {} ends at {end}, beyond 65535; move it or shorten it",
                     ty.name(),
-                    t.address
+                    address
                 ),
             );
             continue;
@@ -1576,6 +1645,7 @@ fn validate_device(d: RawDevice, key: &str, p: &mut Problems) -> Option<DeviceCo
         max_gap: d.max_gap,
         coalesce: d.coalesce,
         tags,
+        opcua: None,
     })
 }
 
@@ -1661,13 +1731,42 @@ fn check_buses(devices: &[Arc<DeviceConfig>], p: &mut Problems) {
 }
 
 impl DeviceConfig {
+    /// Every tag name, whatever the protocol, in config order.
+    pub fn tag_names(&self) -> Vec<&str> {
+        match &self.opcua {
+            Some(ua) => ua.tags.iter().map(|t| &*t.name).collect(),
+            None => self.tags.iter().map(|t| &*t.name).collect(),
+        }
+    }
+
+    /// What a rule may assume a tag holds.
+    pub fn tag_type(&self, name: &str) -> Option<crate::expr::Type> {
+        use crate::expr::Type;
+        use crate::source::modbus::decode::DataType;
+        if let Some(ua) = &self.opcua {
+            return ua.tag_kind(name).map(|k| match k {
+                opcua::ValueKind::Num => Type::Num,
+                opcua::ValueKind::Bool => Type::Bool,
+                opcua::ValueKind::Str => Type::Str,
+            });
+        }
+        self.tags
+            .iter()
+            .find(|t| &*t.name == name)
+            .map(|t| match t.ty {
+                DataType::Bool => Type::Bool,
+                DataType::String(_) => Type::Str,
+                _ => Type::Num,
+            })
+    }
+
     /// The bus this device shares with others, if its protocol has one; all
     /// devices with the same key are polled by one task. A serial port is
     /// named by its resolved path when it exists, so `/dev/ttyUSB0` and its
     /// `/dev/serial/by-id/...` link are seen as one bus.
     pub fn bus_key(&self) -> Option<String> {
         match self.protocol {
-            Protocol::ModbusTcp => None,
+            Protocol::ModbusTcp | Protocol::Opcua => None,
             Protocol::ModbusRtu => {
                 let path = std::fs::canonicalize(&self.address)
                     .map(|p| p.display().to_string())
@@ -1838,7 +1937,11 @@ impl Config {
     pub fn set_device_address(&mut self, id: &str, address: &str) {
         for d in &mut self.devices {
             if &*d.id == id {
-                Arc::make_mut(d).address = address.to_string();
+                let d = Arc::make_mut(d);
+                d.address = address.to_string();
+                if let Some(ua) = &mut d.opcua {
+                    Arc::make_mut(ua).endpoint = address.to_string();
+                }
             }
         }
     }
@@ -1851,6 +1954,11 @@ impl Config {
 
     pub fn set_state_dir(&mut self, dir: &Path) {
         self.agent.state_dir = dir.to_path_buf();
+        for d in &mut self.devices {
+            if let Some(ua) = &mut Arc::make_mut(d).opcua {
+                Arc::make_mut(ua).pki_dir = dir.join("pki");
+            }
+        }
     }
 
     /// SHA-256 over a canonical text of everything that shapes the figures:
@@ -1889,6 +1997,29 @@ impl Config {
                     g.scale,
                     g.offset
                 );
+            }
+            if let Some(ua) = &d.opcua {
+                let _ = writeln!(
+                    t,
+                    "opcua|{}|{}|{:?}|{:?}",
+                    ua.endpoint,
+                    ua.policy.name(),
+                    ua.mode,
+                    ua.root.as_ref().map(|r| r.to_string())
+                );
+                for g in &ua.tags {
+                    let _ = writeln!(
+                        t,
+                        "uatag|{}|{}|{:?}|{:?}|{:?}|{}|{:?}",
+                        g.name,
+                        g.node,
+                        g.mode,
+                        g.sampling_interval,
+                        g.publishing_interval,
+                        g.queue_size,
+                        g.deadband
+                    );
+                }
             }
         }
         for p in &self.plant.processes {

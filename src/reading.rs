@@ -1,6 +1,6 @@
 //! The one value type that crosses from sources to the buffer.
 //!
-//! Every protocol (Modbus today, OPC UA later) decodes into [`Reading`], so
+//! Every protocol (Modbus, OPC UA) decodes into [`Reading`], so
 //! the buffer, the uplink and the metrics never see protocol details.
 
 use serde::Serialize;
@@ -55,6 +55,9 @@ pub enum BadReason {
     /// The answer arrived but could not be turned into a value
     /// (short frame, NaN float, invalid UTF-8).
     Decode,
+    /// An OPC UA status code other than Good, by its name in the
+    /// specification (`BadNodeIdUnknown`, `UncertainLastUsableValue`, ...).
+    Status(&'static str),
 }
 
 impl std::fmt::Display for BadReason {
@@ -64,6 +67,7 @@ impl std::fmt::Display for BadReason {
             BadReason::Exception(code) => write!(f, "exception:{code}"),
             BadReason::Disconnected => f.write_str("disconnected"),
             BadReason::Decode => f.write_str("decode"),
+            BadReason::Status(name) => f.write_str(name),
         }
     }
 }

@@ -169,6 +169,7 @@ fn conn_device(c: &ConnArgs, unit: u8, timeout: Duration) -> Result<DeviceConfig
         max_gap: 0,
         coalesce: false,
         tags: Vec::new(),
+        opcua: None,
     })
 }
 

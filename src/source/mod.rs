@@ -9,6 +9,7 @@
 //! up, polling slows down instead of memory growing.
 
 pub mod modbus;
+pub mod opcua;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,12 @@ pub fn spawn_lane(
         Some(d) if d.protocol == Protocol::ModbusTcp => {
             let dev = modbus::ModbusDevice::new(d.clone(), clock.clone());
             tokio::spawn(run(dev, tx.clone(), shutdown))
+        }
+        Some(d) if d.protocol == Protocol::Opcua => {
+            match opcua::UaDevice::new(d.clone(), clock.clone()) {
+                Some(dev) => tokio::spawn(dev.run(tx.clone(), shutdown)),
+                None => tokio::spawn(async {}),
+            }
         }
         _ => match modbus::rtu::Bus::group(&lane.devices, clock)
             .into_iter()

@@ -1,0 +1,600 @@
+//! OPC UA devices: one session per device, subscriptions for `subscribe`
+//! tags, a Read per cycle for `poll` tags.
+//!
+//! Whatever the mode, the device hands the buffer one cycle of readings
+//! every `poll_interval`, as a Modbus device does, because the plant model
+//! and the completeness figures count cycles. A subscribed tag contributes
+//! every change the server reported since the last cycle (each with its
+//! own timestamp; nothing coalesced away), or, when it did not change, its
+//! value re-stated at the cycle time: the live subscription (kept alive by
+//! the server's keep-alives) is the evidence that it still holds.
+//!
+//! A lost session (server restart, cut cable, keep-alive failures) ends
+//! the connection: every tag is reported bad (`disconnected`) each cycle
+//! until a new session stands, with fresh subscriptions and monitored
+//! items (the old ones died with the old session, so none are doubled).
+//! A node the server does not know, or a path that matches nothing, makes
+//! only that tag bad, with the server's status as the reason.
+
+pub mod browse;
+pub mod profile;
+pub mod session;
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opcua::client::{DataChangeCallback, MonitoredItem};
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, ExtensionObject,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
+    StatusCode, TimestampsToReturn,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::config::opcua::{Deadband, OpcUaDevice, OpcUaTag, TagMode};
+use crate::config::DeviceConfig;
+use crate::loglimit::LogLimiter;
+use crate::reading::{BadReason, Quality, Reading, Value};
+use session::{ConnectError, Connection};
+
+/// Changes held between two cycles per device; beyond this (a server
+/// flooding us while the buffer is stuck) the oldest go, counted and logged.
+const MAX_PENDING: usize = 100_000;
+
+/// One reported change of one tag.
+struct Change {
+    tag: usize,
+    dv: DataValue,
+    received_ms: i64,
+}
+
+/// Filled by the subscription callbacks, drained every cycle.
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    dropped: u64,
+}
+
+/// Where a tag stands on the current session.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Subscribed or polled under this node id.
+    Live(NodeId),
+    /// The server refused it (or the path matched nothing).
+    Refused(StatusCode),
+    /// An optional profile node this machine does not have.
+    Absent,
+}
+
+/// How a session ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+pub struct UaDevice {
+    cfg: Arc<DeviceConfig>,
+    ua: Arc<OpcUaDevice>,
+    clock: Arc<dyn Clock>,
+    backoff: Backoff,
+    log: LogLimiter,
+    /// Latest value and quality per tag, re-stated when unchanged.
+    last: Vec<Option<(Option<Value>, Quality)>>,
+}
+
+impl UaDevice {
+    pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Option<UaDevice> {
+        let ua = cfg.opcua.clone()?;
+        let n = ua.tags.len();
+        Some(UaDevice {
+            cfg,
+            ua,
+            clock,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            log: LogLimiter::new(Duration::from_secs(60)),
+            last: vec![None; n],
+        })
+    }
+
+    fn reading(&self, tag: &OpcUaTag, value: Option<Value>, quality: Quality, ts: i64) -> Reading {
+        Reading {
+            device: self.cfg.id.clone(),
+            tag: tag.name.clone(),
+            value,
+            quality,
+            ts,
+        }
+    }
+
+    /// Every tag bad for `why`, at the current time.
+    fn bad_cycle(&self, why: BadReason) -> Vec<Reading> {
+        let now = self.clock.now_ms();
+        self.ua
+            .tags
+            .iter()
+            .filter(|t| !t.optional)
+            .map(|t| self.reading(t, None, Quality::Bad(why.clone()), now))
+            .collect()
+    }
+
+    /// Runs until `shutdown` turns true or the buffer goes away.
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<Vec<Reading>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let timeout = self.cfg.timeout;
+        let mut client = match session::client(
+            &self.ua.pki_dir,
+            &self.ua.gateway_id,
+            self.ua.trust_unknown_server_certs,
+            timeout,
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(device = %self.cfg.id, "OPC UA client cannot start: {e}");
+                None
+            }
+        };
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Some(client) = client.as_mut() {
+                if self.ua.trust_unknown_server_certs {
+                    tracing::warn!(device = %self.cfg.id, endpoint = %self.ua.endpoint, "Accepting any server certificate (trust_unknown_server_certs = true); a man in the middle would go unnoticed");
+                }
+                let attempt = tokio::select! {
+                    r = session::connect(client, &self.ua, &self.ua.pki_dir, timeout) => r,
+                    _ = shutdown.changed() => break,
+                };
+                match attempt {
+                    Ok(conn) => {
+                        if self.backoff.failures() > 0 {
+                            tracing::info!(device = %self.cfg.id, endpoint = %self.ua.endpoint, "OPC UA session re-established");
+                        } else {
+                            tracing::info!(device = %self.cfg.id, endpoint = %self.ua.endpoint, policy = self.ua.policy.name(), mode = ?self.ua.mode, "OPC UA session established");
+                        }
+                        self.backoff.reset();
+                        self.log.clear("connect");
+                        let ended = self.serve(&conn, &tx, &mut shutdown).await;
+                        conn.close(timeout).await;
+                        match ended {
+                            Ended::Shutdown => break,
+                            Ended::Lost(why) => {
+                                tracing::warn!(device = %self.cfg.id, endpoint = %self.ua.endpoint, reason = %why, "OPC UA session lost; reconnecting");
+                                if tx
+                                    .send(self.bad_cycle(BadReason::Disconnected))
+                                    .await
+                                    .is_err()
+                                {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => self.connect_failed(&e),
+                }
+            }
+            // Back off, still reporting every cycle so the gap is visible.
+            let until = Instant::now() + self.backoff.next_delay();
+            let mut tick = tokio::time::interval(self.cfg.poll_interval);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = shutdown.changed() => return,
+                }
+                if tx
+                    .send(self.bad_cycle(BadReason::Disconnected))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        tracing::debug!(device = %self.cfg.id, "OPC UA source stopped");
+    }
+
+    fn connect_failed(&mut self, e: &ConnectError) {
+        if let Some(suppressed) = self.log.check("connect") {
+            if e.needs_operator() {
+                tracing::error!(device = %self.cfg.id, suppressed, "OPC UA connect failed: {e}");
+            } else {
+                tracing::warn!(device = %self.cfg.id, suppressed, "OPC UA connect failed: {e}");
+            }
+        }
+    }
+
+    /// Resolves the tags, subscribes, and reports cycles until the session
+    /// is lost or the agent stops.
+    async fn serve(
+        &mut self,
+        conn: &Connection,
+        tx: &mpsc::Sender<Vec<Reading>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let timeout = self.cfg.timeout;
+        let s = &conn.session;
+        let root = match &self.ua.root {
+            None => Ok(None),
+            Some(r) => browse::resolve(s, None, r, timeout).await.map(Some),
+        };
+        let mut slots: Vec<Slot> = Vec::with_capacity(self.ua.tags.len());
+        for tag in &self.ua.tags {
+            let slot = match &root {
+                Err(code) if matches!(tag.node, crate::config::opcua::NodeRef::Path(_)) => {
+                    Slot::Refused(*code)
+                }
+                _ => {
+                    let r = root.as_ref().ok().and_then(|r| r.as_ref());
+                    match browse::resolve(s, r, &tag.node, timeout).await {
+                        Ok(id) => Slot::Live(id),
+                        Err(StatusCode::BadNoMatch) if tag.optional => Slot::Absent,
+                        Err(StatusCode::BadTimeout) => {
+                            return Ended::Lost("browse timed out".into())
+                        }
+                        Err(code) => Slot::Refused(code),
+                    }
+                }
+            };
+            match &slot {
+                Slot::Refused(code) => {
+                    tracing::warn!(device = %self.cfg.id, tag = %tag.name, node = %tag.node, status = code.sub_code().name(), "Tag node not available; it is reported bad")
+                }
+                Slot::Absent => {
+                    tracing::info!(device = %self.cfg.id, tag = %tag.name, node = %tag.node, "Optional node absent on this machine; tag left out")
+                }
+                Slot::Live(_) => {}
+            }
+            slots.push(slot);
+        }
+        if let Err(code) = &root {
+            tracing::warn!(device = %self.cfg.id, status = code.sub_code().name(), "Root node not found; its tags are reported bad");
+        }
+
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        if let Err(why) = self.subscribe(conn, &mut slots, &pending).await {
+            return Ended::Lost(why);
+        }
+        let polled: Vec<(usize, NodeId)> = self
+            .ua
+            .tags
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.mode == TagMode::Poll)
+            .filter_map(|(i, _)| match &slots[i] {
+                Slot::Live(id) => Some((i, id.clone())),
+                _ => None,
+            })
+            .collect();
+
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut lost = conn.lost.clone();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = lost.changed() => {}
+                _ = shutdown.changed() => return Ended::Shutdown,
+            }
+            if let Some(why) = conn.lost.borrow().clone() {
+                return Ended::Lost(why);
+            }
+            let mut cycle = match self.read_polled(conn, &polled).await {
+                Ok(r) => r,
+                Err(why) => return Ended::Lost(why),
+            };
+            self.drain(&pending, &slots, &mut cycle);
+            if cycle.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                sent = tx.send(cycle) => if sent.is_err() { return Ended::Shutdown },
+                _ = shutdown.changed() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    /// One subscription per publishing interval, one monitored item per
+    /// subscribed tag. Items the server refuses mark their tag refused.
+    async fn subscribe(
+        &mut self,
+        conn: &Connection,
+        slots: &mut [Slot],
+        pending: &Arc<Mutex<Pending>>,
+    ) -> Result<(), String> {
+        let timeout = self.cfg.timeout;
+        let mut groups: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
+        for (i, t) in self.ua.tags.iter().enumerate() {
+            if t.mode == TagMode::Subscribe && matches!(slots[i], Slot::Live(_)) {
+                groups.entry(t.publishing_interval).or_default().push(i);
+            }
+        }
+        for (interval, members) in groups {
+            let sink = pending.clone();
+            let clock = self.clock.clone();
+            let callback = DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
+                let Some(tag) = (item.client_handle() as usize).checked_sub(1) else {
+                    return;
+                };
+                let mut p = sink.lock().unwrap_or_else(|e| e.into_inner());
+                if p.changes.len() >= MAX_PENDING {
+                    p.changes.remove(0);
+                    p.dropped += 1;
+                }
+                p.changes.push(Change {
+                    tag,
+                    dv,
+                    received_ms: clock.now_ms(),
+                });
+            });
+            // Keep-alive every ~10 s of silence; the server drops the
+            // subscription after 3 missed keep-alives' worth of lifetime.
+            let keep_alive = (10_000 / interval.as_millis().max(1)).clamp(1, 1000) as u32;
+            let id = match tokio::time::timeout(
+                timeout,
+                conn.session.create_subscription(
+                    interval,
+                    keep_alive * 3,
+                    keep_alive,
+                    0,
+                    0,
+                    true,
+                    callback,
+                ),
+            )
+            .await
+            {
+                Err(_) => return Err("creating a subscription timed out".into()),
+                Ok(Err(e)) => return Err(format!("creating a subscription failed: {e}")),
+                Ok(Ok(id)) => id,
+            };
+            let requests: Vec<MonitoredItemCreateRequest> = members
+                .iter()
+                .filter_map(|&i| match &slots[i] {
+                    Slot::Live(node) => Some(item_request(i, node, &self.ua.tags[i])),
+                    _ => None,
+                })
+                .collect();
+            let results = match tokio::time::timeout(
+                timeout,
+                conn.session
+                    .create_monitored_items(id, TimestampsToReturn::Both, requests),
+            )
+            .await
+            {
+                Err(_) => return Err("creating monitored items timed out".into()),
+                Ok(Err(e)) => return Err(format!("creating monitored items failed: {e}")),
+                Ok(Ok(r)) => r,
+            };
+            for (&i, r) in members.iter().zip(results.iter()) {
+                let status = r.result.status_code;
+                if !status.is_good() {
+                    tracing::warn!(device = %self.cfg.id, tag = %self.ua.tags[i].name, status = status.sub_code().name(), "Server refused to monitor the tag; it is reported bad");
+                    slots[i] = Slot::Refused(status);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the polled tags; a timeout or broken channel ends the session.
+    async fn read_polled(
+        &mut self,
+        conn: &Connection,
+        polled: &[(usize, NodeId)],
+    ) -> Result<Vec<Reading>, String> {
+        if polled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ReadValueId> = polled
+            .iter()
+            .map(|(_, id)| ReadValueId {
+                node_id: id.clone(),
+                attribute_id: AttributeId::Value as u32,
+                ..Default::default()
+            })
+            .collect();
+        let values = match tokio::time::timeout(
+            self.cfg.timeout,
+            conn.session.read(&ids, TimestampsToReturn::Both, 0.0),
+        )
+        .await
+        {
+            Err(_) => return Err("read timed out".into()),
+            Ok(Err(e)) => return Err(format!("read failed: {e}")),
+            Ok(Ok(v)) => v,
+        };
+        let now = self.clock.now_ms();
+        let max_age = self.cfg.poll_interval.as_millis() as i64;
+        let mut out = Vec::with_capacity(polled.len());
+        for (&(i, _), dv) in polled.iter().zip(values.iter()) {
+            let tag = &self.ua.tags[i];
+            let (v, q) = value::to_quality(dv);
+            let ts = value::timestamp(dv, now, max_age);
+            self.last[i] = Some((v.clone(), q.clone()));
+            out.push(self.reading(tag, v, q, ts));
+        }
+        Ok(out)
+    }
+
+    /// Adds the reported changes, re-stated values and refused tags.
+    fn drain(&mut self, pending: &Mutex<Pending>, slots: &[Slot], out: &mut Vec<Reading>) {
+        let (changes, dropped) = {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                std::mem::take(&mut p.changes),
+                std::mem::take(&mut p.dropped),
+            )
+        };
+        if dropped > 0 {
+            tracing::error!(device = %self.cfg.id, dropped, "OPC UA changes dropped: the buffer did not keep up");
+        }
+        let now = self.clock.now_ms();
+        let mut changed = vec![false; self.ua.tags.len()];
+        for c in changes {
+            let Some(tag) = self.ua.tags.get(c.tag) else {
+                continue;
+            };
+            let max_age =
+                (tag.publishing_interval + self.cfg.poll_interval).as_millis() as i64 + 1_000;
+            let (v, q) = value::to_quality(&c.dv);
+            let ts = value::timestamp(&c.dv, c.received_ms, max_age);
+            changed[c.tag] = true;
+            self.last[c.tag] = Some((v.clone(), q.clone()));
+            out.push(self.reading(tag, v, q, ts));
+        }
+        for (i, tag) in self.ua.tags.iter().enumerate() {
+            match &slots[i] {
+                Slot::Refused(code) => out.push(self.reading(
+                    tag,
+                    None,
+                    Quality::Bad(value::status_reason(*code)),
+                    now,
+                )),
+                Slot::Live(_) if tag.mode == TagMode::Subscribe && !changed[i] => {
+                    if let Some((v, q)) = &self.last[i] {
+                        out.push(self.reading(tag, v.clone(), q.clone(), now));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn item_request(i: usize, node: &NodeId, tag: &OpcUaTag) -> MonitoredItemCreateRequest {
+    let filter = match tag.deadband {
+        None => ExtensionObject::null(),
+        Some(d) => {
+            let (deadband_type, deadband_value) = match d {
+                Deadband::Absolute(v) => (1, v),
+                Deadband::Percent(v) => (2, v),
+            };
+            ExtensionObject::from_message(DataChangeFilter {
+                trigger: DataChangeTrigger::StatusValue,
+                deadband_type,
+                deadband_value,
+            })
+        }
+    };
+    MonitoredItemCreateRequest::new(
+        node.clone().into(),
+        MonitoringMode::Reporting,
+        MonitoringParameters {
+            client_handle: (i + 1) as u32,
+            sampling_interval: tag.sampling_interval.as_secs_f64() * 1000.0,
+            filter,
+            queue_size: tag.queue_size,
+            discard_oldest: true,
+        },
+    )
+}
+
+/// One tag as `read --device` shows it.
+pub struct ReadOut {
+    pub tag: Arc<str>,
+    /// The configured node or path, and the node id it resolved to.
+    pub node: String,
+    pub reading: Reading,
+}
+
+/// Connects once, resolves every tag and reads it (whatever its mode):
+/// the commissioning check behind `read --device`.
+pub async fn read_once(
+    cfg: &DeviceConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Vec<ReadOut>, ConnectError> {
+    let Some(ua) = cfg.opcua.clone() else {
+        return Err(ConnectError::Setup(format!(
+            "{} is not an OPC UA device",
+            cfg.id
+        )));
+    };
+    let timeout = cfg.timeout;
+    let mut client = session::client(
+        &ua.pki_dir,
+        &ua.gateway_id,
+        ua.trust_unknown_server_certs,
+        timeout,
+    )?;
+    let conn = session::connect(&mut client, &ua, &ua.pki_dir, timeout).await?;
+    let root = match &ua.root {
+        None => Ok(None),
+        Some(r) => browse::resolve(&conn.session, None, r, timeout)
+            .await
+            .map(Some),
+    };
+    let mut out = Vec::new();
+    for tag in &ua.tags {
+        let resolved = match &root {
+            Err(code) if matches!(tag.node, crate::config::opcua::NodeRef::Path(_)) => Err(*code),
+            _ => {
+                let r = root.as_ref().ok().and_then(|r| r.as_ref());
+                browse::resolve(&conn.session, r, &tag.node, timeout).await
+            }
+        };
+        let now = clock.now_ms();
+        let (node, value, quality, ts) = match resolved {
+            Err(code) => (
+                tag.node.to_string(),
+                None,
+                Quality::Bad(value::status_reason(code)),
+                now,
+            ),
+            Ok(id) => {
+                let shown = match &tag.node {
+                    crate::config::opcua::NodeRef::Id(_) => id.to_string(),
+                    path => format!("{path} = {id}"),
+                };
+                let rv = ReadValueId {
+                    node_id: id,
+                    attribute_id: AttributeId::Value as u32,
+                    ..Default::default()
+                };
+                match tokio::time::timeout(
+                    timeout,
+                    conn.session.read(&[rv], TimestampsToReturn::Both, 0.0),
+                )
+                .await
+                {
+                    Ok(Ok(v)) => match v.first() {
+                        Some(dv) => {
+                            let (val, q) = value::to_quality(dv);
+                            (shown, val, q, value::timestamp(dv, now, 0))
+                        }
+                        None => (shown, None, Quality::Bad(BadReason::Decode), now),
+                    },
+                    Ok(Err(e)) => (
+                        shown,
+                        None,
+                        Quality::Bad(value::status_reason(e.status())),
+                        now,
+                    ),
+                    Err(_) => (shown, None, Quality::Bad(BadReason::Timeout), now),
+                }
+            }
+        };
+        out.push(ReadOut {
+            tag: tag.name.clone(),
+            node,
+            reading: Reading {
+                device: cfg.id.clone(),
+                tag: tag.name.clone(),
+                value,
+                quality,
+                ts,
+            },
+        });
+    }
+    conn.close(timeout).await;
+    Ok(out)
+}

@@ -1,0 +1,488 @@
+//! The OPC UA source against the in-process OPC 40501-shaped server:
+//! subscriptions and deadbands, polling, security and trust, logins,
+//! server restarts, bad nodes, and the machine-tool profile into the
+//! CNC-rate metrics. Everything binds 127.0.0.1.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use zgsz_agent::clock::SystemClock;
+use zgsz_agent::config::Config;
+use zgsz_agent::reading::{Quality, Reading, Value};
+use zgsz_agent::sim::opcua::{trust_certificate, MachineSpec, OpcUaSim, OpcUaSimOptions};
+use zgsz_agent::sim::MachineKind;
+use zgsz_agent::source::opcua::session::ConnectError;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn machine(name: &str, channels: u8) -> MachineSpec {
+    MachineSpec {
+        name: name.into(),
+        kind: MachineKind::Mill,
+        channels,
+        cycle_s: 3,
+        idle_s: 1,
+    }
+}
+
+fn options(pki: &Path) -> OpcUaSimOptions {
+    OpcUaSimOptions {
+        port: 0,
+        pki_dir: pki.to_path_buf(),
+        trust_client_certs: true,
+        allow_anonymous: true,
+        users: Vec::new(),
+        secure_endpoints: false,
+        machines: vec![machine("m1", 2)],
+        plant_day: None,
+    }
+}
+
+/// A config whose one device is the given OPC UA `[[devices]]` body.
+fn config(state: &Path, device_toml: &str) -> Config {
+    common::config(
+        state,
+        1883,
+        &format!("[[devices]]\nid = \"m1\"\nprotocol = \"opcua\"\npoll_interval = \"200ms\"\ntimeout = \"3s\"\n{device_toml}"),
+        "",
+        "",
+    )
+}
+
+/// Runs the config's devices and keeps every reading they hand over.
+struct Collector {
+    readings: Arc<Mutex<Vec<Reading>>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    fn start(cfg: &Config) -> Collector {
+        let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
+        let (stop, stop_rx) = watch::channel(false);
+        let clock: Arc<dyn zgsz_agent::clock::Clock> = Arc::new(SystemClock);
+        let mut tasks = zgsz_agent::source::spawn_all(&cfg.devices, &clock, &tx, &stop_rx);
+        let readings = Arc::new(Mutex::new(Vec::new()));
+        let sink = readings.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(cycle) = rx.recv().await {
+                sink.lock().unwrap().extend(cycle);
+            }
+        }));
+        Collector {
+            readings,
+            stop,
+            tasks,
+        }
+    }
+
+    fn of(&self, tag: &str) -> Vec<Reading> {
+        self.readings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| &*r.tag == tag)
+            .cloned()
+            .collect()
+    }
+
+    fn count(&self) -> usize {
+        self.readings.lock().unwrap().len()
+    }
+
+    async fn wait(&self, what: &str, mut cond: impl FnMut(&[Reading]) -> bool) {
+        let readings = self.readings.clone();
+        common::wait_until(WAIT, what, move || cond(&readings.lock().unwrap())).await;
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.into_iter().rev().skip(1) {
+            let _ = t.await;
+        }
+    }
+}
+
+fn good(r: &Reading, tag: &str, v: &Value) -> bool {
+    &*r.tag == tag && r.quality.is_good() && r.value.as_ref() == Some(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_delivers_changes_and_honours_the_deadband() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcUaSim::start(options(&dir.path().join("server-pki")))
+        .await
+        .unwrap();
+    sim.hold("m1", true);
+    sim.set("m1", "Monitoring/Channel1/FeedOverride", 50.0f64)
+        .unwrap();
+    sim.set("m1", "Monitoring/Channel2/FeedOverride", 50.0f64)
+        .unwrap();
+    let cfg = config(
+        &dir.path().join("state"),
+        &format!(
+            "endpoint = \"{}\"\nroot = \"Machines/m1\"\n\
+             [[devices.tags]]\nname = \"feed_db\"\npath = \"Monitoring/Channel1/FeedOverride\"\ndeadband_absolute = 5.0\npublishing_interval = \"100ms\"\nsampling_interval = \"50ms\"\n\
+             [[devices.tags]]\nname = \"feed_all\"\npath = \"Monitoring/Channel2/FeedOverride\"\npublishing_interval = \"100ms\"\nsampling_interval = \"50ms\"\n",
+            sim.endpoint()
+        ),
+    );
+    let c = Collector::start(&cfg);
+    c.wait("both initial values", |rs| {
+        rs.iter().any(|r| good(r, "feed_db", &Value::Float(50.0)))
+            && rs.iter().any(|r| good(r, "feed_all", &Value::Float(50.0)))
+    })
+    .await;
+    // Small steps: within the deadband for one tag, reported for the other.
+    for v in [51.0f64, 52.0, 53.0] {
+        sim.set("m1", "Monitoring/Channel1/FeedOverride", v)
+            .unwrap();
+        sim.set("m1", "Monitoring/Channel2/FeedOverride", v)
+            .unwrap();
+        c.wait(&format!("feed_all = {v}"), |rs| {
+            rs.iter().any(|r| good(r, "feed_all", &Value::Float(v)))
+        })
+        .await;
+    }
+    // A step beyond the deadband (from the last reported 50) is reported.
+    sim.set("m1", "Monitoring/Channel1/FeedOverride", 60.0f64)
+        .unwrap();
+    c.wait("feed_db = 60", |rs| {
+        rs.iter().any(|r| good(r, "feed_db", &Value::Float(60.0)))
+    })
+    .await;
+    let seen: Vec<f64> = c
+        .of("feed_db")
+        .iter()
+        .filter_map(|r| r.value.as_ref().and_then(Value::as_f64))
+        .collect();
+    assert!(
+        seen.iter().all(|v| *v == 50.0 || *v == 60.0),
+        "the deadband let small changes through: {seen:?}"
+    );
+    // Unchanged values are re-stated every cycle (200 ms), so the plant
+    // model sees the tag alive: many more readings than changes.
+    assert!(c.of("feed_db").len() >= 5, "{:?}", c.of("feed_db").len());
+    c.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_tags_are_read_every_cycle_and_a_bad_node_fails_only_its_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcUaSim::start(options(&dir.path().join("server-pki")))
+        .await
+        .unwrap();
+    sim.hold("m1", true);
+    sim.set("m1", "Monitoring/MachineTool/OperationMode", 1i32)
+        .unwrap();
+    let sim_ns = sim.namespace_index("urn:zgsz-agent:sim").unwrap();
+    let cfg = config(
+        &dir.path().join("state"),
+        &format!(
+            "endpoint = \"{}\"\n\
+             [[devices.tags]]\nname = \"mode\"\nnode = \"ns={sim_ns};s=Machines/m1/Monitoring/MachineTool/OperationMode\"\nmode = \"poll\"\n\
+             [[devices.tags]]\nname = \"ghost\"\nnode = \"ns={sim_ns};s=Machines/m1/NoSuchNode\"\n\
+             [[devices.tags]]\nname = \"ghost_polled\"\nnode = \"ns={sim_ns};s=NoSuchNode\"\nmode = \"poll\"\n\
+             [[devices.tags]]\nname = \"nowhere\"\npath = \"Machines/m1/Nowhere/Value\"\n",
+            sim.endpoint()
+        ),
+    );
+    let c = Collector::start(&cfg);
+    c.wait("mode = 1", |rs| {
+        rs.iter().any(|r| good(r, "mode", &Value::Int(1)))
+    })
+    .await;
+    sim.set("m1", "Monitoring/MachineTool/OperationMode", 0i32)
+        .unwrap();
+    c.wait("mode = 0 after a write", |rs| {
+        rs.iter().any(|r| good(r, "mode", &Value::Int(0)))
+    })
+    .await;
+    c.wait("bad readings for the bad nodes", |rs| {
+        ["ghost", "ghost_polled", "nowhere"]
+            .iter()
+            .all(|t| rs.iter().any(|r| &*r.tag == *t))
+    })
+    .await;
+    for (tag, reason) in [
+        ("ghost", "BadNodeIdUnknown"),
+        ("ghost_polled", "BadNodeIdUnknown"),
+        ("nowhere", "BadNoMatch"),
+    ] {
+        for r in c.of(tag) {
+            match &r.quality {
+                Quality::Bad(why) => assert_eq!(why.to_string(), reason, "{tag}"),
+                Quality::Good => panic!("{tag} was good: {r:?}"),
+            }
+        }
+    }
+    assert!(c.of("mode").iter().all(|r| r.quality.is_good()));
+    c.stop().await;
+    sim.stop().await;
+}
+
+/// Basic256Sha256 with SignAndEncrypt: the server's certificate is first
+/// rejected (and saved), then trusted once moved into pki/trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_session_needs_the_server_certificate_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&dir.path().join("server-pki"));
+    opts.secure_endpoints = true;
+    let sim = OpcUaSim::start(opts).await.unwrap();
+    sim.hold("m1", true);
+    sim.set("m1", "Monitoring/MachineTool/OperationMode", 1i32)
+        .unwrap();
+    let state = dir.path().join("state");
+    let cfg = config(
+        &state,
+        &format!(
+            "endpoint = \"{}\"\nsecurity_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\nroot = \"Machines/m1\"\n\
+             [[devices.tags]]\nname = \"mode\"\npath = \"Monitoring/MachineTool/OperationMode\"\n",
+            sim.endpoint()
+        ),
+    );
+    let dev = cfg.devices[0].clone();
+    let err = match zgsz_agent::source::opcua::read_once(&dev, Arc::new(SystemClock)).await {
+        Err(e) => e,
+        Ok(_) => panic!("an unknown server certificate was accepted"),
+    };
+    let ConnectError::Untrusted { rejected, .. } = &err else {
+        panic!("expected an untrusted-certificate error, got: {err}");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("mv '") && msg.contains("pki/trusted"), "{msg}");
+    // The gateway created its own application certificate on first use.
+    assert!(state.join("pki/own/cert.der").is_file());
+    // Trust it the way the message says.
+    let rejected = std::path::PathBuf::from(rejected);
+    let trusted = state
+        .join("pki/trusted")
+        .join(rejected.file_name().unwrap());
+    std::fs::rename(&rejected, &trusted).unwrap();
+    let rows = zgsz_agent::source::opcua::read_once(&dev, Arc::new(SystemClock))
+        .await
+        .unwrap_or_else(|e| panic!("after trusting: {e}"));
+    assert_eq!(
+        rows[0].reading.value,
+        Some(Value::Int(1)),
+        "{:?}",
+        rows[0].reading
+    );
+
+    // Under any file name, too (copied in by hand rather than moved).
+    std::fs::remove_file(&trusted).unwrap();
+    std::fs::write(
+        state.join("pki/trusted/machine-m1.der"),
+        sim.server_certificate_der(),
+    )
+    .unwrap();
+    let rows = zgsz_agent::source::opcua::read_once(&dev, Arc::new(SystemClock))
+        .await
+        .unwrap_or_else(|e| panic!("trusted under another name: {e}"));
+    assert!(rows[0].reading.quality.is_good());
+
+    // And the streaming source over the encrypted channel.
+    let c = Collector::start(&cfg);
+    c.wait("mode over SignAndEncrypt", |rs| {
+        rs.iter().any(|r| good(r, "mode", &Value::Int(1)))
+    })
+    .await;
+    c.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_login_and_a_wrong_password_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&dir.path().join("server-pki"));
+    opts.allow_anonymous = false;
+    opts.users = vec![("operator".into(), "s3cret".into())];
+    let sim = OpcUaSim::start(opts).await.unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let device = |pw: &str| {
+        let file = state.join(format!("pw-{pw}"));
+        std::fs::write(&file, format!("{pw}\n")).unwrap();
+        config(
+            &state,
+            &format!(
+                "endpoint = \"{}\"\nidentity = \"username\"\nusername = \"operator\"\npassword_file = \"{}\"\nroot = \"Machines/m1\"\n\
+                 [[devices.tags]]\nname = \"mode\"\npath = \"Monitoring/MachineTool/OperationMode\"\n",
+                sim.endpoint(),
+                file.display()
+            ),
+        )
+        .devices[0]
+            .clone()
+    };
+    let rows = zgsz_agent::source::opcua::read_once(&device("s3cret"), Arc::new(SystemClock))
+        .await
+        .unwrap_or_else(|e| panic!("right password: {e}"));
+    assert!(rows[0].reading.quality.is_good(), "{:?}", rows[0].reading);
+    let err =
+        match zgsz_agent::source::opcua::read_once(&device("wrong"), Arc::new(SystemClock)).await {
+            Err(e) => e,
+            Ok(_) => panic!("a wrong password was accepted"),
+        };
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ConnectError::Login { .. })
+            && msg.contains("operator")
+            && msg.contains("password_file"),
+        "{msg}"
+    );
+    assert!(!msg.contains("wrong"), "the password leaked into: {msg}");
+    sim.stop().await;
+}
+
+/// The server restarts mid-stream: readings turn bad while it is away,
+/// then the subscription is recreated, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_resubscribes_without_duplicate_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("server-pki");
+    let sim = OpcUaSim::start(options(&pki)).await.unwrap();
+    let port = sim.port();
+    let cfg = config(
+        &dir.path().join("state"),
+        &format!(
+            "endpoint = \"{}\"\nroot = \"Machines/m1\"\n\
+             [[devices.tags]]\nname = \"mode\"\npath = \"Monitoring/MachineTool/OperationMode\"\n\
+             [[devices.tags]]\nname = \"feed\"\npath = \"Monitoring/Channel1/FeedOverride\"\n",
+            sim.endpoint()
+        ),
+    );
+    let c = Collector::start(&cfg);
+    c.wait("good readings", |rs| {
+        rs.iter().any(|r| &*r.tag == "feed" && r.quality.is_good())
+    })
+    .await;
+    common::wait_until(WAIT, "two monitored items", || {
+        sim.monitored_item_count() == 2
+    })
+    .await;
+    sim.stop().await;
+    let before = c.count();
+    c.wait("disconnected readings", |rs| {
+        rs[before..]
+            .iter()
+            .any(|r| matches!(&r.quality, Quality::Bad(why) if why.to_string() == "disconnected"))
+    })
+    .await;
+
+    let mut opts = options(&pki);
+    opts.port = port;
+    let sim = OpcUaSim::start(opts).await.unwrap();
+    let marker = c.count();
+    c.wait("good readings after the restart", |rs| {
+        rs[marker..]
+            .iter()
+            .any(|r| &*r.tag == "feed" && r.quality.is_good())
+    })
+    .await;
+    common::wait_until(WAIT, "monitored items recreated", || {
+        sim.monitored_item_count() >= 2
+    })
+    .await;
+    // A few more cycles: nothing else gets created.
+    let now = c.count();
+    c.wait("more cycles", |rs| rs.len() > now + 10).await;
+    assert_eq!(sim.monitored_item_count(), 2, "monitored items doubled");
+    // Every cycle while the server was away is accounted for: each reading
+    // is good, or bad with a reason.
+    for r in c.readings.lock().unwrap().iter() {
+        assert_eq!(r.value.is_some(), r.quality.is_good(), "{r:?}");
+    }
+    c.stop().await;
+    sim.stop().await;
+}
+
+/// `profile = "opcua-machine-tool"` with only an endpoint and a root: the
+/// agent finds the OPC 40501 nodes itself, and the equipment's state flows
+/// into the CNC-rate metrics that reach the platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcUaSim::start(options(&dir.path().join("server-pki")))
+        .await
+        .unwrap();
+    sim.hold("m1", true);
+    // Manual mode with channel 1 active: running, but not under NC.
+    sim.set("m1", "Monitoring/MachineTool/OperationMode", 0i32)
+        .unwrap();
+    sim.set("m1", "Monitoring/Channel1/ChannelState", 0i32)
+        .unwrap();
+    sim.set("m1", "Monitoring/Channel2/ChannelState", 2i32)
+        .unwrap();
+    let port = zgsz_agent::broker::free_port().unwrap();
+    zgsz_agent::broker::start_embedded(port).unwrap();
+    let platform = common::Platform::subscribe(port).await;
+    let mut cfg = common::config(
+        &dir.path().join("state"),
+        port,
+        &format!(
+            "[[devices]]\nid = \"m1\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\nroot = \"Machines/m1\"\nprofile = \"opcua-machine-tool\"\npoll_interval = \"200ms\"\n\
+             [[processes]]\nid = \"milling\"\nname = \"数控铣削\"\nkey = true\n\
+             [[equipment]]\nid = \"m1\"\nname = \"5-axis mill\"\nprocess = \"milling\"\nkind = \"cnc\"\ndevice = \"m1\"\n",
+            sim.endpoint()
+        ),
+        "",
+        "",
+    );
+    cfg.metrics.snapshot_interval = Duration::from_millis(300);
+    let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
+    let verified = |m: &serde_json::Value| {
+        (
+            m["indicators"]["cnc_rate_verified"]["numerator"].as_u64(),
+            m["indicators"]["cnc_rate_verified"]["denominator"].as_u64(),
+        )
+    };
+    let manual_ms = |m: &serde_json::Value| {
+        m["equipment"][0]["time_ms"]["running_manual"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    platform
+        .wait_for(WAIT, "time running manually", |p| {
+            p.of_kind("metrics").iter().any(|m| manual_ms(m) > 0)
+        })
+        .await;
+    for m in platform.of_kind("metrics") {
+        assert_eq!(verified(&m), (Some(0), Some(1)), "{m}");
+    }
+    // Automatic: now under NC, and the verified rate follows.
+    sim.set("m1", "Monitoring/MachineTool/OperationMode", 1i32)
+        .unwrap();
+    platform
+        .wait_for(WAIT, "verified 1/1", |p| {
+            p.of_kind("metrics")
+                .iter()
+                .any(|m| verified(m) == (Some(1), Some(1)))
+        })
+        .await;
+    // The readings themselves reached the platform under the profile's names.
+    let tags: std::collections::HashSet<String> = platform
+        .of_kind("telemetry")
+        .iter()
+        .flat_map(|t| t["readings"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["tag"].as_str().map(str::to_string))
+        .collect();
+    for t in [
+        "operation_mode",
+        "channel_state",
+        "channel_mode",
+        "program_state",
+    ] {
+        assert!(tags.contains(t), "{t} missing from {tags:?}");
+    }
+    for m in platform.of_kind("metrics") {
+        common::assert_schema("metrics", &m);
+    }
+    agent.stop().await;
+    sim.stop().await;
+}
