@@ -1,6 +1,8 @@
 //! A simulated shop floor: Modbus TCP servers on loopback that behave like
-//! CNC lathes, mills and a manual station. `demo` runs the agent against it,
-//! and the tests use its fault switches (exceptions, silence, delays).
+//! CNC lathes, mills and a manual station, and an OPC UA server with
+//! machine tools in the OPC 40501 shape ([`opcua`]). `demo` runs the agent
+//! against it, and the tests use its fault switches (exceptions, silence,
+//! delays).
 //!
 //! # Register map of a simulated machine (unit 1, 0-based addresses)
 //!
@@ -32,6 +34,7 @@ use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use crate::clock::Clock;
 use crate::config::SerialConfig;
 
+pub mod opcua;
 pub mod rtu;
 
 /// The four data areas of one unit.
@@ -375,6 +378,13 @@ pub const DEMO_MACHINES: &[(&str, MachineKind, u64, u64)] = &[
     ("bench-01", MachineKind::Manual, 60, 60),
 ];
 
+/// The OPC UA machines of the demo plant, all on one server: (machine
+/// name, kind, CNC channels, cycle seconds, idle seconds).
+pub const DEMO_OPCUA_MACHINES: &[(&str, MachineKind, u8, u64, u64)] = &[
+    ("dmg-01", MachineKind::Mill, 2, 80, 15),
+    ("lathe-04", MachineKind::Lathe, 1, 45, 12),
+];
+
 pub struct SimMachine {
     pub id: String,
     pub kind: MachineKind,
@@ -387,16 +397,26 @@ pub struct SimMachine {
 /// The simulated plant and the task that moves it along.
 pub struct ShopFloor {
     pub machines: Vec<SimMachine>,
+    /// The OPC UA server of the [`DEMO_OPCUA_MACHINES`]; `None` on floors
+    /// started with [`ShopFloor::start_with`].
+    opcua: Option<opcua::OpcUaSim>,
+    /// Holds the OPC UA server's PKI directory (its certificate and key)
+    /// for as long as the floor runs.
+    _pki: Option<tempfile::TempDir>,
     ticker: tokio::task::JoinHandle<()>,
 }
 
 impl ShopFloor {
-    /// Starts every demo machine on its own loopback port.
+    /// Starts every demo machine: each Modbus machine on its own loopback
+    /// port, the OPC UA machines on one OPC UA server.
     pub async fn start() -> std::io::Result<ShopFloor> {
-        Self::start_with(DEMO_MACHINES).await
+        let mut floor = Self::start_inner(DEMO_MACHINES, None).await?;
+        floor.start_opcua(None).await?;
+        Ok(floor)
     }
 
-    /// Starts the given machines: (device id, kind, cycle seconds, idle seconds).
+    /// Starts the given Modbus machines only: (device id, kind, cycle
+    /// seconds, idle seconds).
     pub async fn start_with(list: &[(&str, MachineKind, u64, u64)]) -> std::io::Result<ShopFloor> {
         Self::start_inner(list, None).await
     }
@@ -404,19 +424,52 @@ impl ShopFloor {
     /// Starts the demo machines on a plant day that follows `clock` (a
     /// time-compressed clock for `demo --speed`): shifts from about 07:30 to
     /// 22:30 in `offset`, cycles in minutes instead of seconds, a manual
-    /// set-up every morning on lathe-02, a daily stop of mill-02's
-    /// controller, mill-01 down every fourth day and lathe-03 run by hand
-    /// every third day, so the daily figures move.
+    /// set-up every morning on lathe-02 and every noon on dmg-01, a daily
+    /// stop of mill-02's controller, mill-01 down every fourth day and
+    /// lathe-03 run by hand every third day, so the daily figures move.
     pub async fn start_plant_day(
         clock: Arc<dyn Clock>,
         offset: time::UtcOffset,
     ) -> std::io::Result<ShopFloor> {
-        Self::start_inner(DEMO_MACHINES, Some((clock, offset))).await
+        let day = PlantDay { clock, offset };
+        let mut floor = Self::start_inner(DEMO_MACHINES, Some(day.clone())).await?;
+        floor.start_opcua(Some(day)).await?;
+        Ok(floor)
+    }
+
+    async fn start_opcua(&mut self, day: Option<PlantDay>) -> std::io::Result<()> {
+        let pki = tempfile::Builder::new().prefix("zgsz-sim-pki-").tempdir()?;
+        let machines = DEMO_OPCUA_MACHINES
+            .iter()
+            .map(
+                |&(name, kind, channels, cycle_s, idle_s)| opcua::MachineSpec {
+                    name: name.to_string(),
+                    kind,
+                    channels,
+                    cycle_s,
+                    idle_s,
+                },
+            )
+            .collect();
+        let sim = opcua::OpcUaSim::start(opcua::OpcUaSimOptions {
+            port: 0,
+            pki_dir: pki.path().to_path_buf(),
+            trust_client_certs: true,
+            allow_anonymous: true,
+            users: vec![("operator".to_string(), "operator".to_string())],
+            secure_endpoints: true,
+            machines,
+            plant_day: day,
+        })
+        .await?;
+        self.opcua = Some(sim);
+        self._pki = Some(pki);
+        Ok(())
     }
 
     async fn start_inner(
         list: &[(&str, MachineKind, u64, u64)],
-        day: Option<(Arc<dyn Clock>, time::UtcOffset)>,
+        day: Option<PlantDay>,
     ) -> std::io::Result<ShopFloor> {
         let mut machines = Vec::new();
         for &(id, kind, cycle_s, idle_s) in list {
@@ -437,6 +490,7 @@ impl ShopFloor {
             .map(|(i, m)| {
                 (
                     i as u64,
+                    m.id.clone(),
                     m.kind,
                     m.cycle_s,
                     m.idle_s,
@@ -452,38 +506,32 @@ impl ShopFloor {
             loop {
                 tick.tick().await;
                 let t = started.elapsed().as_secs_f64();
-                if let Some((clock, offset)) = &day {
-                    let local_ms = clock.now_ms() + i64::from(offset.whole_seconds()) * 1000;
-                    for (i, kind, cycle_s, idle_s, bank, mode, faults) in &snapshot {
-                        let forced = *mode.lock().unwrap_or_else(|e| e.into_inner());
-                        let silent = plant_day(
-                            &mut bank.lock().unwrap_or_else(|e| e.into_inner()),
-                            *i,
-                            *kind,
-                            *cycle_s,
-                            *idle_s,
-                            forced,
-                            local_ms,
-                        );
-                        faults.silent.store(silent, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                for (i, kind, cycle_s, idle_s, bank, mode, _) in &snapshot {
+                for (i, id, kind, cycle_s, idle_s, bank, mode, faults) in &snapshot {
                     let forced = *mode.lock().unwrap_or_else(|e| e.into_inner());
-                    step(
+                    let moment = match &day {
+                        Some(day) => {
+                            plant_day(id, *i, *kind, *cycle_s, *idle_s, forced, day.local_ms())
+                        }
+                        None => schedule(*i, *kind, *cycle_s, *idle_s, forced, t),
+                    };
+                    write_bank(
                         &mut bank.lock().unwrap_or_else(|e| e.into_inner()),
                         *i,
                         *kind,
-                        *cycle_s,
-                        *idle_s,
-                        forced,
-                        t,
+                        &moment,
                     );
+                    if day.is_some() {
+                        faults.silent.store(moment.down, Ordering::Relaxed);
+                    }
                 }
             }
         });
-        Ok(ShopFloor { machines, ticker })
+        Ok(ShopFloor {
+            machines,
+            opcua: None,
+            _pki: None,
+            ticker,
+        })
     }
 
     /// Where each machine listens, by device id.
@@ -492,6 +540,16 @@ impl ShopFloor {
             .iter()
             .map(|m| (m.id.clone(), m.device.addr))
             .collect()
+    }
+
+    /// The OPC UA server's endpoint URL, when the floor has one.
+    pub fn opcua_endpoint(&self) -> Option<String> {
+        self.opcua.as_ref().map(|s| s.endpoint())
+    }
+
+    /// The OPC UA server, for its certificate and its test switches.
+    pub fn opcua(&self) -> Option<&opcua::OpcUaSim> {
+        self.opcua.as_ref()
     }
 
     pub fn machine(&self, id: &str) -> Option<&SimMachine> {
@@ -512,42 +570,75 @@ impl Drop for ShopFloor {
     }
 }
 
-/// Moves one machine to where it is at time `t` seconds: idle for
-/// `idle_s`, then a cycle of `cycle_s`, repeating; phase-shifted per machine.
-fn step(
-    bank: &mut Bank,
+/// Where a machine is in its schedule at one moment. Computed once per
+/// tick and written out by each kind of simulated controller (the Modbus
+/// bank here, the OPC UA address space in [`opcua`]), so both follow the
+/// same plant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Moment {
+    /// A cycle (or, on a manual station, an operator's job) is under way.
+    pub running: bool,
+    /// The controller is in manual mode.
+    pub manual: bool,
+    /// Cycles finished so far: drives the part counters.
+    pub cycles_done: u32,
+    /// Schedule time (seconds; minutes on the plant day): drives the slow
+    /// wobble of speeds, overrides and temperatures.
+    pub t: f64,
+    /// The controller is switched off and answers nothing.
+    pub down: bool,
+}
+
+/// Where one machine is at time `t` seconds: idle for `idle_s`, then a
+/// cycle of `cycle_s`, repeating; phase-shifted by its index `i`.
+pub(crate) fn schedule(
     i: u64,
     kind: MachineKind,
     cycle_s: u64,
     idle_s: u64,
     forced: ModeOverride,
     t: f64,
-) {
+) -> Moment {
     let period = (cycle_s + idle_s) as f64;
     let shifted = t + (i * 13) as f64;
     let phase = shifted % period;
-    let cycles_done = (shifted / period).floor() as u32;
-    let running = phase >= idle_s as f64;
-    let manual = kind == MachineKind::Manual || forced == ModeOverride::Manual;
-    write_bank(bank, i, kind, running, manual, cycles_done, t);
+    Moment {
+        running: phase >= idle_s as f64,
+        manual: kind == MachineKind::Manual || forced == ModeOverride::Manual,
+        cycles_done: (shifted / period).floor() as u32,
+        t,
+        down: false,
+    }
 }
 
-/// One machine on the plant day at local time `local_ms` (ms since the
-/// epoch, shifted by the plant's UTC offset). Returns whether the
-/// machine's controller is down (answers nothing).
-fn plant_day(
-    bank: &mut Bank,
+/// The clock a plant day follows and the plant's offset from UTC.
+#[derive(Clone)]
+pub struct PlantDay {
+    pub clock: Arc<dyn Clock>,
+    pub offset: time::UtcOffset,
+}
+
+impl PlantDay {
+    /// Local time as ms since the epoch shifted by the plant's UTC offset.
+    pub(crate) fn local_ms(&self) -> i64 {
+        self.clock.now_ms() + i64::from(self.offset.whole_seconds()) * 1000
+    }
+}
+
+/// Where machine `id` (index `i`) is on the plant day at local time
+/// `local_ms` (ms since the epoch, shifted by the plant's UTC offset).
+pub(crate) fn plant_day(
+    id: &str,
     i: u64,
     kind: MachineKind,
     cycle_s: u64,
     idle_s: u64,
     forced: ModeOverride,
     local_ms: i64,
-) -> bool {
+) -> Moment {
     const H: f64 = 3_600_000.0;
     let day = local_ms.div_euclid(86_400_000);
     let hour = local_ms.rem_euclid(86_400_000) as f64 / H;
-    let id = DEMO_MACHINES.get(i as usize).map(|m| m.0).unwrap_or("");
     let down = match id {
         "mill-02" => (13.0..15.0).contains(&hour),
         "mill-01" => day % 4 == 1,
@@ -563,20 +654,34 @@ fn plant_day(
     let manual = kind == MachineKind::Manual
         || forced == ModeOverride::Manual
         || (id == "lathe-02" && (8.0..10.0).contains(&hour))
-        || (id == "lathe-03" && day % 3 == 0);
-    write_bank(bank, i, kind, running, manual, cycles_done, t);
-    down
+        || (id == "lathe-03" && day % 3 == 0)
+        || (id == "dmg-01" && (12.0..13.0).contains(&hour));
+    Moment {
+        running,
+        manual,
+        cycles_done,
+        t,
+        down,
+    }
 }
 
-fn write_bank(
-    bank: &mut Bank,
-    i: u64,
-    kind: MachineKind,
-    running: bool,
-    manual: bool,
-    cycles_done: u32,
-    t: f64,
-) {
+/// The program a machine of this kind runs; a manual station runs none.
+pub(crate) fn program_name(kind: MachineKind) -> &'static str {
+    match kind {
+        MachineKind::Lathe => "O1001 SHAFT",
+        MachineKind::Mill => "O2040 HOUSING",
+        MachineKind::Manual => "",
+    }
+}
+
+fn write_bank(bank: &mut Bank, i: u64, kind: MachineKind, m: &Moment) {
+    let Moment {
+        running,
+        manual,
+        cycles_done,
+        t,
+        ..
+    } = *m;
     let mode = if manual { 0 } else { 1 };
     let execution = if running { 1 } else { 0 };
     let base_rpm = match kind {
@@ -594,12 +699,7 @@ fn write_bank(
     bank.set_f32(2, rpm as f32);
     bank.set_u32_cdab(4, 1000 * i as u32 + cycles_done);
     bank.holding[6] = 0;
-    let program = match kind {
-        MachineKind::Lathe => "O1001 SHAFT",
-        MachineKind::Mill => "O2040 HOUSING",
-        MachineKind::Manual => "",
-    };
-    bank.set_string(10, 16, program);
+    bank.set_string(10, 16, program_name(kind));
     let temp = 35.0 + if running { 12.0 } else { 0.0 } + (t * 0.05 + i as f64).sin() * 2.0;
     bank.input[0] = ((temp * 10.0) as i16) as u16;
     bank.coils[0] = running;
