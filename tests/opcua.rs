@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use zgsz_agent::clock::SystemClock;
 use zgsz_agent::config::Config;
 use zgsz_agent::reading::{Quality, Reading, Value};
-use zgsz_agent::sim::opcua::{trust_certificate, MachineSpec, OpcUaSim, OpcUaSimOptions};
+use zgsz_agent::sim::opcua::{MachineSpec, OpcUaSim, OpcUaSimOptions};
 use zgsz_agent::sim::MachineKind;
 use zgsz_agent::source::opcua::session::ConnectError;
 

@@ -370,6 +370,7 @@ pub(super) fn validate(
 
     let mut tags: Vec<OpcUaTag> = Vec::new();
     let raw_tags = std::mem::take(&mut d.tags);
+    let none_written = raw_tags.is_empty();
     for (ti, t) in raw_tags.into_iter().enumerate() {
         let tkey = format!("{key}.tags[{ti}]");
         if let Some(tag) = validate_tag(t, &tkey, poll_interval, p) {
@@ -401,7 +402,7 @@ pub(super) fn validate(
             "only applies with profile = \"opcua-machine-tool\"; remove it",
         );
     }
-    if tags.is_empty() && profile.is_none() {
+    if none_written && profile.is_none() {
         p.error(
             format!("{key}.tags"),
             "is empty; add [[devices.tags]] with node = \"ns=2;s=...\" or path = \"...\" (`zgsz-agent browse` prints them), or set profile = \"opcua-machine-tool\"",
