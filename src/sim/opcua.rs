@@ -1251,4 +1251,27 @@ mod tests {
         }
         sim.stop().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_shop_floor_serves_its_opcua_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor = super::super::ShopFloor::start().await.unwrap();
+        let sim = floor.opcua().unwrap();
+        assert_eq!(floor.opcua_endpoint(), Some(sim.endpoint()));
+        let (session, _event_loop) = anonymous(sim, dir.path()).await;
+        for &(name, _, channels, _, _) in super::super::DEMO_OPCUA_MACHINES {
+            for k in 1..=channels {
+                let id = sim_id(
+                    sim,
+                    &format!("Machines/{name}/Monitoring/Channel{k}/ChannelState"),
+                );
+                let value = read(&session, &id, AttributeId::Value).await;
+                assert!(
+                    matches!(value.value, Some(Variant::Int32(0 | 2))),
+                    "{name} channel {k}: {value:?}"
+                );
+            }
+        }
+        session.disconnect().await.unwrap();
+    }
 }
