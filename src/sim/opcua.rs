@@ -1157,7 +1157,11 @@ mod tests {
         session.disconnect().await.unwrap();
 
         let refused = connect(&sim, &client_pki, user("wrong"), none.0, none.1).await;
-        assert!(refused.is_err(), "a wrong password was accepted");
+        assert_eq!(
+            refused.err(),
+            Some(StatusCode::BadIdentityTokenRejected),
+            "a wrong password"
+        );
         let refused = connect(&sim, &client_pki, IdentityToken::Anonymous, none.0, none.1).await;
         assert!(refused.is_err(), "an anonymous login was accepted");
         sim.stop().await;
@@ -1205,5 +1209,69 @@ mod tests {
         );
         session.disconnect().await.unwrap();
         sim.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secure_endpoints_refuse_an_untrusted_client_until_it_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let client_pki = dir.path().join("client");
+        let sim = OpcUaSim::start(OpcUaSimOptions {
+            secure_endpoints: true,
+            trust_client_certs: false,
+            ..options(dir.path())
+        })
+        .await
+        .unwrap();
+        let (policy, mode) = SECURE_ENDPOINTS[1];
+        let refused = connect(&sim, &client_pki, IdentityToken::Anonymous, policy, mode).await;
+        assert_eq!(
+            refused.err(),
+            Some(StatusCode::BadCertificateUntrusted),
+            "an unknown client certificate"
+        );
+        let rejected = std::fs::read_dir(sim.pki_dir().join("rejected"))
+            .unwrap()
+            .count();
+        assert_eq!(rejected, 1);
+
+        let client_der = std::fs::read(client_pki.join("own/cert.der")).unwrap();
+        trust_certificate(sim.pki_dir(), &client_der).unwrap();
+        let mode_id = sim_id(
+            &sim,
+            "Machines/lathe-04/Monitoring/MachineTool/OperationMode",
+        );
+        for &(policy, mode) in SECURE_ENDPOINTS {
+            let user = IdentityToken::UserName("operator".to_string(), "s3cret".into());
+            let (session, _event_loop) = connect(&sim, &client_pki, user, policy, mode)
+                .await
+                .unwrap_or_else(|e| panic!("{policy} {mode}: {e}"));
+            let value = read(&session, &mode_id, AttributeId::Value).await;
+            assert_eq!(value.value, Some(Variant::Int32(1)), "{policy} {mode}");
+            session.disconnect().await.unwrap();
+        }
+        sim.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_shop_floor_serves_its_opcua_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor = super::super::ShopFloor::start().await.unwrap();
+        let sim = floor.opcua().unwrap();
+        assert_eq!(floor.opcua_endpoint(), Some(sim.endpoint()));
+        let (session, _event_loop) = anonymous(sim, dir.path()).await;
+        for &(name, _, channels, _, _) in super::super::DEMO_OPCUA_MACHINES {
+            for k in 1..=channels {
+                let id = sim_id(
+                    sim,
+                    &format!("Machines/{name}/Monitoring/Channel{k}/ChannelState"),
+                );
+                let value = read(&session, &id, AttributeId::Value).await;
+                assert!(
+                    matches!(value.value, Some(Variant::Int32(0 | 2))),
+                    "{name} channel {k}: {value:?}"
+                );
+            }
+        }
+        session.disconnect().await.unwrap();
     }
 }
