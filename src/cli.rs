@@ -143,8 +143,11 @@ pub enum Command {
 }
 
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,rumqttd=off,rumqttc=warn,opcua_server=warn,opcua_client=error,opcua_core=warn",
+        )
+    });
     // Colours only on a terminal: under systemd, stderr is the journal,
     // which would store the escape codes verbatim.
     use std::io::IsTerminal;

@@ -1604,13 +1604,13 @@ fn validate_device(
         }
         let tag = TagConfig {
             name: t.name.as_str().into(),
-            area: area,
+            area,
             address: address.min(65535) as u16,
             ty,
-            order: order,
+            order,
             bit: t.bit,
-            scale: scale,
-            offset: offset,
+            scale,
+            offset,
             unit: t.unit,
         };
         let end = u64::from(address) + u64::from(tag.span()) - 1;

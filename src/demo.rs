@@ -141,11 +141,35 @@ pub async fn run(
     }
     cfg.set_broker("127.0.0.1", broker_addr.port());
     cfg.set_state_dir(state.path());
+    if let Some(sim) = floor.opcua() {
+        let ids: Vec<String> = cfg
+            .devices
+            .iter()
+            .filter(|d| d.opcua.is_some())
+            .map(|d| d.id.to_string())
+            .collect();
+        for id in ids {
+            cfg.set_device_address(&id, &sim.endpoint());
+        }
+        // What an engineer does on site after checking the thumbprint.
+        crate::sim::opcua::trust_certificate(
+            &state.path().join("pki"),
+            &sim.server_certificate_der(),
+        )
+        .context("trusting the simulated OPC UA server's certificate")?;
+    }
 
     println!("zgsz-agent demo");
     println!(
-        "  simulated shop floor: {} machines on 127.0.0.1 (Modbus TCP)",
-        floor.machines.len()
+        "  simulated shop floor: {} machines on 127.0.0.1 (Modbus TCP){}",
+        floor.machines.len(),
+        floor
+            .opcua_endpoint()
+            .map(|e| format!(
+                " and {} OPC UA machine tools at {e}",
+                crate::sim::DEMO_OPCUA_MACHINES.len()
+            ))
+            .unwrap_or_default()
     );
     println!("  embedded MQTT broker: {broker_addr}");
     println!(
@@ -225,6 +249,18 @@ pub async fn run(
                 }
                 for (dev, tags) in &platform.latest {
                     let get = |t: &str| tags.get(t).cloned().unwrap_or_else(|| "-".into());
+                    if tags.contains_key("operation_mode") {
+                        let channel = tags
+                            .get("channel_state")
+                            .or_else(|| tags.get("channel_state_1"))
+                            .cloned()
+                            .unwrap_or_else(|| "-".into());
+                        println!(
+                            "  {dev:<9} OPC UA operation mode {:<3} channel state {:<3} program {}",
+                            get("operation_mode"), channel, get("program_state")
+                        );
+                        continue;
+                    }
                     println!(
                         "  {dev:<9} mode {:<3} exec {:<3} spindle {:>8} rpm  parts {:>6}  running {}",
                         get("controller_mode"), get("execution"), get("spindle_speed"), get("part_count"), get("cycle_running")

@@ -391,6 +391,31 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         .collect();
     let floor = ShopFloor::start_with(&machines).await.unwrap();
     floor.set_mode("lathe-01", ModeOverride::Manual);
+    // The demo's OPC UA machine tools, with short cycles too.
+    let ua_dir = tempfile::tempdir().unwrap();
+    let ua = zgsz_agent::sim::opcua::OpcUaSim::start(zgsz_agent::sim::opcua::OpcUaSimOptions {
+        port: 0,
+        pki_dir: ua_dir.path().to_path_buf(),
+        trust_client_certs: true,
+        allow_anonymous: true,
+        users: Vec::new(),
+        secure_endpoints: true,
+        machines: zgsz_agent::sim::DEMO_OPCUA_MACHINES
+            .iter()
+            .map(
+                |&(name, kind, channels, _, _)| zgsz_agent::sim::opcua::MachineSpec {
+                    name: name.into(),
+                    kind,
+                    channels,
+                    cycle_s: 3,
+                    idle_s: 1,
+                },
+            )
+            .collect(),
+        plant_day: None,
+    })
+    .await
+    .unwrap();
     let port = zgsz_agent::broker::free_port().unwrap();
     zgsz_agent::broker::start_embedded(port).unwrap();
     let platform = common::Platform::subscribe(port).await;
@@ -400,6 +425,14 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
     for (id, addr) in floor.addresses() {
         cfg.set_device_address(&id, &addr.to_string());
     }
+    for (id, _, _, _, _) in zgsz_agent::sim::DEMO_OPCUA_MACHINES {
+        cfg.set_device_address(id, &ua.endpoint());
+    }
+    zgsz_agent::sim::opcua::trust_certificate(
+        &dir.path().join("pki"),
+        &ua.server_certificate_der(),
+    )
+    .unwrap();
     cfg.set_broker("127.0.0.1", port);
     cfg.set_state_dir(dir.path());
     cfg.metrics.snapshot_interval = Duration::from_millis(500);
@@ -412,18 +445,19 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         )
     };
     // Every machine but the manual bench and lathe-01 (forced to manual)
-    // runs under NC: verified 5/7 while declared stays 6/7.
+    // runs under NC, the two OPC UA machine tools included: verified 7/9
+    // while declared stays 8/9.
     platform
-        .wait_for(Duration::from_secs(30), "verified 5/7", |p| {
+        .wait_for(Duration::from_secs(30), "verified 7/9", |p| {
             p.of_kind("metrics")
                 .iter()
-                .any(|m| rate(m, "cnc_rate_verified") == (Some(5), Some(7)))
+                .any(|m| rate(m, "cnc_rate_verified") == (Some(7), Some(9)))
         })
         .await;
     let metrics = platform.of_kind("metrics");
     for m in &metrics {
         common::assert_schema("metrics", m);
-        assert_eq!(rate(m, "cnc_rate_declared"), (Some(6), Some(7)));
+        assert_eq!(rate(m, "cnc_rate_declared"), (Some(8), Some(9)));
         let lathe = m["equipment"]
             .as_array()
             .unwrap()
@@ -439,13 +473,14 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
     // Back to automatic: once it runs a cycle under NC it counts.
     floor.set_mode("lathe-01", ModeOverride::Auto);
     platform
-        .wait_for(Duration::from_secs(30), "verified 6/7", |p| {
+        .wait_for(Duration::from_secs(30), "verified 8/9", |p| {
             p.of_kind("metrics")
                 .iter()
-                .any(|m| rate(m, "cnc_rate_verified") == (Some(6), Some(7)))
+                .any(|m| rate(m, "cnc_rate_verified") == (Some(8), Some(9)))
         })
         .await;
     agent.stop().await;
+    ua.stop().await;
 
     // The `metrics` command recomputes today's figures from the same outbox.
     let file = dir.path().join("demo.toml");
@@ -465,8 +500,8 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         String::from_utf8_lossy(&out.stderr)
     );
     let today: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rate(&today, "cnc_rate_declared"), (Some(6), Some(7)));
-    assert_eq!(rate(&today, "cnc_rate_verified"), (Some(6), Some(7)));
+    assert_eq!(rate(&today, "cnc_rate_declared"), (Some(8), Some(9)));
+    assert_eq!(rate(&today, "cnc_rate_verified"), (Some(8), Some(9)));
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
         .args(["metrics", "--config"])
         .arg(&file)
@@ -474,7 +509,9 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.contains("CNC rate, verified") && table.contains("lathe-01"),
+        table.contains("CNC rate, verified")
+            && table.contains("lathe-01")
+            && table.contains("dmg-01"),
         "{table}"
     );
 

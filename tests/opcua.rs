@@ -486,3 +486,174 @@ async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
     agent.stop().await;
     sim.stop().await;
 }
+
+/// A cut cable (no FIN, no RST) between gateway and machine: the session's
+/// keep-alives fail, readings turn bad, and the link heals by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_cut_is_detected_and_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcUaSim::start(options(&dir.path().join("server-pki")))
+        .await
+        .unwrap();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", sim.port()).parse().unwrap();
+    let proxy = common::Proxy::start(upstream, common::Mode::Forward).await;
+    let mut cfg = config(
+        &dir.path().join("state"),
+        &format!(
+            "endpoint = \"opc.tcp://127.0.0.1:{}/\"\nroot = \"Machines/m1\"\n\
+             [[devices.tags]]\nname = \"feed\"\npath = \"Monitoring/Channel1/FeedOverride\"\n",
+            proxy.port
+        ),
+    );
+    // A short timeout, so the cut is noticed within a few seconds.
+    std::sync::Arc::make_mut(&mut cfg.devices[0]).timeout = Duration::from_secs(1);
+    let c = Collector::start(&cfg);
+    c.wait("good readings", |rs| rs.iter().any(|r| r.quality.is_good()))
+        .await;
+    proxy.set(common::Mode::Blackhole);
+    let cut = c.count();
+    c.wait("disconnected after the cut", |rs| {
+        rs[cut..]
+            .iter()
+            .any(|r| matches!(&r.quality, Quality::Bad(why) if why.to_string() == "disconnected"))
+    })
+    .await;
+    proxy.set(common::Mode::Forward);
+    let healed = c.count();
+    c.wait("good readings after the cable is back", |rs| {
+        rs[healed..].iter().any(|r| r.quality.is_good())
+    })
+    .await;
+    c.stop().await;
+    sim.stop().await;
+}
+
+/// The other two policies of the issue, with Sign only and with
+/// SignAndEncrypt, on a server whose certificate was trusted beforehand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_policies_sign_and_encrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&dir.path().join("server-pki"));
+    opts.secure_endpoints = true;
+    let sim = OpcUaSim::start(opts).await.unwrap();
+    let state = dir.path().join("state");
+    zgsz_agent::sim::opcua::trust_certificate(&state.join("pki"), &sim.server_certificate_der())
+        .unwrap();
+    for (policy, mode) in [
+        ("Aes128_Sha256_RsaOaep", "Sign"),
+        ("Aes256_Sha256_RsaPss", "SignAndEncrypt"),
+        ("Basic256Sha256", "Sign"),
+    ] {
+        let cfg = config(
+            &state,
+            &format!(
+                "endpoint = \"{}\"\nsecurity_policy = \"{policy}\"\nsecurity_mode = \"{mode}\"\nroot = \"Machines/m1\"\n\
+                 [[devices.tags]]\nname = \"mode\"\npath = \"Monitoring/MachineTool/OperationMode\"\n",
+                sim.endpoint()
+            ),
+        );
+        let rows = zgsz_agent::source::opcua::read_once(&cfg.devices[0], Arc::new(SystemClock))
+            .await
+            .unwrap_or_else(|e| panic!("{policy}/{mode}: {e}"));
+        assert!(
+            rows[0].reading.quality.is_good(),
+            "{policy}/{mode}: {:?}",
+            rows[0].reading
+        );
+    }
+    sim.stop().await;
+}
+
+/// `browse` and `read` as a commissioning engineer runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_and_read_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcUaSim::start(options(&dir.path().join("server-pki")))
+        .await
+        .unwrap();
+    sim.hold("m1", true);
+    sim.set("m1", "Monitoring/MachineTool/OperationMode", 3i32)
+        .unwrap();
+    let bin = env!("CARGO_BIN_EXE_zgsz-agent");
+    let endpoint = sim.endpoint();
+    let pki = dir.path().join("browse-pki");
+    let run = |args: Vec<std::ffi::OsString>| async move {
+        tokio::task::spawn_blocking(move || std::process::Command::new(bin).args(args).output())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let out = run([
+        "browse",
+        "--endpoint",
+        endpoint.as_str(),
+        "--node",
+        "Machines/m1",
+        "--depth",
+        "4",
+        "--snippet",
+        "--pki",
+    ]
+    .iter()
+    .map(Into::into)
+    .chain([pki.clone().into_os_string()])
+    .collect())
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("OperationMode"))
+        .unwrap_or_else(|| panic!("no OperationMode in:\n{text}"));
+    assert!(
+        line.contains("Variable Int32")
+            && line.contains("s=Machines/m1/Monitoring/MachineTool/OperationMode")
+            && line.ends_with("= 3"),
+        "{line}"
+    );
+    assert!(
+        text.contains("[[devices.tags]]\nname = \"machine_tool_operation_mode\"\nnode = \"ns="),
+        "{text}"
+    );
+
+    // The snippet pastes into a config that `read` then reads.
+    let snippet: String = text
+        .split("[[devices.tags]]")
+        .skip(1)
+        .find(|t| t.contains("operation_mode"))
+        .map(|t| format!("[[devices.tags]]{t}"))
+        .unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[agent]\ngateway_id = \"gw\"\nstate_dir = \"{}\"\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[mqtt]\nhost = \"127.0.0.1\"\ntls = false\n\
+             [[devices]]\nid = \"m1\"\nprotocol = \"opcua\"\nendpoint = \"{endpoint}\"\n{snippet}\n\
+             [[devices.tags]]\nname = \"ghost\"\nnode = \"ns=1;s=NoSuchNode\"\n",
+            dir.path().join("state").display(),
+            common::USCC
+        ),
+    )
+    .unwrap();
+    let out = run(["read", "--device", "m1", "--config"]
+        .iter()
+        .map(Into::into)
+        .chain([file.clone().into_os_string()])
+        .collect())
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a bad tag exits 1:\n{text}");
+    let mode = text
+        .lines()
+        .find(|l| l.starts_with("machine_tool_operation_mode"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(mode.contains(" 3 ") && mode.contains("good"), "{mode}");
+    let ghost = text.lines().find(|l| l.starts_with("ghost")).unwrap();
+    assert!(ghost.contains("bad (BadNodeIdUnknown)"), "{ghost}");
+    sim.stop().await;
+}

@@ -305,10 +305,10 @@ async fn walk(
             p.push(name.clone());
             let (mut data_type, mut val) = (None, None);
             if k.node_class == NodeClass::Variable {
-                if let Some(dt) = values.get(vi).and_then(|dv| dv.value.as_ref()) {
-                    if let opcua::types::Variant::NodeId(id) = dt {
-                        data_type = Some(type_name(id));
-                    }
+                if let Some(opcua::types::Variant::NodeId(id)) =
+                    values.get(vi).and_then(|dv| dv.value.as_ref())
+                {
+                    data_type = Some(type_name(id));
                 }
                 if let Some(dv) = values.get(vi + 1) {
                     let (v, q) = value::to_quality(dv);
@@ -330,17 +330,16 @@ async fn walk(
                 path: p,
             });
         }
-        // Print in order: push children after their parent line.
-        let mut insert_at = out
+        // Children go right after their parent's line; the parent's own
+        // descendants are not listed yet (depth first), so order holds.
+        let at = out
             .iter()
             .position(|l| l.id == node)
             .map(|i| i + 1)
             .unwrap_or(out.len());
-        // Skip past the parent's already-printed descendants (none yet in DFS).
-        for l in level.into_iter() {
+        for l in &level {
             stack.push((l.id.clone(), l.depth, l.path.clone()));
-            out.insert(insert_at, l);
-            insert_at += 1;
         }
+        out.splice(at..at, level);
     }
 }

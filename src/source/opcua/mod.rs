@@ -21,7 +21,7 @@ pub mod profile;
 pub mod session;
 pub mod value;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ struct Change {
 /// Filled by the subscription callbacks, drained every cycle.
 #[derive(Default)]
 struct Pending {
-    changes: Vec<Change>,
+    changes: VecDeque<Change>,
     dropped: u64,
 }
 
@@ -327,10 +327,10 @@ impl UaDevice {
                 };
                 let mut p = sink.lock().unwrap_or_else(|e| e.into_inner());
                 if p.changes.len() >= MAX_PENDING {
-                    p.changes.remove(0);
+                    p.changes.pop_front();
                     p.dropped += 1;
                 }
-                p.changes.push(Change {
+                p.changes.push_back(Change {
                     tag,
                     dv,
                     received_ms: clock.now_ms(),

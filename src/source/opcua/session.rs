@@ -149,7 +149,9 @@ pub fn client(
         .verify_server_certs(!trust_any)
         .session_retry_limit(0)
         .request_timeout(timeout)
-        .publish_timeout(timeout.max(Duration::from_secs(10)))
+        // Longer than the ~10 s keep-alive period of our subscriptions, so
+        // a quiet subscription's publish is answered before it times out.
+        .publish_timeout(timeout.max(Duration::from_secs(30)))
         .keep_alive_interval(timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)))
         .max_failed_keep_alive_count(2)
         .session_timeout(60_000)
