@@ -141,7 +141,7 @@ pub fn start_with(
     );
     let handles = buffer::spawn_with_progress(
         outbox,
-        config.buffer.max_message_bytes,
+        &config.buffer,
         clock.clone(),
         progress.clone(),
     );
