@@ -1453,10 +1453,13 @@ mod tests {
         drop(h.readings);
         h.client.close().await;
         let thread = h.thread;
-        within("the outbox thread ending", tokio::task::spawn_blocking(move || thread.join()))
-            .await
-            .expect("join task")
-            .expect("outbox thread");
+        within(
+            "the outbox thread ending",
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await
+        .expect("join task")
+        .expect("outbox thread");
     }
 
     #[tokio::test]
@@ -1465,13 +1468,20 @@ mod tests {
         let h = start(dir.path(), HOUR);
         // The control channel is FIFO: the append is in the window when
         // the lease is taken.
-        h.client.append(metrics_row(), vec![]).await.expect("append");
-        let leased = within("a lease", h.client.lease(0, 10)).await.expect("lease");
+        h.client
+            .append(metrics_row(), vec![])
+            .await
+            .expect("append");
+        let leased = within("a lease", h.client.lease(0, 10))
+            .await
+            .expect("lease");
         assert!(leased.is_empty(), "a row still in the window was leased");
         // A query closes the window, so it reads what was sent before it.
         let s = within("stats", h.client.stats()).await.expect("stats");
         assert_eq!(s.rows, 1);
-        let leased = within("a lease", h.client.lease(0, 10)).await.expect("lease");
+        let leased = within("a lease", h.client.lease(0, 10))
+            .await
+            .expect("lease");
         assert_eq!(leased.len(), 1);
         stop(h).await;
     }
@@ -1517,19 +1527,34 @@ mod tests {
     async fn an_ack_in_the_window_is_committed_before_a_lease_from_below_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let h = start(dir.path(), HOUR);
-        h.client.append(metrics_row(), vec![]).await.expect("append");
-        h.client.append(metrics_row(), vec![]).await.expect("append");
+        h.client
+            .append(metrics_row(), vec![])
+            .await
+            .expect("append");
+        h.client
+            .append(metrics_row(), vec![])
+            .await
+            .expect("append");
         within("stats", h.client.stats()).await.expect("stats");
-        let rows = within("a lease", h.client.lease(0, 10)).await.expect("lease");
+        let rows = within("a lease", h.client.lease(0, 10))
+            .await
+            .expect("lease");
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         assert_eq!(seqs.len(), 2);
         h.client.ack(vec![seqs[0]]).await;
         // From above the ack (the uplink's usual cursor): no commit needed.
-        let after = within("a lease", h.client.lease(seqs[1], 10)).await.expect("lease");
+        let after = within("a lease", h.client.lease(seqs[1], 10))
+            .await
+            .expect("lease");
         assert!(after.is_empty());
         // From below it (a reconnect starts at 0): the ack is applied first.
-        let again = within("a lease", h.client.lease(0, 10)).await.expect("lease");
-        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![seqs[1]]);
+        let again = within("a lease", h.client.lease(0, 10))
+            .await
+            .expect("lease");
+        assert_eq!(
+            again.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![seqs[1]]
+        );
         stop(h).await;
     }
 }
