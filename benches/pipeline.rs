@@ -125,6 +125,7 @@ fn buffer_cfg(sync: Synchronous) -> BufferConfig {
         max_bytes: 4 << 30,
         max_rows: None,
         max_message_bytes: 64 * 1024,
+        commit_window: std::time::Duration::ZERO,
     }
 }
 
@@ -233,7 +234,7 @@ fn encoding(c: &mut Criterion) {
     let cfg = bench_config(dir.path());
     let ob = Outbox::open(dir.path(), &cfg.buffer).expect("open outbox");
     let _guard = rt.enter();
-    let handles = buffer::spawn(ob, cfg.buffer.max_message_bytes, Arc::new(SystemClock));
+    let handles = buffer::spawn(ob, &cfg.buffer, Arc::new(SystemClock));
     let (uplink, _state) = MqttUplink::new(
         cfg.mqtt.clone(),
         &cfg.enterprise,

@@ -86,6 +86,9 @@ struct Args {
     rss_duration: Duration,
     cpu_duration: Duration,
     broker: String,
+    /// `buffer.commit_window` for every agent run, to compare windows
+    /// with one build; `None` keeps the default.
+    commit_window: Option<String>,
     /// The agent binary; default: target/release/zgsz-agent beside us.
     agent: Option<PathBuf>,
     record: bool,
@@ -97,6 +100,7 @@ fn usage() -> ! {
          \x20               [--phases {}]\n\
          \x20               [--backlog 1000000] [--latency-duration 30s] [--rss-duration 5m]\n\
          \x20               [--cpu-duration 60s] [--broker auto|mosquitto|embedded]\n\
+         \x20               [--commit-window 100ms (buffer.commit_window; default: the agent's)]\n\
          \x20               [--agent PATH (e.g. an unstripped build to profile)] [--no-record]",
         PHASES.join(",")
     );
@@ -116,6 +120,7 @@ fn parse_args() -> Args {
         rss_duration: Duration::from_secs(300),
         cpu_duration: Duration::from_secs(60),
         broker: "auto".into(),
+        commit_window: None,
         agent: None,
         record: true,
     };
@@ -143,6 +148,10 @@ fn parse_args() -> Args {
             "--rss-duration" => a.rss_duration = dur(&v),
             "--cpu-duration" => a.cpu_duration = dur(&v),
             "--broker" => a.broker = v,
+            "--commit-window" => {
+                dur(&v);
+                a.commit_window = Some(v)
+            }
             "--agent" => a.agent = Some(PathBuf::from(v)),
             "--phases" => {
                 a.phases = v.split(',').map(|s| s.trim().to_string()).collect();
@@ -392,6 +401,8 @@ struct Spec<'a> {
     tags: usize,
     interval: &'a str,
     coalesce: bool,
+    /// `buffer.commit_window`; `None` keeps the agent's default.
+    commit_window: Option<&'a str>,
 }
 
 fn config_toml(s: &Spec) -> String {
@@ -414,6 +425,9 @@ tls = false
         s.state_dir.display(),
         s.mqtt_port
     );
+    if let Some(w) = s.commit_window {
+        t.push_str(&format!("\n[buffer]\ncommit_window = \"{w}\"\n"));
+    }
     for (i, addr) in s.devices.iter().enumerate() {
         t.push_str(&format!(
             "\n[[devices]]\nid = \"dev{i}\"\naddress = \"{addr}\"\npoll_interval = \"{}\"\ncoalesce = {}\ntags = [\n",
@@ -645,6 +659,7 @@ async fn measure_agent(
             tags,
             interval,
             coalesce,
+            commit_window: a.commit_window.as_deref(),
         })
     });
     let sd = agent.state_dir.clone();
@@ -708,6 +723,7 @@ async fn phase_latency(a: &Args, seconds: f64) -> Figures {
             tags: TAGS,
             interval: "1s",
             coalesce: true,
+            commit_window: a.commit_window.as_deref(),
         })
     });
     let sd = agent.state_dir.clone();
@@ -764,6 +780,7 @@ fn phase_append(seconds: f64) -> Figures {
             max_bytes: 4 << 30,
             max_rows: None,
             max_message_bytes: 64 * 1024,
+            commit_window: Duration::ZERO,
         };
         let mut ob = Outbox::open(dir.path(), &cfg).expect("open outbox");
         let dev: Arc<str> = "dev0".into();
@@ -809,6 +826,7 @@ async fn phase_drain(a: &Args) -> Figures {
             tags: 1000,
             interval: "1s",
             coalesce: true,
+            commit_window: a.commit_window.as_deref(),
         })
     };
     // Broker down: nothing listens on `port` yet.
@@ -840,6 +858,7 @@ async fn phase_drain(a: &Args) -> Figures {
             tags: 0,
             interval: "1s",
             coalesce: true,
+            commit_window: a.commit_window.as_deref(),
         })
     });
     let left = |sd: &Path| -> i64 {
@@ -931,6 +950,7 @@ async fn phase_rss_load(a: &Args) -> Figures {
             tags: 100,
             interval: "1s",
             coalesce: true,
+            commit_window: a.commit_window.as_deref(),
         })
     });
     let t0 = Instant::now();
@@ -973,6 +993,7 @@ async fn phase_cpu(a: &Args) -> Figures {
             tags: 50,
             interval: "1s",
             coalesce: true,
+            commit_window: a.commit_window.as_deref(),
         })
     });
     let sd = agent.state_dir.clone();

@@ -139,12 +139,8 @@ pub fn start_with(
         state_dir = %config.agent.state_dir.display(), instance = outbox.instance(), pending,
         "Outbox open"
     );
-    let handles = buffer::spawn_with_progress(
-        outbox,
-        config.buffer.max_message_bytes,
-        clock.clone(),
-        progress.clone(),
-    );
+    let handles =
+        buffer::spawn_with_progress(outbox, &config.buffer, clock.clone(), progress.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (uplink, uplink_state) = MqttUplink::new(

@@ -211,6 +211,10 @@ struct RawBuffer {
     #[serde(default = "default_max_bytes")]
     max_bytes: ByteSize,
     max_rows: Option<u64>,
+    /// How long the outbox gathers further writes after the first before
+    /// committing them together; "0ms" commits each batch at once.
+    #[serde(default = "default_commit_window")]
+    commit_window: String,
 }
 
 impl Default for RawBuffer {
@@ -219,6 +223,7 @@ impl Default for RawBuffer {
             synchronous: Synchronous::default(),
             max_bytes: default_max_bytes(),
             max_rows: None,
+            commit_window: default_commit_window(),
         }
     }
 }
@@ -276,6 +281,9 @@ fn default_true() -> bool {
 fn default_max_bytes() -> ByteSize {
     ByteSize::Text("256MiB".into())
 }
+fn default_commit_window() -> String {
+    "100ms".into()
+}
 fn default_mqtt_host() -> String {
     "127.0.0.1".into()
 }
@@ -326,6 +334,9 @@ fn parse_size(s: &str) -> Option<u64> {
     };
     n.checked_mul(mult)
 }
+
+/// The longest `buffer.commit_window` accepted.
+pub const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(1);
 
 /// Parses `"500ms"`, `"1s"`, `"2m"`, `"1h"`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -556,6 +567,12 @@ pub struct BufferConfig {
     pub max_rows: Option<u64>,
     /// Largest telemetry message; the buffer cuts rows to this size.
     pub max_message_bytes: usize,
+    /// With `synchronous = FULL` every commit is an fsync, so a gateway
+    /// whose devices answer at staggered moments would otherwise commit
+    /// (and fsync) once per poll cycle; gathering writes for this long
+    /// shares one commit. It is also the most a `kill -9` can take from
+    /// readings that reached the outbox thread. Zero commits at once.
+    pub commit_window: Duration,
 }
 
 /// A secret read from a file; never printed.
@@ -941,6 +958,27 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
     if raw.buffer.max_rows == Some(0) {
         p.error("buffer.max_rows", "is 0; remove the key for no row limit");
     }
+    let commit_window = {
+        let w = duration(
+            p,
+            "buffer.commit_window",
+            &raw.buffer.commit_window,
+            Duration::ZERO,
+        );
+        // Readings in an open window are lost to a crash, and the window
+        // adds to every reading's latency: it is meant to be short.
+        if w > MAX_COMMIT_WINDOW {
+            p.error(
+                "buffer.commit_window",
+                format!(
+                    "{:?} is too long; use at most {}ms (\"100ms\" is the default, \"0ms\" commits at once)",
+                    raw.buffer.commit_window,
+                    MAX_COMMIT_WINDOW.as_millis()
+                ),
+            );
+        }
+        w
+    };
 
     // [mqtt]
     let m = raw.mqtt;
@@ -959,6 +997,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         max_bytes,
         max_rows: raw.buffer.max_rows,
         max_message_bytes,
+        commit_window,
     };
     if m.topic_prefix.is_empty()
         || m.topic_prefix.contains(['+', '#'])
