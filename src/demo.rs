@@ -15,7 +15,15 @@ use crate::clock::{Clock, ScaledClock, SystemClock};
 use crate::config;
 use crate::sim::ShopFloor;
 
-/// The demo's config, built in so the demo works from any directory.
+/// The demo's config, built in so the demo works from any directory: the
+/// Modbus plant, plus the OPC UA machine tools when the simulator has them
+/// (arrays of tables, so the second file just appends devices and equipment).
+#[cfg(feature = "opcua-sim")]
+pub const DEMO_CONFIG: &str = concat!(
+    include_str!("../config/demo.toml"),
+    include_str!("../config/demo-opcua.toml")
+);
+#[cfg(not(feature = "opcua-sim"))]
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 /// What the platform side has seen.
@@ -141,6 +149,7 @@ pub async fn run(
     }
     cfg.set_broker("127.0.0.1", broker_addr.port());
     cfg.set_state_dir(state.path());
+    #[cfg(feature = "opcua-sim")]
     if let Some(sim) = floor.opcua() {
         let ids: Vec<String> = cfg
             .devices

@@ -34,6 +34,7 @@ use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use crate::clock::Clock;
 use crate::config::SerialConfig;
 
+#[cfg(feature = "opcua-sim")]
 pub mod opcua;
 pub mod rtu;
 
@@ -399,9 +400,11 @@ pub struct ShopFloor {
     pub machines: Vec<SimMachine>,
     /// The OPC UA server of the [`DEMO_OPCUA_MACHINES`]; `None` on floors
     /// started with [`ShopFloor::start_with`].
+    #[cfg(feature = "opcua-sim")]
     opcua: Option<opcua::OpcUaSim>,
     /// Holds the OPC UA server's PKI directory (its certificate and key)
     /// for as long as the floor runs.
+    #[cfg(feature = "opcua-sim")]
     _pki: Option<tempfile::TempDir>,
     ticker: tokio::task::JoinHandle<()>,
 }
@@ -410,7 +413,9 @@ impl ShopFloor {
     /// Starts every demo machine: each Modbus machine on its own loopback
     /// port, the OPC UA machines on one OPC UA server.
     pub async fn start() -> std::io::Result<ShopFloor> {
+        #[allow(unused_mut)]
         let mut floor = Self::start_inner(DEMO_MACHINES, None).await?;
+        #[cfg(feature = "opcua-sim")]
         floor.start_opcua(None).await?;
         Ok(floor)
     }
@@ -432,11 +437,14 @@ impl ShopFloor {
         offset: time::UtcOffset,
     ) -> std::io::Result<ShopFloor> {
         let day = PlantDay { clock, offset };
+        #[allow(unused_mut)]
         let mut floor = Self::start_inner(DEMO_MACHINES, Some(day.clone())).await?;
+        #[cfg(feature = "opcua-sim")]
         floor.start_opcua(Some(day)).await?;
         Ok(floor)
     }
 
+    #[cfg(feature = "opcua-sim")]
     async fn start_opcua(&mut self, day: Option<PlantDay>) -> std::io::Result<()> {
         let pki = tempfile::Builder::new().prefix("zgsz-sim-pki-").tempdir()?;
         let machines = DEMO_OPCUA_MACHINES
@@ -528,7 +536,9 @@ impl ShopFloor {
         });
         Ok(ShopFloor {
             machines,
+            #[cfg(feature = "opcua-sim")]
             opcua: None,
+            #[cfg(feature = "opcua-sim")]
             _pki: None,
             ticker,
         })
@@ -544,10 +554,14 @@ impl ShopFloor {
 
     /// The OPC UA server's endpoint URL, when the floor has one.
     pub fn opcua_endpoint(&self) -> Option<String> {
-        self.opcua.as_ref().map(|s| s.endpoint())
+        #[cfg(feature = "opcua-sim")]
+        return self.opcua.as_ref().map(|s| s.endpoint());
+        #[cfg(not(feature = "opcua-sim"))]
+        None
     }
 
     /// The OPC UA server, for its certificate and its test switches.
+    #[cfg(feature = "opcua-sim")]
     pub fn opcua(&self) -> Option<&opcua::OpcUaSim> {
         self.opcua.as_ref()
     }

@@ -6,7 +6,6 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use zgsz_agent::buffer::{self, Batch, Outbox};
 use zgsz_agent::config::{self, Config};
@@ -381,8 +380,10 @@ fn a_restart_mid_window_counts_the_unobserved_gap_as_offline() {
     );
 }
 
+#[cfg(feature = "opcua-sim")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
+    use std::time::Duration;
     use zgsz_agent::sim::{MachineKind, ModeOverride, ShopFloor};
     // The demo's machines, with short cycles so every one runs within seconds.
     let machines: Vec<(&str, MachineKind, u64, u64)> = zgsz_agent::sim::DEMO_MACHINES

@@ -419,6 +419,7 @@ async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
         .unwrap();
     sim.set("m1", "Monitoring/Channel2/ChannelState", 2i32)
         .unwrap();
+    let sim_ns = sim.namespace_index("urn:zgsz-agent:sim").unwrap();
     let port = zgsz_agent::broker::free_port().unwrap();
     zgsz_agent::broker::start_embedded(port).unwrap();
     let platform = common::Platform::subscribe(port).await;
@@ -427,6 +428,7 @@ async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
         port,
         &format!(
             "[[devices]]\nid = \"m1\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\nroot = \"Machines/m1\"\nprofile = \"opcua-machine-tool\"\npoll_interval = \"200ms\"\n\
+             [[devices.tags]]\nname = \"ghost\"\nnode = \"ns={sim_ns};s=NoSuchNode\"\n\
              [[processes]]\nid = \"milling\"\nname = \"数控铣削\"\nkey = true\n\
              [[equipment]]\nid = \"m1\"\nname = \"5-axis mill\"\nprocess = \"milling\"\nkind = \"cnc\"\ndevice = \"m1\"\n",
             sim.endpoint()
@@ -483,6 +485,21 @@ async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
     for m in platform.of_kind("metrics") {
         common::assert_schema("metrics", &m);
     }
+    // OPC UA readings, and the server's status names as reasons, fit the
+    // published telemetry schema.
+    let telemetry = platform.of_kind("telemetry");
+    for m in &telemetry {
+        common::assert_schema("telemetry", m);
+    }
+    let ghost: Vec<serde_json::Value> = telemetry
+        .iter()
+        .flat_map(|t| t["readings"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["tag"] == "ghost")
+        .collect();
+    assert!(
+        !ghost.is_empty() && ghost.iter().all(|r| r["reason"] == "BadNodeIdUnknown"),
+        "the bad node's reason did not reach the platform: {ghost:?}"
+    );
     agent.stop().await;
     sim.stop().await;
 }

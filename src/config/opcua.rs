@@ -158,6 +158,16 @@ impl OpcUaDevice {
     }
 }
 
+/// Reports every key of `keys` that is set as not belonging here; `why`
+/// says what to write instead.
+fn not_here(p: &mut Problems, prefix: &str, keys: &[(&str, bool)], why: &str) {
+    for (k, set) in keys {
+        if *set {
+            p.error(format!("{prefix}.{k}"), why);
+        }
+    }
+}
+
 /// Parses `ns=2;s=...`, `i=85` and the other forms of OPC UA Part 6 5.3.1.10.
 pub fn parse_node_id(s: &str) -> Option<NodeId> {
     s.parse::<NodeId>().ok()
@@ -220,21 +230,19 @@ pub(super) fn validate(
     p: &mut Problems,
 ) -> OpcUaDevice {
     // Modbus keys on an OPC UA device are a copy-paste slip.
-    for (k, set) in [
-        ("address", d.address.is_some()),
-        ("port", d.port.is_some()),
-        ("baud", d.baud.is_some()),
-        ("parity", d.parity.is_some()),
-        ("data_bits", d.data_bits.is_some()),
-        ("stop_bits", d.stop_bits.is_some()),
-    ] {
-        if set {
-            p.error(
-                format!("{key}.{k}"),
-                "is a Modbus key; an opcua device is reached at endpoint = \"opc.tcp://host:4840\" (remove it)",
-            );
-        }
-    }
+    not_here(
+        p,
+        key,
+        &[
+            ("address", d.address.is_some()),
+            ("port", d.port.is_some()),
+            ("baud", d.baud.is_some()),
+            ("parity", d.parity.is_some()),
+            ("data_bits", d.data_bits.is_some()),
+            ("stop_bits", d.stop_bits.is_some()),
+        ],
+        "is a Modbus key; an opcua device is reached at endpoint = \"opc.tcp://host:4840\" (remove it)",
+    );
     let endpoint = match &d.endpoint {
         Some(url) => {
             if let Err(why) = check_endpoint(url) {
@@ -269,19 +277,17 @@ pub(super) fn validate(
     }
     let identity = match d.identity.unwrap_or_default() {
         IdentityKind::Anonymous => {
-            for (k, set) in [
-                ("username", d.username.is_some()),
-                ("password_file", d.password_file.is_some()),
-                ("user_certificate", d.user_certificate.is_some()),
-                ("user_private_key", d.user_private_key.is_some()),
-            ] {
-                if set {
-                    p.error(
-                        format!("{key}.{k}"),
-                        "is set but identity is anonymous; set identity = \"username\" or \"certificate\", or remove it",
-                    );
-                }
-            }
+            not_here(
+                p,
+                key,
+                &[
+                    ("username", d.username.is_some()),
+                    ("password_file", d.password_file.is_some()),
+                    ("user_certificate", d.user_certificate.is_some()),
+                    ("user_private_key", d.user_private_key.is_some()),
+                ],
+                "is set but identity is anonymous; set identity = \"username\" or \"certificate\", or remove it",
+            );
             Identity::Anonymous
         }
         IdentityKind::Username => {
@@ -449,21 +455,19 @@ fn validate_tag(t: RawTag, tkey: &str, poll: Duration, p: &mut Problems) -> Opti
     if !super::is_ident(&t.name) {
         p.error(format!("{tkey}.name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
     }
-    for (k, set) in [
-        ("area", t.area.is_some()),
-        ("address", t.address.is_some()),
-        ("bit", t.bit.is_some()),
-        ("order", t.order.is_some()),
-        ("scale", t.scale.is_some()),
-        ("offset", t.offset.is_some()),
-    ] {
-        if set {
-            p.error(
-                format!("{tkey}.{k}"),
-                "is a Modbus key; an OPC UA tag names its node with node = \"ns=2;s=...\" or path = \"...\" (remove it)",
-            );
-        }
-    }
+    not_here(
+        p,
+        tkey,
+        &[
+            ("area", t.area.is_some()),
+            ("address", t.address.is_some()),
+            ("bit", t.bit.is_some()),
+            ("order", t.order.is_some()),
+            ("scale", t.scale.is_some()),
+            ("offset", t.offset.is_some()),
+        ],
+        "is a Modbus key; an OPC UA tag names its node with node = \"ns=2;s=...\" or path = \"...\" (remove it)",
+    );
     let node = match (&t.node, &t.path) {
         (Some(_), Some(_)) => {
             p.error(
@@ -552,20 +556,18 @@ fn validate_tag(t: RawTag, tkey: &str, poll: Duration, p: &mut Problems) -> Opti
         (None, None) => None,
     };
     if mode == TagMode::Poll {
-        for (k, set) in [
-            ("sampling_interval", t.sampling_interval.is_some()),
-            ("publishing_interval", t.publishing_interval.is_some()),
-            ("queue_size", t.queue_size.is_some()),
-            ("deadband_absolute", t.deadband_absolute.is_some()),
-            ("deadband_percent", t.deadband_percent.is_some()),
-        ] {
-            if set {
-                p.error(
-                    format!("{tkey}.{k}"),
-                    "only applies to mode = \"subscribe\"; a polled tag is read every poll_interval (remove it)",
-                );
-            }
-        }
+        not_here(
+            p,
+            tkey,
+            &[
+                ("sampling_interval", t.sampling_interval.is_some()),
+                ("publishing_interval", t.publishing_interval.is_some()),
+                ("queue_size", t.queue_size.is_some()),
+                ("deadband_absolute", t.deadband_absolute.is_some()),
+                ("deadband_percent", t.deadband_percent.is_some()),
+            ],
+            "only applies to mode = \"subscribe\"; a polled tag is read every poll_interval (remove it)",
+        );
     }
     Some(OpcUaTag {
         name: t.name.as_str().into(),
@@ -582,51 +584,47 @@ fn validate_tag(t: RawTag, tkey: &str, poll: Duration, p: &mut Problems) -> Opti
 
 /// OPC UA keys on a Modbus device or tag are a copy-paste slip too.
 pub(super) fn reject_on_modbus(d: &RawDevice, key: &str, p: &mut Problems) {
-    for (k, set) in [
-        ("endpoint", d.endpoint.is_some()),
-        ("security_policy", d.security_policy.is_some()),
-        ("security_mode", d.security_mode.is_some()),
-        ("identity", d.identity.is_some()),
-        ("username", d.username.is_some()),
-        ("password_file", d.password_file.is_some()),
-        ("user_certificate", d.user_certificate.is_some()),
-        ("user_private_key", d.user_private_key.is_some()),
-        (
-            "trust_unknown_server_certs",
-            d.trust_unknown_server_certs.is_some(),
+    not_here(
+        p,
+        key,
+        &[
+            ("endpoint", d.endpoint.is_some()),
+            ("security_policy", d.security_policy.is_some()),
+            ("security_mode", d.security_mode.is_some()),
+            ("identity", d.identity.is_some()),
+            ("username", d.username.is_some()),
+            ("password_file", d.password_file.is_some()),
+            ("user_certificate", d.user_certificate.is_some()),
+            ("user_private_key", d.user_private_key.is_some()),
+            (
+                "trust_unknown_server_certs",
+                d.trust_unknown_server_certs.is_some(),
+            ),
+            ("root", d.root.is_some()),
+            ("profile", d.profile.is_some()),
+            ("channels", d.channels.is_some()),
+        ],
+        &format!(
+            "only applies to protocol = \"opcua\" (this device is {}); remove it",
+            d.protocol.name()
         ),
-        ("root", d.root.is_some()),
-        ("profile", d.profile.is_some()),
-        ("channels", d.channels.is_some()),
-    ] {
-        if set {
-            p.error(
-                format!("{key}.{k}"),
-                format!(
-                    "only applies to protocol = \"opcua\" (this device is {}); remove it",
-                    d.protocol.name()
-                ),
-            );
-        }
-    }
+    );
     for (ti, t) in d.tags.iter().enumerate() {
-        for (k, set) in [
-            ("node", t.node.is_some()),
-            ("path", t.path.is_some()),
-            ("mode", t.mode.is_some()),
-            ("sampling_interval", t.sampling_interval.is_some()),
-            ("publishing_interval", t.publishing_interval.is_some()),
-            ("queue_size", t.queue_size.is_some()),
-            ("deadband_absolute", t.deadband_absolute.is_some()),
-            ("deadband_percent", t.deadband_percent.is_some()),
-        ] {
-            if set {
-                p.error(
-                    format!("{key}.tags[{ti}].{k}"),
-                    "only applies to OPC UA tags; a Modbus tag is placed with area and address (remove it)",
-                );
-            }
-        }
+        not_here(
+            p,
+            &format!("{key}.tags[{ti}]"),
+            &[
+                ("node", t.node.is_some()),
+                ("path", t.path.is_some()),
+                ("mode", t.mode.is_some()),
+                ("sampling_interval", t.sampling_interval.is_some()),
+                ("publishing_interval", t.publishing_interval.is_some()),
+                ("queue_size", t.queue_size.is_some()),
+                ("deadband_absolute", t.deadband_absolute.is_some()),
+                ("deadband_percent", t.deadband_percent.is_some()),
+            ],
+            "only applies to OPC UA tags; a Modbus tag is placed with area and address (remove it)",
+        );
     }
 }
 

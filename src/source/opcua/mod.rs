@@ -29,7 +29,7 @@ use opcua::client::{DataChangeCallback, MonitoredItem};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, ExtensionObject,
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
-    StatusCode, TimestampsToReturn,
+    StatusCode, TimestampsToReturn, Variant,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -45,6 +45,11 @@ use session::{ConnectError, Connection};
 /// Changes held between two cycles per device; beyond this (a server
 /// flooding us while the buffer is stuck) the oldest go, counted and logged.
 const MAX_PENDING: usize = 100_000;
+
+/// Nodes per CreateMonitoredItems or Read request. Servers cap operations
+/// per call (MaxMonitoredItemsPerCall, MaxNodesPerRead; embedded servers
+/// often at a few hundred), so a large device is sent in slices.
+const PER_CALL: usize = 250;
 
 /// One reported change of one tag.
 struct Change {
@@ -357,29 +362,35 @@ impl UaDevice {
                 Ok(Err(e)) => return Err(format!("creating a subscription failed: {e}")),
                 Ok(Ok(id)) => id,
             };
-            let requests: Vec<MonitoredItemCreateRequest> = members
-                .iter()
-                .filter_map(|&i| match &slots[i] {
-                    Slot::Live(node) => Some(item_request(i, node, &self.ua.tags[i])),
-                    _ => None,
-                })
-                .collect();
-            let results = match tokio::time::timeout(
-                timeout,
-                conn.session
-                    .create_monitored_items(id, TimestampsToReturn::Both, requests),
-            )
-            .await
-            {
-                Err(_) => return Err("creating monitored items timed out".into()),
-                Ok(Err(e)) => return Err(format!("creating monitored items failed: {e}")),
-                Ok(Ok(r)) => r,
-            };
-            for (&i, r) in members.iter().zip(results.iter()) {
-                let status = r.result.status_code;
-                if !status.is_good() {
-                    tracing::warn!(device = %self.cfg.id, tag = %self.ua.tags[i].name, status = status.sub_code().name(), "Server refused to monitor the tag; it is reported bad");
-                    slots[i] = Slot::Refused(status);
+            for slice in members.chunks(PER_CALL) {
+                let requests: Vec<MonitoredItemCreateRequest> = slice
+                    .iter()
+                    .filter_map(|&i| match &slots[i] {
+                        Slot::Live(node) => Some(item_request(i, node, &self.ua.tags[i])),
+                        _ => None,
+                    })
+                    .collect();
+                let results = match tokio::time::timeout(
+                    timeout,
+                    conn.session
+                        .create_monitored_items(id, TimestampsToReturn::Both, requests),
+                )
+                .await
+                {
+                    Err(_) => return Err("creating monitored items timed out".into()),
+                    Ok(Err(e)) => return Err(format!("creating monitored items failed: {e}")),
+                    Ok(Ok(r)) => r,
+                };
+                for (n, &i) in slice.iter().enumerate() {
+                    // No result at all breaks the protocol: the tag would
+                    // never hear a thing, so it is reported bad instead.
+                    let status = results
+                        .get(n)
+                        .map_or(StatusCode::BadUnexpectedError, |r| r.result.status_code);
+                    if !status.is_good() {
+                        tracing::warn!(device = %self.cfg.id, tag = %self.ua.tags[i].name, status = status.sub_code().name(), "Server refused to monitor the tag; it is reported bad");
+                        slots[i] = Slot::Refused(status);
+                    }
                 }
             }
         }
@@ -392,27 +403,34 @@ impl UaDevice {
         conn: &Connection,
         polled: &[(usize, NodeId)],
     ) -> Result<Vec<Reading>, String> {
-        if polled.is_empty() {
-            return Ok(Vec::new());
+        let mut values = Vec::with_capacity(polled.len());
+        for slice in polled.chunks(PER_CALL) {
+            let ids: Vec<ReadValueId> = slice
+                .iter()
+                .map(|(_, id)| ReadValueId {
+                    node_id: id.clone(),
+                    attribute_id: AttributeId::Value as u32,
+                    ..Default::default()
+                })
+                .collect();
+            match tokio::time::timeout(
+                self.cfg.timeout,
+                conn.session.read(&ids, TimestampsToReturn::Both, 0.0),
+            )
+            .await
+            {
+                Err(_) => return Err("read timed out".into()),
+                Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                // A server answering fewer results than asked breaks the
+                // protocol; pad so every tag still gets a (bad) reading.
+                Ok(Ok(mut v)) => {
+                    v.resize_with(slice.len(), || {
+                        DataValue::new_now_status(Variant::Empty, StatusCode::BadUnexpectedError)
+                    });
+                    values.extend(v);
+                }
+            }
         }
-        let ids: Vec<ReadValueId> = polled
-            .iter()
-            .map(|(_, id)| ReadValueId {
-                node_id: id.clone(),
-                attribute_id: AttributeId::Value as u32,
-                ..Default::default()
-            })
-            .collect();
-        let values = match tokio::time::timeout(
-            self.cfg.timeout,
-            conn.session.read(&ids, TimestampsToReturn::Both, 0.0),
-        )
-        .await
-        {
-            Err(_) => return Err("read timed out".into()),
-            Ok(Err(e)) => return Err(format!("read failed: {e}")),
-            Ok(Ok(v)) => v,
-        };
         let now = self.clock.now_ms();
         let max_age = self.cfg.poll_interval.as_millis() as i64;
         let mut out = Vec::with_capacity(polled.len());
