@@ -228,27 +228,14 @@ impl UaDevice {
     ) -> Ended {
         let timeout = self.cfg.timeout;
         let s = &conn.session;
-        let root = match &self.ua.root {
-            None => Ok(None),
-            Some(r) => browse::resolve(s, None, r, timeout).await.map(Some),
-        };
+        let resolved = resolve_tags(s, &self.ua, timeout).await;
         let mut slots: Vec<Slot> = Vec::with_capacity(self.ua.tags.len());
-        for tag in &self.ua.tags {
-            let slot = match &root {
-                Err(code) if matches!(tag.node, crate::config::opcua::NodeRef::Path(_)) => {
-                    Slot::Refused(*code)
-                }
-                _ => {
-                    let r = root.as_ref().ok().and_then(|r| r.as_ref());
-                    match browse::resolve(s, r, &tag.node, timeout).await {
-                        Ok(id) => Slot::Live(id),
-                        Err(StatusCode::BadNoMatch) if tag.optional => Slot::Absent,
-                        Err(StatusCode::BadTimeout) => {
-                            return Ended::Lost("browse timed out".into())
-                        }
-                        Err(code) => Slot::Refused(code),
-                    }
-                }
+        for (tag, found) in self.ua.tags.iter().zip(resolved) {
+            let slot = match found {
+                Ok(id) => Slot::Live(id),
+                Err(StatusCode::BadNoMatch) if tag.optional => Slot::Absent,
+                Err(StatusCode::BadTimeout) => return Ended::Lost("browse timed out".into()),
+                Err(code) => Slot::Refused(code),
             };
             match &slot {
                 Slot::Refused(code) => {
@@ -260,9 +247,6 @@ impl UaDevice {
                 Slot::Live(_) => {}
             }
             slots.push(slot);
-        }
-        if let Err(code) = &root {
-            tracing::warn!(device = %self.cfg.id, status = code.sub_code().name(), "Root node not found; its tags are reported bad");
         }
 
         let pending = Arc::new(Mutex::new(Pending::default()));
@@ -489,6 +473,34 @@ impl UaDevice {
     }
 }
 
+/// Each tag's node id on this session: node ids as they are, paths from
+/// the root (a root that cannot be found fails every path tag with its
+/// status).
+async fn resolve_tags(
+    session: &opcua::client::Session,
+    ua: &OpcUaDevice,
+    timeout: Duration,
+) -> Vec<Result<NodeId, StatusCode>> {
+    let root = match &ua.root {
+        None => Ok(None),
+        Some(r) => browse::resolve(session, None, r, timeout).await.map(Some),
+    };
+    if let Err(code) = &root {
+        tracing::warn!(root = %ua.root.as_ref().map(|r| r.to_string()).unwrap_or_default(), status = code.sub_code().name(), "OPC UA root node not found; its path tags are reported bad");
+    }
+    let mut out = Vec::with_capacity(ua.tags.len());
+    for tag in &ua.tags {
+        out.push(match (&root, &tag.node) {
+            (Err(code), crate::config::opcua::NodeRef::Path(_)) => Err(*code),
+            (root, node) => {
+                let r = root.as_ref().ok().and_then(|r| r.as_ref());
+                browse::resolve(session, r, node, timeout).await
+            }
+        });
+    }
+    out
+}
+
 fn item_request(i: usize, node: &NodeId, tag: &OpcUaTag) -> MonitoredItemCreateRequest {
     let filter = match tag.deadband {
         None => ExtensionObject::null(),
@@ -545,21 +557,9 @@ pub async fn read_once(
         timeout,
     )?;
     let conn = session::connect(&mut client, &ua, &ua.pki_dir, timeout).await?;
-    let root = match &ua.root {
-        None => Ok(None),
-        Some(r) => browse::resolve(&conn.session, None, r, timeout)
-            .await
-            .map(Some),
-    };
+    let all = resolve_tags(&conn.session, &ua, timeout).await;
     let mut out = Vec::new();
-    for tag in &ua.tags {
-        let resolved = match &root {
-            Err(code) if matches!(tag.node, crate::config::opcua::NodeRef::Path(_)) => Err(*code),
-            _ => {
-                let r = root.as_ref().ok().and_then(|r| r.as_ref());
-                browse::resolve(&conn.session, r, &tag.node, timeout).await
-            }
-        };
+    for (tag, resolved) in ua.tags.iter().zip(all) {
         let now = clock.now_ms();
         let (node, value, quality, ts) = match resolved {
             Err(code) => (
