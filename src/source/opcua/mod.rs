@@ -116,6 +116,12 @@ impl UaDevice {
         }
     }
 
+    /// The real time between cycles: `poll_interval` is clock time, which
+    /// runs faster under the demo's time compression.
+    fn cycle(&self) -> Duration {
+        self.clock.to_real(self.cfg.poll_interval)
+    }
+
     /// Every tag bad for `why`, at the current time.
     fn bad_cycle(&self, why: BadReason) -> Vec<Reading> {
         let now = self.clock.now_ms();
@@ -188,7 +194,7 @@ impl UaDevice {
             }
             // Back off, still reporting every cycle so the gap is visible.
             let until = Instant::now() + self.backoff.next_delay();
-            let mut tick = tokio::time::interval(self.cfg.poll_interval);
+            let mut tick = tokio::time::interval(self.cycle());
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -265,7 +271,7 @@ impl UaDevice {
             })
             .collect();
 
-        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        let mut tick = tokio::time::interval(self.cycle());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut lost = conn.lost.clone();
         loop {
