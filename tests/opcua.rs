@@ -674,3 +674,56 @@ async fn browse_and_read_commands() {
     assert!(ghost.contains("bad (BadNodeIdUnknown)"), "{ghost}");
     sim.stop().await;
 }
+
+/// Under the demo's compressed clock (`demo --speed`) the OPC UA machines
+/// report every poll interval of clock time, like the Modbus ones, and
+/// their states reach the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_machines_follow_a_compressed_clock() {
+    use zgsz_agent::clock::{Clock, ScaledClock};
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(7200.0));
+    let port = zgsz_agent::broker::free_port().unwrap();
+    zgsz_agent::broker::start_embedded(port).unwrap();
+    let platform = common::Platform::subscribe(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, _) =
+        zgsz_agent::config::load_str(Path::new("config/demo.toml"), zgsz_agent::demo::DEMO_CONFIG)
+            .unwrap();
+    let floor = zgsz_agent::sim::ShopFloor::start_plant_day(clock.clone(), cfg.metrics.utc_offset)
+        .await
+        .unwrap();
+    let sim = floor.opcua().unwrap();
+    for (id, _, _, _, _) in zgsz_agent::sim::DEMO_OPCUA_MACHINES {
+        cfg.set_device_address(id, &sim.endpoint());
+    }
+    // Polled every 720 clock seconds, i.e. every 100 ms.
+    for d in &mut cfg.devices {
+        Arc::make_mut(d).poll_interval = Duration::from_secs(720);
+    }
+    for e in &mut Arc::make_mut(&mut cfg.plant).equipment {
+        e.poll_interval = Duration::from_secs(720);
+    }
+    cfg.metrics.snapshot_interval = Duration::from_secs(3600);
+    cfg.set_broker("127.0.0.1", port);
+    cfg.set_state_dir(dir.path());
+    zgsz_agent::sim::opcua::trust_certificate(
+        &dir.path().join("pki"),
+        &sim.server_certificate_der(),
+    )
+    .unwrap();
+    let agent = zgsz_agent::agent::start(&cfg, clock.clone()).unwrap();
+    let ran_nc = |m: &serde_json::Value, id: &str| {
+        m["equipment"].as_array().is_some_and(|eq| {
+            eq.iter().any(|e| {
+                e["id"] == id && e["time_ms"]["running_nc"].as_u64().is_some_and(|t| t > 0)
+            })
+        })
+    };
+    platform
+        .wait_for(WAIT, "both OPC UA machines running under NC", |p| {
+            let m = p.of_kind("metrics");
+            m.iter().any(|m| ran_nc(m, "dmg-01")) && m.iter().any(|m| ran_nc(m, "lathe-04"))
+        })
+        .await;
+    agent.stop().await;
+}
