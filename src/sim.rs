@@ -465,6 +465,7 @@ impl ShopFloor {
             trust_client_certs: true,
             allow_anonymous: true,
             users: vec![("operator".to_string(), "operator".to_string())],
+            user_certificates: Vec::new(),
             secure_endpoints: true,
             machines,
             plant_day: day,

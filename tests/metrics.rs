@@ -400,6 +400,7 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         trust_client_certs: true,
         allow_anonymous: true,
         users: Vec::new(),
+        user_certificates: Vec::new(),
         secure_endpoints: true,
         machines: zgsz_agent::sim::DEMO_OPCUA_MACHINES
             .iter()

@@ -36,6 +36,7 @@ fn options(pki: &Path) -> OpcUaSimOptions {
         trust_client_certs: true,
         allow_anonymous: true,
         users: Vec::new(),
+        user_certificates: Vec::new(),
         secure_endpoints: false,
         machines: vec![machine("m1", 2)],
         plant_day: None,
@@ -726,4 +727,74 @@ async fn opcua_machines_follow_a_compressed_clock() {
         })
         .await;
     agent.stop().await;
+}
+
+/// identity = "certificate": an X.509 user certificate the server knows
+/// logs in; one it does not know is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_login() {
+    use opcua::crypto::{CertificateStore, X509Data};
+    use opcua::types::{ApplicationDescription, LocalizedText};
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let data = X509Data::from((
+            ApplicationDescription {
+                application_uri: format!("urn:zgsz-test:{name}").into(),
+                application_name: LocalizedText::new("", name),
+                ..Default::default()
+            },
+            None,
+        ));
+        let (cert, key) = (
+            dir.path().join(format!("{name}.der")),
+            dir.path().join(format!("{name}.pem")),
+        );
+        CertificateStore::create_certificate_and_key(&data, true, &cert, &key).unwrap();
+        (cert, key)
+    };
+    let (known_cert, known_key) = make("engineer");
+    let (stranger_cert, stranger_key) = make("stranger");
+    let mut opts = options(&dir.path().join("server-pki"));
+    opts.allow_anonymous = false;
+    opts.secure_endpoints = true;
+    opts.user_certificates = vec![("engineer".into(), known_cert.clone())];
+    let sim = OpcUaSim::start(opts).await.unwrap();
+    let state = dir.path().join("state");
+    zgsz_agent::sim::opcua::trust_certificate(&state.join("pki"), &sim.server_certificate_der())
+        .unwrap();
+    let device = |cert: &Path, key: &Path| {
+        config(
+            &state,
+            &format!(
+                "endpoint = \"{}\"\nsecurity_policy = \"Basic256Sha256\"\nidentity = \"certificate\"\nuser_certificate = \"{}\"\nuser_private_key = \"{}\"\nroot = \"Machines/m1\"\n\
+                 [[devices.tags]]\nname = \"mode\"\npath = \"Monitoring/MachineTool/OperationMode\"\n",
+                sim.endpoint(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .devices[0]
+            .clone()
+    };
+    let rows = zgsz_agent::source::opcua::read_once(
+        &device(&known_cert, &known_key),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("registered user certificate: {e}"));
+    assert!(rows[0].reading.quality.is_good(), "{:?}", rows[0].reading);
+    let err = match zgsz_agent::source::opcua::read_once(
+        &device(&stranger_cert, &stranger_key),
+        Arc::new(SystemClock),
+    )
+    .await
+    {
+        Err(e) => e,
+        Ok(_) => panic!("an unknown user certificate was accepted"),
+    };
+    assert!(
+        matches!(err, ConnectError::Login { .. }) && err.to_string().contains("user certificate"),
+        "{err}"
+    );
+    sim.stop().await;
 }

@@ -159,6 +159,9 @@ pub struct OpcUaSimOptions {
     pub allow_anonymous: bool,
     /// Username/password pairs accepted on every endpoint.
     pub users: Vec<(String, String)>,
+    /// Users who log in with an X.509 user certificate: (name, the
+    /// certificate's DER or PEM file).
+    pub user_certificates: Vec<(String, PathBuf)>,
     /// Besides None/None, offer Basic256Sha256, Aes128_Sha256_RsaOaep and
     /// Aes256_Sha256_RsaPss, each with Sign and SignAndEncrypt.
     pub secure_endpoints: bool,
@@ -308,6 +311,11 @@ impl OpcUaSim {
         for (k, (user, pass)) in opts.users.iter().enumerate() {
             let id = format!("user-{k}");
             builder = builder.add_user_token(&id, ServerUserToken::user_pass(user.as_str(), pass));
+            token_ids.push(id);
+        }
+        for (k, (user, cert)) in opts.user_certificates.iter().enumerate() {
+            let id = format!("x509-{k}");
+            builder = builder.add_user_token(&id, ServerUserToken::x509(user.as_str(), cert));
             token_ids.push(id);
         }
         builder = builder.add_endpoint("none", ServerEndpoint::new_none("/", &token_ids));
@@ -880,6 +888,7 @@ mod tests {
             trust_client_certs: true,
             allow_anonymous: true,
             users: vec![("operator".to_string(), "s3cret".to_string())],
+            user_certificates: Vec::new(),
             secure_endpoints: false,
             machines: vec![
                 MachineSpec {
