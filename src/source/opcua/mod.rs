@@ -234,6 +234,8 @@ impl UaDevice {
     ) -> Ended {
         let timeout = self.cfg.timeout;
         let s = &conn.session;
+        // Values seen on an earlier session prove nothing about this one.
+        self.last.fill(None);
         let resolved = resolve_tags(s, &self.ua, timeout).await;
         let mut slots: Vec<Slot> = Vec::with_capacity(self.ua.tags.len());
         for (tag, found) in self.ua.tags.iter().zip(resolved) {
