@@ -904,6 +904,13 @@ const MAX_BATCHES_PER_COMMIT: usize = 256;
 /// and a long transaction would keep leases waiting.
 const MAX_ITEMS_PER_COMMIT: usize = 10_000;
 
+/// How long acks alone wait for a write to share a commit with. The
+/// uplink's acks arrive just after each commit; with a window of their
+/// own they would double the commits (and fsyncs) at plant load, where
+/// the next poll cycles come within this time anyway. An ack not yet
+/// committed only means that its row may be sent again after a crash.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+
 /// Writes gathered for the next commit, and the requests that must see it.
 #[derive(Default)]
 struct Pending {
@@ -923,6 +930,11 @@ struct Pending {
 impl Pending {
     fn is_empty(&self) -> bool {
         self.batches.is_empty() && self.controls.is_empty()
+    }
+
+    /// Holds something other than acks (which can wait, see [`ACK_WAIT`]).
+    fn has_data(&self) -> bool {
+        !self.batches.is_empty() || self.controls.iter().any(|c| !matches!(c, Control::Ack(_)))
     }
 
     fn full(&self) -> bool {
@@ -1019,6 +1031,8 @@ pub fn spawn_with_progress(
                 // thread listens again, so that under load a full window
                 // commits at once instead of waiting out its time.
                 let mut busy = false;
+                // The open window holds acks only, and waits for data.
+                let mut waiting_acks = false;
                 loop {
                     progress.outbox_beat();
                     let closed = !readings_open && !control_open;
@@ -1053,13 +1067,14 @@ pub fn spawn_with_progress(
                         let p = std::mem::take(&mut pending);
                         process(&mut outbox, p.batches, p.controls, max_body, &*clock, &appended_tx, readings_open, &progress).await;
                         deadline = None;
+                        waiting_acks = false;
                         continue;
                     }
                     if closed {
                         break;
                     }
                     tokio::select! {
-                        b = readings_rx.recv(), if readings_open && (busy || stopping || deadline.is_none()) => match b {
+                        b = readings_rx.recv(), if readings_open && (busy || stopping || waiting_acks || deadline.is_none()) => match b {
                             Some(b) => pending.batch(b),
                             None => readings_open = false,
                         },
@@ -1079,8 +1094,17 @@ pub fn spawn_with_progress(
                         // Idle tick: a quiet outbox still shows it is alive.
                         _ = beat.tick() => {}
                     }
-                    if deadline.is_none() && !pending.is_empty() {
-                        deadline = Some(tokio::time::Instant::now() + window);
+                    if !pending.is_empty() {
+                        let now = tokio::time::Instant::now();
+                        if pending.has_data() {
+                            // Shortens a wait that acks alone started.
+                            let end = now + window;
+                            deadline = Some(deadline.map_or(end, |d| d.min(end)));
+                            waiting_acks = false;
+                        } else if deadline.is_none() {
+                            deadline = Some(now + ACK_WAIT.max(window));
+                            waiting_acks = true;
+                        }
                     }
                 }
                 tracing::debug!("Outbox closed");

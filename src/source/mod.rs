@@ -93,8 +93,10 @@ pub fn spawn_all(
         .collect()
 }
 
-/// Start slots per poll interval; see [`first_poll`].
-const SLOTS: u32 = 10;
+/// Start slots per poll interval; see [`first_poll`]. At a 1 s interval
+/// the slots are 200 ms apart, longer than the default commit window, so
+/// the cycles of one slot share a commit and the next slot starts another.
+const SLOTS: u32 = 5;
 
 /// When a device's first poll cycle starts: staggered across its interval,
 /// so that forty devices do not all fire at once, but on a grid of
