@@ -172,10 +172,17 @@ pub fn init_tracing(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker, not one per core. The network side of the agent is a few
+    // hundred short wake-ups a second; with a second worker most of them
+    // also wake the idle sibling (a futex and a context switch, the largest
+    // cost at plant load on a small gateway), while the heavy lifting (SQLite,
+    // JSON) runs on the outbox thread anyway. `TOKIO_WORKER_THREADS`, which
+    // tokio reads when no count is set here, overrides it.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

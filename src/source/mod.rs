@@ -93,6 +93,30 @@ pub fn spawn_all(
         .collect()
 }
 
+/// Start slots per poll interval; see [`first_poll`]. At a 1 s interval
+/// the slots are 200 ms apart, longer than the default commit window, so
+/// the cycles of one slot share a commit and the next slot starts another.
+const SLOTS: u32 = 5;
+
+/// When a device's first poll cycle starts: staggered across its interval,
+/// so that forty devices do not all fire at once, but on a grid of
+/// [`SLOTS`] slots shared by the whole process. Devices in one slot then
+/// wake the runtime once between them instead of once each, and their
+/// answers tend to arrive in one go too; at plant load such wake-ups are
+/// most of the agent's CPU. `at` in [0, 1) picks the slot.
+fn first_poll(interval: Duration, at: f64) -> Instant {
+    static GRID: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *GRID.get_or_init(Instant::now);
+    let now = Instant::now();
+    let slot = (interval / SLOTS).max(Duration::from_millis(1));
+    let slot_ns = slot.as_nanos();
+    let offset = now.duration_since(origin) + interval.mul_f64(at.clamp(0.0, 1.0));
+    // Round up to the next slot boundary.
+    let slots = offset.as_nanos().div_ceil(slot_ns);
+    let due = u64::try_from(slots.saturating_mul(slot_ns)).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(due)
+}
+
 /// A device the agent polls.
 pub trait Source: Send + 'static {
     /// The device id from the config.
@@ -111,8 +135,7 @@ pub async fn run<S: Source>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let interval = source.interval();
-    let stagger = interval.mul_f64(fastrand::f64());
-    let mut ticker = tokio::time::interval_at(Instant::now() + stagger, interval);
+    let mut ticker = tokio::time::interval_at(first_poll(interval, fastrand::f64()), interval);
     // After a slow cycle, start the next one a full interval later rather
     // than bursting to catch up: a burst would only hammer a struggling PLC.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -136,4 +159,41 @@ pub async fn run<S: Source>(
         }
     }
     tracing::debug!(device = source.id(), "Source stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_polls_share_slots_and_spread_over_the_interval() {
+        let interval = Duration::from_secs(1);
+        let slot = interval / SLOTS;
+        let starts: Vec<Instant> = (0..100)
+            .map(|i| first_poll(interval, f64::from(i) / 100.0))
+            .collect();
+        let earliest = starts.iter().min().copied().expect("starts");
+        let mut offsets: Vec<Duration> = starts.iter().map(|s| *s - earliest).collect();
+        offsets.sort();
+        offsets.dedup();
+        // One start per slot of the interval (plus the slot the rounding
+        // of "now" may add), each on the grid.
+        assert!(
+            (SLOTS as usize..=SLOTS as usize + 1).contains(&offsets.len()),
+            "{offsets:?}"
+        );
+        for o in &offsets {
+            assert_eq!(o.as_nanos() % slot.as_nanos(), 0, "{o:?} is off the grid");
+        }
+        assert!(*offsets.last().expect("offsets") <= interval);
+    }
+
+    #[test]
+    fn a_short_interval_still_has_a_grid() {
+        let interval = Duration::from_millis(5);
+        let a = first_poll(interval, 0.0);
+        let b = first_poll(interval, 0.99);
+        assert!(b >= a);
+        assert!(b - a <= interval + Duration::from_millis(1));
+    }
 }
