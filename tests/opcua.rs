@@ -698,12 +698,7 @@ async fn opcua_machines_follow_a_compressed_clock() {
         cfg.set_device_address(id, &sim.endpoint());
     }
     // Polled every 720 clock seconds, i.e. every 100 ms.
-    for d in &mut cfg.devices {
-        Arc::make_mut(d).poll_interval = Duration::from_secs(720);
-    }
-    for e in &mut Arc::make_mut(&mut cfg.plant).equipment {
-        e.poll_interval = Duration::from_secs(720);
-    }
+    common::poll_every(&mut cfg, Duration::from_secs(720));
     cfg.metrics.snapshot_interval = Duration::from_secs(3600);
     cfg.set_broker("127.0.0.1", port);
     cfg.set_state_dir(dir.path());

@@ -825,6 +825,8 @@ impl Nodes<'_> {
             .insert(self.space);
     }
 
+    /// A data variable (HasComponent), as the companion specs make most
+    /// of a machine's values.
     fn variable(
         &mut self,
         parent: &str,
@@ -833,15 +835,10 @@ impl Nodes<'_> {
         data_type: DataTypeId,
         value: Variant,
     ) {
-        let (parent, id) = self.path(parent, name);
-        VariableBuilder::new(&id, QualifiedName::new(ns, name), name)
-            .data_type(data_type)
-            .has_type_definition(VariableTypeId::BaseDataVariableType)
-            .component_of(parent)
-            .insert(self.space);
-        self.stamp(&id, value);
+        self.add_variable(parent, name, ns, data_type, value, false);
     }
 
+    /// A property (HasProperty), as the nameplate values are.
     fn property(
         &mut self,
         parent: &str,
@@ -850,12 +847,31 @@ impl Nodes<'_> {
         data_type: DataTypeId,
         value: Variant,
     ) {
+        self.add_variable(parent, name, ns, data_type, value, true);
+    }
+
+    fn add_variable(
+        &mut self,
+        parent: &str,
+        name: &str,
+        ns: u16,
+        data_type: DataTypeId,
+        value: Variant,
+        property: bool,
+    ) {
         let (parent, id) = self.path(parent, name);
-        VariableBuilder::new(&id, QualifiedName::new(ns, name), name)
-            .data_type(data_type)
-            .has_type_definition(VariableTypeId::PropertyType)
-            .property_of(parent)
-            .insert(self.space);
+        let builder =
+            VariableBuilder::new(&id, QualifiedName::new(ns, name), name).data_type(data_type);
+        let builder = if property {
+            builder
+                .has_type_definition(VariableTypeId::PropertyType)
+                .property_of(parent)
+        } else {
+            builder
+                .has_type_definition(VariableTypeId::BaseDataVariableType)
+                .component_of(parent)
+        };
+        builder.insert(self.space);
         self.stamp(&id, value);
     }
 

@@ -492,3 +492,14 @@ pub async fn wait_for_stats<F: FnMut(&zgsz_agent::buffer::Stats) -> bool>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sets every device's poll interval, and the equipment's (which the plant
+/// model uses to date an equipment offline), to `every`.
+pub fn poll_every(cfg: &mut Config, every: Duration) {
+    for d in &mut cfg.devices {
+        Arc::make_mut(d).poll_interval = every;
+    }
+    for e in &mut Arc::make_mut(&mut cfg.plant).equipment {
+        e.poll_interval = every;
+    }
+}
