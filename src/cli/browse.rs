@@ -173,7 +173,7 @@ pub async fn browse_cmd(a: BrowseArgs) -> anyhow::Result<ExitCode> {
         pki_dir: pki.clone(),
         gateway_id: gateway_id.clone(),
     };
-    let mut client = session::client(&pki, &gateway_id, a.trust_server, timeout)?;
+    let mut client = session::client(&pki, &gateway_id, a.trust_server, timeout, Duration::ZERO)?;
     let conn = match session::connect(&mut client, &dev, &pki, timeout).await {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),

@@ -85,8 +85,11 @@ pub async fn follow(
             let Some(id) = local(k) else { continue };
             match Box::pin(follow(session, &id, rest, timeout)).await {
                 Ok(found) => return Ok(found),
-                Err(StatusCode::BadNoMatch) => continue,
-                Err(e) => return Err(e),
+                // A timeout means the session is in trouble; any other
+                // failure (e.g. no access to an unrelated sibling) only
+                // rules this child out.
+                Err(StatusCode::BadTimeout) => return Err(StatusCode::BadTimeout),
+                Err(_) => continue,
             }
         }
         return Err(StatusCode::BadNoMatch);

@@ -25,11 +25,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opcua::client::{DataChangeCallback, MonitoredItem};
+use opcua::client::{MonitoredItem, SubscriptionCallbacks};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, ExtensionObject,
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
-    StatusCode, TimestampsToReturn, Variant,
+    StatusChangeNotification, StatusCode, TimestampsToReturn, Variant,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -51,6 +51,10 @@ const MAX_PENDING: usize = 100_000;
 /// often at a few hundred), so a large device is sent in slices.
 const PER_CALL: usize = 250;
 
+/// A session that stood this long was healthy; the reconnect backoff
+/// starts again from its shortest delay after it.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+
 /// One reported change of one tag.
 struct Change {
     tag: usize,
@@ -63,6 +67,9 @@ struct Change {
 struct Pending {
     changes: VecDeque<Change>,
     dropped: u64,
+    /// Set when the server reports a subscription's end (a
+    /// StatusChangeNotification, e.g. BadTimeout).
+    dead: Option<&'static str>,
 }
 
 /// Where a tag stands on the current session.
@@ -122,13 +129,13 @@ impl UaDevice {
         self.clock.to_real(self.cfg.poll_interval)
     }
 
-    /// Every tag bad for `why`, at the current time.
+    /// Every tag bad for `why`, at the current time; optional ones too, so
+    /// that no rule keeps using a value from before the loss.
     fn bad_cycle(&self, why: BadReason) -> Vec<Reading> {
         let now = self.clock.now_ms();
         self.ua
             .tags
             .iter()
-            .filter(|t| !t.optional)
             .map(|t| self.reading(t, None, Quality::Bad(why.clone()), now))
             .collect()
     }
@@ -140,11 +147,19 @@ impl UaDevice {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let timeout = self.cfg.timeout;
+        let longest_publish = self
+            .ua
+            .tags
+            .iter()
+            .map(|t| t.publishing_interval)
+            .max()
+            .unwrap_or_default();
         let mut client = match session::client(
             &self.ua.pki_dir,
             &self.ua.gateway_id,
             self.ua.trust_unknown_server_certs,
             timeout,
+            longest_publish,
         ) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -171,10 +186,16 @@ impl UaDevice {
                         } else {
                             tracing::info!(device = %self.cfg.id, endpoint = %self.ua.endpoint, policy = self.ua.policy.name(), mode = ?self.ua.mode, "OPC UA session established");
                         }
-                        self.backoff.reset();
                         self.log.clear("connect");
+                        let served = Instant::now();
                         let ended = self.serve(&conn, &tx, &mut shutdown).await;
                         conn.close(timeout).await;
+                        // Only a session that lasted counts as recovery:
+                        // one that fails the same way right after every
+                        // connect must back off, not hammer the server.
+                        if served.elapsed() >= STABLE_SESSION {
+                            self.backoff.reset();
+                        }
                         match ended {
                             Ended::Shutdown => break,
                             Ended::Lost(why) => {
@@ -276,6 +297,23 @@ impl UaDevice {
         let mut tick = tokio::time::interval(self.cycle());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut lost = conn.lost.clone();
+        // A live subscription answers a Publish at least every keep-alive
+        // period; silence beyond that (with slack) means it died while the
+        // session stood, and its values must not be re-stated any more.
+        let subscribed = slots
+            .iter()
+            .zip(&self.ua.tags)
+            .any(|(s, t)| t.mode == TagMode::Subscribe && matches!(s, Slot::Live(_)));
+        let silence_limit = self
+            .ua
+            .tags
+            .iter()
+            .map(|t| keep_alive_period(t.publishing_interval))
+            .max()
+            .unwrap_or_default()
+            .mul_f64(1.5)
+            + timeout;
+        let started = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -285,11 +323,21 @@ impl UaDevice {
             if let Some(why) = conn.lost.borrow().clone() {
                 return Ended::Lost(why);
             }
+            if subscribed && conn.publish_silence() > silence_limit {
+                return Ended::Lost(format!(
+                    "no Publish response for {:?}: the subscription is dead",
+                    conn.publish_silence()
+                ));
+            }
+            let dead = std::mem::take(&mut pending.lock().unwrap_or_else(|e| e.into_inner()).dead);
+            if let Some(status) = dead {
+                return Ended::Lost(format!("the server ended a subscription ({status})"));
+            }
             let mut cycle = match self.read_polled(conn, &polled).await {
                 Ok(r) => r,
                 Err(why) => return Ended::Lost(why),
             };
-            self.drain(&pending, &slots, &mut cycle);
+            self.drain(&pending, &slots, started, &mut cycle);
             if cycle.is_empty() {
                 continue;
             }
@@ -317,8 +365,15 @@ impl UaDevice {
         }
         for (interval, members) in groups {
             let sink = pending.clone();
+            let status_sink = pending.clone();
             let clock = self.clock.clone();
-            let callback = DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
+            let on_status = move |n: StatusChangeNotification| {
+                if !n.status.is_good() {
+                    status_sink.lock().unwrap_or_else(|e| e.into_inner()).dead =
+                        Some(n.status.sub_code().name());
+                }
+            };
+            let on_data = move |dv: DataValue, item: &MonitoredItem| {
                 let Some(tag) = (item.client_handle() as usize).checked_sub(1) else {
                     return;
                 };
@@ -332,10 +387,11 @@ impl UaDevice {
                     dv,
                     received_ms: clock.now_ms(),
                 });
-            });
+            };
+            let callback = SubscriptionCallbacks::new(on_status, on_data, |_, _| {});
             // Keep-alive every ~10 s of silence; the server drops the
             // subscription after 3 missed keep-alives' worth of lifetime.
-            let keep_alive = (10_000 / interval.as_millis().max(1)).clamp(1, 1000) as u32;
+            let keep_alive = keep_alive_count(interval);
             let id = match tokio::time::timeout(
                 timeout,
                 conn.session.create_subscription(
@@ -437,7 +493,13 @@ impl UaDevice {
     }
 
     /// Adds the reported changes, re-stated values and refused tags.
-    fn drain(&mut self, pending: &Mutex<Pending>, slots: &[Slot], out: &mut Vec<Reading>) {
+    fn drain(
+        &mut self,
+        pending: &Mutex<Pending>,
+        slots: &[Slot],
+        started: Instant,
+        out: &mut Vec<Reading>,
+    ) {
         let (changes, dropped) = {
             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
             (
@@ -471,14 +533,35 @@ impl UaDevice {
                     now,
                 )),
                 Slot::Live(_) if tag.mode == TagMode::Subscribe && !changed[i] => {
-                    if let Some((v, q)) = &self.last[i] {
-                        out.push(self.reading(tag, v.clone(), q.clone(), now));
+                    match &self.last[i] {
+                        Some((v, q)) => out.push(self.reading(tag, v.clone(), q.clone(), now)),
+                        // The first value is due one publishing interval
+                        // after the item was created; never silently absent.
+                        None if started.elapsed() > tag.publishing_interval + self.cfg.timeout => {
+                            out.push(self.reading(
+                                tag,
+                                None,
+                                Quality::Bad(BadReason::Status("BadWaitingForInitialData")),
+                                now,
+                            ))
+                        }
+                        None => {}
                     }
                 }
                 _ => {}
             }
         }
     }
+}
+
+/// Publishing intervals between keep-alives: about 10 s of silence.
+fn keep_alive_count(interval: Duration) -> u32 {
+    (10_000 / interval.as_millis().max(1)).clamp(1, 1000) as u32
+}
+
+/// The longest a live subscription stays silent.
+fn keep_alive_period(interval: Duration) -> Duration {
+    interval * keep_alive_count(interval)
 }
 
 /// Each tag's node id on this session: node ids as they are, paths from
@@ -563,11 +646,17 @@ pub async fn read_once(
         &ua.gateway_id,
         ua.trust_unknown_server_certs,
         timeout,
+        Duration::ZERO,
     )?;
     let conn = session::connect(&mut client, &ua, &ua.pki_dir, timeout).await?;
     let all = resolve_tags(&conn.session, &ua, timeout).await;
     let mut out = Vec::new();
     for (tag, resolved) in ua.tags.iter().zip(all) {
+        if tag.optional && resolved == Err(StatusCode::BadNoMatch) {
+            // An optional node this machine does not have: left out, as
+            // the running agent does.
+            continue;
+        }
         let now = clock.now_ms();
         let (node, value, quality, ts) = match resolved {
             Err(code) => (
@@ -595,7 +684,8 @@ pub async fn read_once(
                     Ok(Ok(v)) => match v.first() {
                         Some(dv) => {
                             let (val, q) = value::to_quality(dv);
-                            (shown, val, q, value::timestamp(dv, now, 0))
+                            let max_age = cfg.poll_interval.as_millis() as i64;
+                            (shown, val, q, value::timestamp(dv, now, max_age))
                         }
                         None => (shown, None, Quality::Bad(BadReason::Decode), now),
                     },

@@ -11,15 +11,19 @@
 //! `private/private.pem` (created on first use), `trusted/` and `rejected/`.
 //! A server certificate is trusted only when it is in `trusted/`, under any
 //! file name: the crate looks certificates up by a canonical name
-//! (`<CN> [<thumbprint>].der`), so files dropped in by hand are copied to
-//! that name before each connect.
+//! (`<CN> [<thumbprint>].der`), so files dropped in by hand (DER or PEM,
+//! any extension) are copied to that name before each connect.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::StreamExt;
-use opcua::client::{Client, ClientBuilder, IdentityToken, Session, SessionPollResult};
+use opcua::client::{
+    Client, ClientBuilder, IdentityToken, Session, SessionPollResult, SubscriptionActivity,
+};
 use opcua::crypto::{CertificateStore, SecurityPolicy as CryptoPolicy, X509};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode};
 use tokio::sync::watch;
@@ -78,6 +82,11 @@ pub struct Connection {
     pub session: Arc<Session>,
     /// `Some(reason)` once the session is lost.
     pub lost: watch::Receiver<Option<String>>,
+    /// Milliseconds after `opened` of the last Publish response (data or
+    /// keep-alive): a subscription that falls silent is dead, even when
+    /// the session still answers.
+    last_publish: Arc<AtomicU64>,
+    opened: tokio::time::Instant,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,6 +99,12 @@ impl Connection {
 
     pub fn is_lost(&self) -> bool {
         self.lost.borrow().is_some()
+    }
+
+    /// How long ago the server last answered a Publish request.
+    pub fn publish_silence(&self) -> Duration {
+        let last = Duration::from_millis(self.last_publish.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 }
 
@@ -129,6 +144,7 @@ pub fn client(
     gateway_id: &str,
     trust_any: bool,
     timeout: Duration,
+    longest_publish: Duration,
 ) -> Result<Client, ConnectError> {
     for d in ["trusted", "rejected", "own", "private"] {
         std::fs::create_dir_all(pki.join(d)).map_err(|e| {
@@ -149,9 +165,14 @@ pub fn client(
         .verify_server_certs(!trust_any)
         .session_retry_limit(0)
         .request_timeout(timeout)
-        // Longer than the ~10 s keep-alive period of our subscriptions, so
-        // a quiet subscription's publish is answered before it times out.
-        .publish_timeout(timeout.max(Duration::from_secs(30)))
+        // Longer than the keep-alive period of our subscriptions (~10 s,
+        // or the publishing interval when that is longer), so a quiet
+        // subscription's publish is answered before it times out.
+        .publish_timeout(
+            timeout
+                .max(Duration::from_secs(30))
+                .max(longest_publish + timeout),
+        )
         .keep_alive_interval(timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)))
         .max_failed_keep_alive_count(2)
         .session_timeout(60_000)
@@ -168,7 +189,7 @@ fn adopt_trusted(pki: &Path) {
     };
     for e in entries.flatten() {
         let path = e.path();
-        let Ok(cert) = CertificateStore::read_cert(&path) else {
+        let Some(cert) = read_any_cert(&path) else {
             continue;
         };
         let name = CertificateStore::cert_file_name(&cert);
@@ -181,6 +202,15 @@ fn adopt_trusted(pki: &Path) {
         // The store checks rejected/ first; an explicit trust wins.
         let _ = std::fs::remove_file(pki.join("rejected").join(&name));
     }
+}
+
+/// A certificate file as HMIs export them: DER or PEM, whatever the
+/// extension (.der, .pem, .crt, .cer).
+pub fn read_any_cert(path: &Path) -> Option<X509> {
+    let bytes = std::fs::read(path).ok()?;
+    X509::from_der(&bytes)
+        .ok()
+        .or_else(|| X509::from_pem(&bytes).ok())
 }
 
 /// Picks the server endpoint for the configured security, keeping the
@@ -223,9 +253,9 @@ fn identity_token(id: &Identity) -> Result<IdentityToken, ConnectError> {
             IdentityToken::UserName(user.clone(), password.expose().into())
         }
         Identity::Certificate { cert, key } => {
-            let c = CertificateStore::read_cert(cert).map_err(|e| {
+            let c = read_any_cert(cert).ok_or_else(|| {
                 ConnectError::Setup(format!(
-                    "cannot read the user certificate {}: {e}",
+                    "cannot read the user certificate {} as DER or PEM",
                     cert.display()
                 ))
             })?;
@@ -265,6 +295,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
     let url = dev.endpoint.as_str();
+    adopt_trusted(pki);
     let endpoints =
         match tokio::time::timeout(timeout, client.get_server_endpoints_from_url(url)).await {
             Err(_) => {
@@ -303,6 +334,9 @@ pub async fn connect(
 
     let (state_tx, mut state_rx) = watch::channel(State::Connecting);
     let (lost_tx, lost_rx) = watch::channel(None);
+    let opened = tokio::time::Instant::now();
+    let last_publish = Arc::new(AtomicU64::new(0));
+    let published = last_publish.clone();
     let task = tokio::spawn(async move {
         let events = event_loop.enter();
         tokio::pin!(events);
@@ -315,6 +349,25 @@ pub async fn connect(
                 }
                 Some(Ok(SessionPollResult::ConnectionLost(code))) => {
                     let _ = lost_tx.send(Some(code.sub_code().name().to_string()));
+                }
+                Some(Ok(SessionPollResult::Subscription(SubscriptionActivity::Publish))) => {
+                    published.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                // The server no longer has our subscriptions (deleted,
+                // expired, or it restarted its subscription service): the
+                // crate would just stop publishing, so the session ends.
+                Some(Ok(SessionPollResult::Subscription(SubscriptionActivity::PublishFailed(
+                    code,
+                )))) if matches!(
+                    code.sub_code(),
+                    opcua::types::SubStatusCode::BadNoSubscription
+                        | opcua::types::SubStatusCode::BadSubscriptionIdInvalid
+                ) =>
+                {
+                    let _ = lost_tx.send(Some(format!(
+                        "subscription gone ({})",
+                        code.sub_code().name()
+                    )));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(code)) => {
@@ -351,6 +404,8 @@ pub async fn connect(
     let conn = Connection {
         session,
         lost: lost_rx,
+        last_publish,
+        opened,
         task,
     };
     match outcome {
