@@ -275,10 +275,11 @@ async fn encrypted_session_needs_the_server_certificate_trusted() {
         rows[0].reading
     );
 
-    // Under any file name, too (copied in by hand rather than moved).
+    // Under any file name and extension, too (copied in by hand, as an
+    // HMI exports it, rather than moved).
     std::fs::remove_file(&trusted).unwrap();
     std::fs::write(
-        state.join("pki/trusted/machine-m1.der"),
+        state.join("pki/trusted/machine-m1.crt"),
         sim.server_certificate_der(),
     )
     .unwrap();
