@@ -5,112 +5,16 @@
 
 mod common;
 
+use common::opcua::{config, good, options, Collector, WAIT};
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
 use zgsz_agent::clock::SystemClock;
-use zgsz_agent::config::Config;
-use zgsz_agent::reading::{Quality, Reading, Value};
-use zgsz_agent::sim::opcua::{MachineSpec, OpcUaSim, OpcUaSimOptions};
-use zgsz_agent::sim::MachineKind;
+use zgsz_agent::reading::{Quality, Value};
+use zgsz_agent::sim::opcua::OpcUaSim;
 use zgsz_agent::source::opcua::session::ConnectError;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn machine(name: &str, channels: u8) -> MachineSpec {
-    MachineSpec {
-        name: name.into(),
-        kind: MachineKind::Mill,
-        channels,
-        cycle_s: 3,
-        idle_s: 1,
-    }
-}
-
-fn options(pki: &Path) -> OpcUaSimOptions {
-    OpcUaSimOptions {
-        port: 0,
-        pki_dir: pki.to_path_buf(),
-        trust_client_certs: true,
-        allow_anonymous: true,
-        users: Vec::new(),
-        user_certificates: Vec::new(),
-        secure_endpoints: false,
-        machines: vec![machine("m1", 2)],
-        plant_day: None,
-    }
-}
-
-/// A config whose one device is the given OPC UA `[[devices]]` body.
-fn config(state: &Path, device_toml: &str) -> Config {
-    common::config(
-        state,
-        1883,
-        &format!("[[devices]]\nid = \"m1\"\nprotocol = \"opcua\"\npoll_interval = \"200ms\"\ntimeout = \"3s\"\n{device_toml}"),
-        "",
-        "",
-    )
-}
-
-/// Runs the config's devices and keeps every reading they hand over.
-struct Collector {
-    readings: Arc<Mutex<Vec<Reading>>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Collector {
-    fn start(cfg: &Config) -> Collector {
-        let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
-        let (stop, stop_rx) = watch::channel(false);
-        let clock: Arc<dyn zgsz_agent::clock::Clock> = Arc::new(SystemClock);
-        let mut tasks = zgsz_agent::source::spawn_all(&cfg.devices, &clock, &tx, &stop_rx);
-        let readings = Arc::new(Mutex::new(Vec::new()));
-        let sink = readings.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(cycle) = rx.recv().await {
-                sink.lock().unwrap().extend(cycle);
-            }
-        }));
-        Collector {
-            readings,
-            stop,
-            tasks,
-        }
-    }
-
-    fn of(&self, tag: &str) -> Vec<Reading> {
-        self.readings
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| &*r.tag == tag)
-            .cloned()
-            .collect()
-    }
-
-    fn count(&self) -> usize {
-        self.readings.lock().unwrap().len()
-    }
-
-    async fn wait(&self, what: &str, mut cond: impl FnMut(&[Reading]) -> bool) {
-        let readings = self.readings.clone();
-        common::wait_until(WAIT, what, move || cond(&readings.lock().unwrap())).await;
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks.into_iter().rev().skip(1) {
-            let _ = t.await;
-        }
-    }
-}
-
-fn good(r: &Reading, tag: &str, v: &Value) -> bool {
-    &*r.tag == tag && r.quality.is_good() && r.value.as_ref() == Some(v)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_delivers_changes_and_honours_the_deadband() {
@@ -339,68 +243,6 @@ async fn username_login_and_a_wrong_password_gives_a_clear_error() {
         "{msg}"
     );
     assert!(!msg.contains("wrong"), "the password leaked into: {msg}");
-    sim.stop().await;
-}
-
-/// The server restarts mid-stream: readings turn bad while it is away,
-/// then the subscription is recreated, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restart_resubscribes_without_duplicate_items() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("server-pki");
-    let sim = OpcUaSim::start(options(&pki)).await.unwrap();
-    let port = sim.port();
-    let cfg = config(
-        &dir.path().join("state"),
-        &format!(
-            "endpoint = \"{}\"\nroot = \"Machines/m1\"\n\
-             [[devices.tags]]\nname = \"mode\"\npath = \"Monitoring/MachineTool/OperationMode\"\n\
-             [[devices.tags]]\nname = \"feed\"\npath = \"Monitoring/Channel1/FeedOverride\"\n",
-            sim.endpoint()
-        ),
-    );
-    let c = Collector::start(&cfg);
-    c.wait("good readings", |rs| {
-        rs.iter().any(|r| &*r.tag == "feed" && r.quality.is_good())
-    })
-    .await;
-    common::wait_until(WAIT, "two monitored items", || {
-        sim.monitored_item_count() == 2
-    })
-    .await;
-    sim.stop().await;
-    let before = c.count();
-    c.wait("disconnected readings", |rs| {
-        rs[before..]
-            .iter()
-            .any(|r| matches!(&r.quality, Quality::Bad(why) if why.to_string() == "disconnected"))
-    })
-    .await;
-
-    let mut opts = options(&pki);
-    opts.port = port;
-    let sim = OpcUaSim::start(opts).await.unwrap();
-    let marker = c.count();
-    c.wait("good readings after the restart", |rs| {
-        rs[marker..]
-            .iter()
-            .any(|r| &*r.tag == "feed" && r.quality.is_good())
-    })
-    .await;
-    common::wait_until(WAIT, "monitored items recreated", || {
-        sim.monitored_item_count() >= 2
-    })
-    .await;
-    // A few more cycles: nothing else gets created.
-    let now = c.count();
-    c.wait("more cycles", |rs| rs.len() > now + 10).await;
-    assert_eq!(sim.monitored_item_count(), 2, "monitored items doubled");
-    // Every cycle while the server was away is accounted for: each reading
-    // is good, or bad with a reason.
-    for r in c.readings.lock().unwrap().iter() {
-        assert_eq!(r.value.is_some(), r.quality.is_good(), "{r:?}");
-    }
-    c.stop().await;
     sim.stop().await;
 }
 
@@ -683,6 +525,7 @@ async fn browse_and_read_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_machines_follow_a_compressed_clock() {
     use zgsz_agent::clock::{Clock, ScaledClock};
+    common::logs();
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(7200.0));
     let port = zgsz_agent::broker::free_port().unwrap();
     zgsz_agent::broker::start_embedded(port).unwrap();
@@ -717,7 +560,7 @@ async fn opcua_machines_follow_a_compressed_clock() {
         })
     };
     platform
-        .wait_for(WAIT, "both OPC UA machines running under NC", |p| {
+        .wait_for(2 * WAIT, "both OPC UA machines running under NC", |p| {
             let m = p.of_kind("metrics");
             m.iter().any(|m| ran_nc(m, "dmg-01")) && m.iter().any(|m| ran_nc(m, "lathe-04"))
         })

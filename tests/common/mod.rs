@@ -15,6 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use zgsz_agent::config::{self, Config};
 
+#[cfg(feature = "opcua-sim")]
+pub mod opcua;
+
 pub const USCC: &str = "91350100M000100Y43";
 
 /// A config with the given `[[devices]]` TOML appended, broker at `port`.

@@ -282,6 +282,7 @@ impl UaDevice {
         if let Err(why) = self.subscribe(conn, &mut slots, &pending).await {
             return Ended::Lost(why);
         }
+        conn.publish_expected();
         let polled: Vec<(usize, NodeId)> = self
             .ua
             .tags

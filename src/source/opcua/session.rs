@@ -101,7 +101,14 @@ impl Connection {
         self.lost.borrow().is_some()
     }
 
-    /// How long ago the server last answered a Publish request.
+    /// Starts the silence clock now: the subscriptions exist from here on.
+    pub fn publish_expected(&self) {
+        self.last_publish
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long ago the server last answered a Publish request (or the
+    /// subscriptions were created).
     pub fn publish_silence(&self) -> Duration {
         let last = Duration::from_millis(self.last_publish.load(Ordering::Relaxed));
         self.opened.elapsed().saturating_sub(last)
@@ -353,22 +360,10 @@ pub async fn connect(
                 Some(Ok(SessionPollResult::Subscription(SubscriptionActivity::Publish))) => {
                     published.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
-                // The server no longer has our subscriptions (deleted,
-                // expired, or it restarted its subscription service): the
-                // crate would just stop publishing, so the session ends.
-                Some(Ok(SessionPollResult::Subscription(SubscriptionActivity::PublishFailed(
-                    code,
-                )))) if matches!(
-                    code.sub_code(),
-                    opcua::types::SubStatusCode::BadNoSubscription
-                        | opcua::types::SubStatusCode::BadSubscriptionIdInvalid
-                ) =>
-                {
-                    let _ = lost_tx.send(Some(format!(
-                        "subscription gone ({})",
-                        code.sub_code().name()
-                    )));
-                }
+                // A failed Publish (BadNoSubscription included: a Publish
+                // can overtake the CreateSubscription that triggered it) is
+                // not the end by itself; a subscription that is really gone
+                // falls silent, which the device task notices.
                 Some(Ok(_)) => {}
                 Some(Err(code)) => {
                     if up {
