@@ -524,28 +524,18 @@ async fn browse_and_read_commands() {
 /// their states reach the metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_machines_follow_a_compressed_clock() {
-    use zgsz_agent::clock::{Clock, ScaledClock};
     common::logs();
-    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(7200.0));
-    let port = zgsz_agent::broker::free_port().unwrap();
-    zgsz_agent::broker::start_embedded(port).unwrap();
-    let platform = common::Platform::subscribe(port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut cfg, _) =
-        zgsz_agent::config::load_str(Path::new("config/demo.toml"), zgsz_agent::demo::DEMO_CONFIG)
-            .unwrap();
-    let floor = zgsz_agent::sim::ShopFloor::start_plant_day(clock.clone(), cfg.metrics.utc_offset)
-        .await
-        .unwrap();
+    let common::CompressedDemo {
+        clock,
+        platform,
+        dir,
+        mut cfg,
+        floor,
+    } = common::CompressedDemo::start().await;
     let sim = floor.opcua().unwrap();
     for (id, _, _, _, _) in zgsz_agent::sim::DEMO_OPCUA_MACHINES {
         cfg.set_device_address(id, &sim.endpoint());
     }
-    // Polled every 720 clock seconds, i.e. every 100 ms.
-    common::poll_every(&mut cfg, Duration::from_secs(720));
-    cfg.metrics.snapshot_interval = Duration::from_secs(3600);
-    cfg.set_broker("127.0.0.1", port);
-    cfg.set_state_dir(dir.path());
     zgsz_agent::sim::opcua::trust_certificate(
         &dir.path().join("pki"),
         &sim.server_certificate_der(),

@@ -6,12 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use zgsz_agent::buffer::{self, Batch, Outbox};
-use zgsz_agent::clock::{Clock, ScaledClock};
 use zgsz_agent::config::{self, Config};
 use zgsz_agent::metrics::{seal_window, Window, WindowKind};
 use zgsz_agent::plant::{Sample, State, Transition};
@@ -591,26 +589,14 @@ fn report_verify_and_identity_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_windows_carry_a_linked_seal_under_a_compressed_clock() {
-    use zgsz_agent::sim::ShopFloor;
     common::logs();
-    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(7200.0));
-    let port = zgsz_agent::broker::free_port().unwrap();
-    zgsz_agent::broker::start_embedded(port).unwrap();
-    let platform = common::Platform::subscribe(port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut cfg, _) =
-        config::load_str(Path::new("config/demo.toml"), zgsz_agent::demo::DEMO_CONFIG).unwrap();
-    let floor = ShopFloor::start_plant_day(clock.clone(), cfg.metrics.utc_offset)
-        .await
-        .unwrap();
-    for (id, addr) in floor.addresses() {
-        cfg.set_device_address(&id, &addr.to_string());
-    }
-    // Polled every 720 clock seconds, i.e. every 100 ms.
-    common::poll_every(&mut cfg, Duration::from_secs(720));
-    cfg.metrics.snapshot_interval = Duration::from_secs(3600);
-    cfg.set_broker("127.0.0.1", port);
-    cfg.set_state_dir(dir.path());
+    let common::CompressedDemo {
+        clock,
+        platform,
+        dir,
+        cfg,
+        floor: _floor,
+    } = common::CompressedDemo::start().await;
     let agent = zgsz_agent::agent::start(&cfg, clock.clone()).unwrap();
     // The gateway key was created on this first run, readable by its owner only.
     {

@@ -506,3 +506,46 @@ pub fn poll_every(cfg: &mut Config, every: Duration) {
         e.poll_interval = every;
     }
 }
+
+/// The demo plant on a clock 7,200 times faster than real time (a day in
+/// 12 s), its Modbus machines polled every 720 clock seconds (100 ms),
+/// with the embedded broker and a platform subscriber. The config is the
+/// caller's to adjust before the agent starts.
+pub struct CompressedDemo {
+    pub clock: Arc<dyn zgsz_agent::clock::Clock>,
+    pub platform: Platform,
+    pub dir: tempfile::TempDir,
+    pub cfg: Config,
+    pub floor: zgsz_agent::sim::ShopFloor,
+}
+
+impl CompressedDemo {
+    pub async fn start() -> CompressedDemo {
+        let clock: Arc<dyn zgsz_agent::clock::Clock> =
+            Arc::new(zgsz_agent::clock::ScaledClock::new(7200.0));
+        let port = zgsz_agent::broker::free_port().unwrap();
+        zgsz_agent::broker::start_embedded(port).unwrap();
+        let platform = Platform::subscribe(port).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cfg, _) =
+            config::load_str(Path::new("config/demo.toml"), zgsz_agent::demo::DEMO_CONFIG).unwrap();
+        let floor =
+            zgsz_agent::sim::ShopFloor::start_plant_day(clock.clone(), cfg.metrics.utc_offset)
+                .await
+                .unwrap();
+        for (id, addr) in floor.addresses() {
+            cfg.set_device_address(&id, &addr.to_string());
+        }
+        poll_every(&mut cfg, Duration::from_secs(720));
+        cfg.metrics.snapshot_interval = Duration::from_secs(3600);
+        cfg.set_broker("127.0.0.1", port);
+        cfg.set_state_dir(dir.path());
+        CompressedDemo {
+            clock,
+            platform,
+            dir,
+            cfg,
+            floor,
+        }
+    }
+}
