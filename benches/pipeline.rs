@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use zgsz_agent::buffer::{self, encode_readings, Batch, Kind, Outbox, Row};
+use zgsz_agent::buffer::{self, cycle, Batch, Kind, Outbox, Publish, Route, Row};
 use zgsz_agent::clock::SystemClock;
 use zgsz_agent::config::{self, BufferConfig, Config, Synchronous};
 use zgsz_agent::reading::{BadReason, Quality, Reading, Value};
 use zgsz_agent::source::modbus::decode::{decode_registers, DataType, WordOrder};
 use zgsz_agent::source::modbus::plan::{plan, Area, Span};
-use zgsz_agent::uplink::mqtt::MqttUplink;
+use zgsz_agent::uplink::mqtt::{MqttUplink, UplinkState};
 
 /// Every data type with a register image that decodes in every order.
 fn decode(c: &mut Criterion) {
@@ -131,6 +131,26 @@ fn buffer_cfg(sync: Synchronous) -> BufferConfig {
 
 const MAX_BODY: usize = 64 * 1024 - buffer::ENVELOPE_RESERVE;
 
+/// One sink that carries everything.
+fn routes() -> [Route; 1] {
+    [Route {
+        name: "platform".into(),
+        metrics: true,
+        states: true,
+        telemetry: Some(None),
+    }]
+}
+
+/// A cycle's readings as the outbox stores them.
+fn encode_readings(readings: &[Reading], max: usize) -> Vec<buffer::NewRow> {
+    let batch = Batch {
+        readings: readings.to_vec(),
+        publish: Publish::All,
+        ..Default::default()
+    };
+    cycle::encode(std::slice::from_ref(&batch), max, |_| 1)
+}
+
 /// Outbox append, lease and ack on a real SQLite file in a temporary
 /// directory, with synchronous = FULL and NORMAL.
 fn outbox(c: &mut Criterion) {
@@ -141,7 +161,8 @@ fn outbox(c: &mut Criterion) {
     for (sync, name) in [(Synchronous::Full, "full"), (Synchronous::Normal, "normal")] {
         for n in [100usize, 10_000] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut ob = Outbox::open(dir.path(), &buffer_cfg(sync)).expect("open outbox");
+            let mut ob =
+                Outbox::open(dir.path(), &buffer_cfg(sync), &routes()).expect("open outbox");
             let batch = Batch {
                 readings: readings(n, "lathe-01"),
                 ..Default::default()
@@ -156,7 +177,7 @@ fn outbox(c: &mut Criterion) {
         }
         // Lease and ack: a window of 32 rows, as the uplink asks for them.
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut ob = Outbox::open(dir.path(), &buffer_cfg(sync)).expect("open outbox");
+        let mut ob = Outbox::open(dir.path(), &buffer_cfg(sync), &routes()).expect("open outbox");
         let batch = Batch {
             readings: readings(100, "lathe-01"),
             ..Default::default()
@@ -168,15 +189,18 @@ fn outbox(c: &mut Criterion) {
         }
         g.throughput(Throughput::Elements(32));
         g.bench_function(format!("lease_32_rows/{name}"), |b| {
-            b.iter(|| ob.lease(black_box(0), 32).expect("lease"))
+            b.iter(|| ob.lease(0, black_box(0), 32).expect("lease"))
         });
         g.bench_function(format!("ack_32_rows/{name}"), |b| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
-                    let last = ob.commit(&rows, &empty, &[], &[], 1).expect("refill");
+                    let last = ob
+                        .commit(&rows, &empty, &[], &[], 1)
+                        .expect("refill")
+                        .last_seq;
                     let first = last - rows.len() as i64 + 1;
-                    let acks: Vec<i64> = (first..first + 32).collect();
+                    let acks: Vec<(u8, i64)> = (first..first + 32).map(|s| (0, s)).collect();
                     let t = Instant::now();
                     ob.commit(&[], &empty, &acks, &[], 2).expect("ack");
                     spent += t.elapsed();
@@ -205,6 +229,8 @@ industry = "discrete"
 host = "127.0.0.1"
 port = 1883
 tls = false
+carries = ["metrics", "states", "status", "telemetry"]
+topic_layout = "gateway"
 "#,
         state_dir.display()
     );
@@ -232,16 +258,20 @@ fn encoding(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = bench_config(dir.path());
-    let ob = Outbox::open(dir.path(), &cfg.buffer).expect("open outbox");
+    let routes: Vec<Route> = cfg.sinks.iter().map(|s| s.route()).collect();
+    let ob = Outbox::open(dir.path(), &cfg.buffer, &routes).expect("open outbox");
     let _guard = rt.enter();
     let handles = buffer::spawn(ob, &cfg.buffer, Arc::new(SystemClock));
-    let (uplink, _state) = MqttUplink::new(
-        cfg.mqtt.clone(),
+    let (state, board) = tokio::sync::watch::channel(UplinkState::default());
+    let uplink = MqttUplink::new(
+        cfg.sinks[0].clone(),
         &cfg.enterprise,
         &cfg.agent.gateway_id,
         handles.client.clone(),
         handles.appended.clone(),
         Arc::new(SystemClock),
+        state,
+        vec![board],
     );
     let rs = readings(800, "lathe-01");
     let body = encode_readings(&rs, MAX_BODY).remove(0).body;

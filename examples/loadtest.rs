@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_modbus::prelude::*;
-use zgsz_agent::buffer::{self, encode_readings, Batch, Outbox};
+use zgsz_agent::buffer::{self, cycle, Batch, Outbox, Publish, Route};
 use zgsz_agent::config::{parse_duration, BufferConfig, Synchronous};
 use zgsz_agent::reading::{Quality, Reading, Value};
 use zgsz_agent::sim::{Bank, SimDevice};
@@ -314,12 +314,8 @@ async fn subscribe(
                         continue;
                     }
                     s2.telemetry.fetch_add(1, Ordering::Relaxed);
-                    let n = p
-                        .payload
-                        .windows(10)
-                        .filter(|w| *w == b"{\"device\":")
-                        .count();
-                    s2.readings.fetch_add(n as u64, Ordering::Relaxed);
+                    s2.readings
+                        .fetch_add(count_readings(&p.payload), Ordering::Relaxed);
                     if let Some(changes) = &changes {
                         record_latency(&p.payload, now, changes, &l2);
                     }
@@ -333,31 +329,42 @@ async fn subscribe(
     (seen, lat, task)
 }
 
-#[derive(serde::Deserialize)]
-struct Msg {
-    readings: Vec<WireReading>,
+/// Readings in a `zgsz.telemetry/2` message, counted without parsing it
+/// (the subscriber must keep up with the agent): every member `"…":` is a
+/// reading but the envelope's nine, each cycle's `device`, `ts` and
+/// `values`, and `bad`. The load test's values are integers, and its
+/// cycles carry no `ts_of`.
+fn count_readings(payload: &[u8]) -> u64 {
+    let members = payload.windows(2).filter(|w| *w == b"\":").count();
+    let cycles = payload
+        .windows(10)
+        .filter(|w| *w == b"{\"device\":")
+        .count();
+    let bad = payload.windows(6).filter(|w| *w == b"\"bad\":").count();
+    members.saturating_sub(9 + 3 * cycles + bad) as u64
 }
 
 #[derive(serde::Deserialize)]
-struct WireReading {
+struct Msg {
+    cycles: Vec<WireCycle>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireCycle {
     device: String,
-    tag: String,
-    value: Option<serde_json::Value>,
+    values: std::collections::HashMap<String, serde_json::Value>,
 }
 
 fn record_latency(payload: &[u8], now: Instant, changes: &Changes, out: &Mutex<Vec<f64>>) {
     let Ok(msg) = serde_json::from_slice::<Msg>(payload) else {
         return;
     };
-    for r in msg.readings {
-        if r.tag != "t0" {
-            continue;
-        }
+    for c in msg.cycles {
         let (Some(d), Some(v)) = (
-            r.device
+            c.device
                 .strip_prefix("dev")
                 .and_then(|d| d.parse::<usize>().ok()),
-            r.value.as_ref().and_then(|v| v.as_u64()),
+            c.values.get("t0").and_then(|v| v.as_u64()),
         ) else {
             continue;
         };
@@ -421,6 +428,8 @@ industry = "discrete"
 host = "127.0.0.1"
 port = {}
 tls = false
+carries = ["metrics", "states", "status", "telemetry"]
+topic_layout = "gateway"
 "#,
         s.state_dir.display(),
         s.mqtt_port
@@ -782,7 +791,13 @@ fn phase_append(seconds: f64) -> Figures {
             max_message_bytes: 64 * 1024,
             commit_window: Duration::ZERO,
         };
-        let mut ob = Outbox::open(dir.path(), &cfg).expect("open outbox");
+        let all = Route {
+            name: "platform".into(),
+            metrics: true,
+            states: true,
+            telemetry: Some(None),
+        };
+        let mut ob = Outbox::open(dir.path(), &cfg, &[all]).expect("open outbox");
         let dev: Arc<str> = "dev0".into();
         let names: Vec<Arc<str>> = (0..1000).map(|i| format!("t{i}").into()).collect();
         let t0 = Instant::now();
@@ -800,9 +815,10 @@ fn phase_append(seconds: f64) -> Figures {
                         ts: 1_764_300_000_000 + n as i64,
                     })
                     .collect(),
+                publish: Publish::All,
                 ..Default::default()
             };
-            let rows = encode_readings(&batch.readings, 63 * 1024);
+            let rows = cycle::encode(std::slice::from_ref(&batch), 63 * 1024, |_| 1);
             ob.commit(&rows, &batch, &[], &[], 1).expect("commit");
             n += 1000;
         }

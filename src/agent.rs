@@ -33,7 +33,8 @@ pub struct RunningAgent {
     /// The metrics scheduler has its own stop switch: a device reload
     /// restarts it with the new config hash.
     metrics: (watch::Sender<bool>, JoinHandle<()>),
-    uplink_task: JoinHandle<()>,
+    /// One task per sink.
+    uplink_tasks: Vec<JoinHandle<()>>,
     /// The `[http]` endpoint, if configured.
     http_task: Option<JoinHandle<()>>,
     buffer_thread: std::thread::JoinHandle<()>,
@@ -43,8 +44,10 @@ pub struct RunningAgent {
     pub http_addr: Option<std::net::SocketAddr>,
     /// For the demo and tests: outbox figures.
     pub buffer: BufferClient,
-    /// For the demo and tests: connection state and ack count.
+    /// For the demo and tests: the first sink's connection state and ack count.
     pub uplink: watch::Receiver<UplinkState>,
+    /// Every sink's, in config order.
+    pub sinks: Vec<watch::Receiver<UplinkState>>,
 }
 
 /// A lane's poll task and what it was started with.
@@ -115,7 +118,7 @@ pub fn start_with(
         Some(h) => Some(crate::http::bind(h.listen)?),
         None => None,
     };
-    let mut outbox = Outbox::open(&config.agent.state_dir, &config.buffer)?;
+    let mut outbox = Outbox::open(&config.agent.state_dir, &config.buffer, &config.routes())?;
     // Resume the equipment states; whatever was running when the agent was
     // last alive is offline from then on, committed before anything else.
     let (restored, last_alive) = outbox.plant_restore()?;
@@ -143,15 +146,35 @@ pub fn start_with(
         buffer::spawn_with_progress(outbox, &config.buffer, clock.clone(), progress.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let (uplink, uplink_state) = MqttUplink::new(
-        config.mqtt.clone(),
-        &config.enterprise,
-        &config.agent.gateway_id,
-        handles.client.clone(),
-        handles.appended.clone(),
-        clock.clone(),
-    );
-    let uplink_task = tokio::spawn(uplink.with_progress(progress).run(shutdown_rx.clone()));
+    // One session per sink; every status message shows every sink.
+    let states: Vec<_> = config
+        .sinks
+        .iter()
+        .map(|_| watch::channel(UplinkState::default()))
+        .collect();
+    let board: Vec<_> = states.iter().map(|(_, rx)| rx.clone()).collect();
+    let mut uplink_tasks = Vec::new();
+    for (sink, (state, _)) in config.sinks.iter().zip(states) {
+        let uplink = MqttUplink::new(
+            sink.clone(),
+            &config.enterprise,
+            &config.agent.gateway_id,
+            handles.client.clone(),
+            handles.appended.clone(),
+            clock.clone(),
+            state,
+            board.clone(),
+        );
+        uplink_tasks.push(tokio::spawn(
+            uplink
+                .with_progress(progress.clone())
+                .run(shutdown_rx.clone()),
+        ));
+    }
+    let uplink_state = board
+        .first()
+        .cloned()
+        .unwrap_or_else(|| watch::channel(UplinkState::default()).1);
 
     let metrics = spawn_metrics(config, &handles.client, &clock);
 
@@ -159,7 +182,7 @@ pub fn start_with(
     let http_task = http_listener.map(|l| {
         let state = Arc::new(crate::http::HttpState {
             buffer: handles.client.clone(),
-            uplink: uplink_state.clone(),
+            uplink: board.clone(),
             clock: clock.clone(),
             clock_sync: crate::clocksync::check,
         });
@@ -168,7 +191,13 @@ pub fn start_with(
 
     // Sources → plant stage → outbox.
     let (cycles_tx, cycles_rx) = mpsc::channel(1024);
-    let plant_task = tokio::spawn(crate::plant::run(tracker, cycles_rx, handles.readings));
+    let publish = crate::telemetry::Exceptions::new(config);
+    let plant_task = tokio::spawn(crate::plant::run(
+        tracker,
+        publish,
+        cycles_rx,
+        handles.readings,
+    ));
     let devices = source::lanes(&config.devices)
         .into_iter()
         .map(|lane| spawn_lane(lane, &clock, &cycles_tx))
@@ -179,13 +208,14 @@ pub fn start_with(
         cycles: Some(cycles_tx),
         plant_task,
         metrics,
-        uplink_task,
+        uplink_tasks,
         http_task,
         buffer_thread: handles.thread,
         clock,
         http_addr,
         buffer: handles.client,
         uplink: uplink_state,
+        sinks: board,
     })
 }
 
@@ -205,7 +235,9 @@ impl RunningAgent {
         self.cycles.take();
         let _ = self.plant_task.await;
         let _ = self.metrics.1.await;
-        let _ = self.uplink_task.await;
+        for t in self.uplink_tasks {
+            let _ = t.await;
+        }
         if let Some(t) = self.http_task.take() {
             let _ = t.await;
         }

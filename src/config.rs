@@ -18,8 +18,10 @@ use serde::Deserialize;
 use crate::identity::{self, UsccCheck};
 
 pub mod opcua;
+pub mod sink;
 use crate::source::modbus::decode::{DataType, WordOrder};
 use crate::source::modbus::plan::Area;
+pub use sink::{Carries, MqttConfig, SinkConfig, TopicLayout};
 
 // ---------------------------------------------------------------------------
 // The file, as written.
@@ -33,7 +35,11 @@ struct RawConfig {
     devices: Vec<RawDevice>,
     #[serde(default)]
     buffer: RawBuffer,
-    mqtt: RawMqtt,
+    /// The platform sink, in its short form.
+    mqtt: Option<sink::RawSink>,
+    /// More northbound destinations (or all of them).
+    #[serde(default)]
+    sinks: Vec<sink::RawSink>,
     #[serde(default)]
     processes: Vec<RawProcess>,
     #[serde(default)]
@@ -42,6 +48,9 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     http: Option<RawHttp>,
+    /// What of each cycle is published: every cycle, or by exception.
+    #[serde(default)]
+    telemetry: crate::telemetry::RawTelemetry,
 }
 
 /// `[http]`: the optional local Prometheus and health endpoint.
@@ -228,38 +237,6 @@ impl Default for RawBuffer {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMqtt {
-    #[serde(default = "default_mqtt_host")]
-    host: String,
-    port: Option<u16>,
-    #[serde(default = "default_true")]
-    tls: bool,
-    ca_file: Option<PathBuf>,
-    client_cert_file: Option<PathBuf>,
-    client_key_file: Option<PathBuf>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    /// Name of an environment variable holding the password (systemd:
-    /// `LoadCredential=` or an `EnvironmentFile=` readable only by root).
-    password_env: Option<String>,
-    /// Refuse to start with `tls = false` (a site policy switch).
-    #[serde(default)]
-    require_tls: bool,
-    client_id: Option<String>,
-    #[serde(default = "default_topic_prefix")]
-    topic_prefix: String,
-    #[serde(default = "default_keepalive")]
-    keepalive: String,
-    #[serde(default = "default_max_inflight")]
-    max_inflight: u16,
-    #[serde(default = "default_max_message_bytes")]
-    max_message_bytes: ByteSize,
-    #[serde(default = "default_status_interval")]
-    status_interval: String,
-}
-
 fn default_unit_id() -> u16 {
     1
 }
@@ -284,35 +261,17 @@ fn default_max_bytes() -> ByteSize {
 fn default_commit_window() -> String {
     "100ms".into()
 }
-fn default_mqtt_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_topic_prefix() -> String {
-    "zgsz".into()
-}
-fn default_keepalive() -> String {
-    "30s".into()
-}
-fn default_max_inflight() -> u16 {
-    32
-}
-fn default_max_message_bytes() -> ByteSize {
-    ByteSize::Number(64 * 1024)
-}
-fn default_status_interval() -> String {
-    "60s".into()
-}
 
 /// A size written as a number of bytes or as text such as `"256MiB"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum ByteSize {
+pub(crate) enum ByteSize {
     Number(u64),
     Text(String),
 }
 
 impl ByteSize {
-    fn bytes(&self) -> Option<u64> {
+    pub(crate) fn bytes(&self) -> Option<u64> {
         match self {
             ByteSize::Number(n) => Some(*n),
             ByteSize::Text(s) => parse_size(s),
@@ -476,11 +435,14 @@ pub struct Config {
     pub enterprise: Enterprise,
     pub devices: Vec<Arc<DeviceConfig>>,
     pub buffer: BufferConfig,
-    pub mqtt: Arc<MqttConfig>,
+    /// The northbound MQTT destinations, `[mqtt]` first.
+    pub sinks: Vec<Arc<SinkConfig>>,
     pub plant: Arc<crate::plant::PlantModel>,
     pub metrics: MetricsConfig,
     /// `None`: no HTTP endpoint (the default).
     pub http: Option<HttpConfig>,
+    /// Report every cycle or by exception, per device and tag.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The local `/metrics` and `/healthz` endpoint.
@@ -595,35 +557,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    /// `None` means plaintext (only sensible on loopback).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub client_id: String,
-    pub topic_prefix: String,
-    pub keepalive: Duration,
-    pub max_inflight: u16,
-    pub max_message_bytes: usize,
-    pub status_interval: Duration,
-}
-
-impl fmt::Debug for MqttConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls.is_some())
-            .field("username", &self.username)
-            .field("client_id", &self.client_id)
-            .field("topic_prefix", &self.topic_prefix)
-            .finish_non_exhaustive()
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Errors.
 
@@ -680,17 +613,17 @@ impl Problem {
 
 /// Collects problems while validating.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
             warning: false,
         });
     }
-    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -760,7 +693,7 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-fn resolve(base: &Path, p: &Path) -> PathBuf {
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -771,21 +704,21 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 /// Ids and names end up in every message; keep them short.
 const MAX_ID_LEN: usize = 64;
 
-fn is_ident(s: &str) -> bool {
+pub(crate) fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
     s.len() <= MAX_ID_LEN
         && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn is_id(s: &str) -> bool {
+pub(crate) fn is_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn duration(p: &mut Problems, key: &str, s: &str, min: Duration) -> Duration {
+pub(crate) fn duration(p: &mut Problems, key: &str, s: &str, min: Duration) -> Duration {
     match parse_duration(s) {
         Some(d) if d >= min => d,
         Some(_) => {
@@ -805,7 +738,7 @@ fn duration(p: &mut Problems, key: &str, s: &str, min: Duration) -> Duration {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -980,173 +913,20 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         w
     };
 
-    // [mqtt]
-    let m = raw.mqtt;
-    let max_message_bytes = match m.max_message_bytes.bytes() {
-        Some(b) if (1024..=16 << 20).contains(&b) => b as usize,
-        _ => {
-            p.error(
-                "mqtt.max_message_bytes",
-                "must be a size between 1KiB and 16MiB, e.g. \"64KiB\"",
-            );
-            64 * 1024
-        }
-    };
+    // [mqtt] and [[sinks]]
+    let sinks = sink::validate_all(raw.mqtt, raw.sinks, base, &agent.gateway_id, &enterprise, p);
     let buffer = BufferConfig {
         synchronous: raw.buffer.synchronous,
         max_bytes,
         max_rows: raw.buffer.max_rows,
-        max_message_bytes,
+        // One stored row is one message to every sink that carries it.
+        max_message_bytes: sinks
+            .iter()
+            .map(|s| s.mqtt.max_message_bytes)
+            .min()
+            .unwrap_or(64 * 1024),
         commit_window,
     };
-    if m.topic_prefix.is_empty()
-        || m.topic_prefix.contains(['+', '#'])
-        || m.topic_prefix.starts_with('/')
-        || m.topic_prefix.ends_with('/')
-    {
-        p.error(
-            "mqtt.topic_prefix",
-            format!(
-                "{:?} must be non-empty, without '+', '#' or a leading/trailing '/'",
-                m.topic_prefix
-            ),
-        );
-    }
-    if m.max_inflight == 0 {
-        p.error("mqtt.max_inflight", "must be at least 1");
-    }
-    let tls = if m.tls {
-        tls_config(base, &m, p)
-    } else {
-        for (k, v) in [
-            ("ca_file", &m.ca_file),
-            ("client_cert_file", &m.client_cert_file),
-            ("client_key_file", &m.client_key_file),
-        ] {
-            if v.is_some() {
-                p.error(
-                    format!("mqtt.{k}"),
-                    "is set but mqtt.tls = false; set tls = true or remove the key",
-                );
-            }
-        }
-        None
-    };
-    if m.require_tls && !m.tls {
-        p.error(
-            "mqtt.tls",
-            "is false but mqtt.require_tls = true; set tls = true with ca_file",
-        );
-    }
-    if m.password_file.is_some() && m.password_env.is_some() {
-        p.error(
-            "mqtt.password_env",
-            "password_file is set too; keep one source of the password",
-        );
-    }
-    for (k, f) in [
-        ("password_file", &m.password_file),
-        ("client_key_file", &m.client_key_file),
-    ] {
-        if let Some(f) = f {
-            warn_world_readable(&resolve(base, f), &format!("mqtt.{k}"), p);
-        }
-    }
-    let from_env = m.password_env.as_ref().and_then(|name| match std::env::var(name) {
-        Ok(v) => Some(Secret(v)),
-        Err(_) => {
-            p.error("mqtt.password_env", format!("environment variable {name} is not set; set it for the agent's service, or use password_file"));
-            None
-        }
-    });
-    let password = from_env.or_else(|| {
-        m.password_file.as_ref().and_then(|f| {
-            let f = resolve(base, f);
-            match std::fs::read_to_string(&f) {
-                Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_string())),
-                Err(e) => {
-                    p.error(
-                        "mqtt.password_file",
-                        format!(
-                        "cannot read {}: {e}; create it with only the password inside, mode 0600",
-                        f.display()
-                    ),
-                    );
-                    None
-                }
-            }
-        })
-    });
-    if password.is_some() && m.username.is_none() {
-        p.error(
-            "mqtt.username",
-            "password_file is set but username is not; MQTT sends a password only with a username",
-        );
-    }
-    let port = m.port.unwrap_or(if m.tls { 8883 } else { 1883 });
-    if port == 0 {
-        p.error(
-            "mqtt.port",
-            "0 is not a port; the platform's MQTT port is usually 8883 (TLS) or 1883",
-        );
-    }
-    if m.host.trim().is_empty() {
-        p.error(
-            "mqtt.host",
-            "is empty; write the platform broker's host name or address",
-        );
-    }
-    if m.client_id
-        .as_deref()
-        .is_some_and(|c| c.is_empty() || c.len() > 128)
-    {
-        p.error(
-            "mqtt.client_id",
-            "must be 1 to 128 characters; remove it to use zgsz-<gateway_id>",
-        );
-    }
-    if !m.tls && !is_loopback(&m.host) {
-        let what = if m.password_file.is_some() {
-            "telemetry and the password"
-        } else {
-            "telemetry"
-        };
-        p.warn(
-            "mqtt.tls",
-            format!("is false for {:?}: {what} would cross the network in plain text; set tls = true and ca_file", m.host),
-        );
-    }
-    let mqtt = MqttConfig {
-        host: m.host,
-        port,
-        tls,
-        username: m.username,
-        password,
-        client_id: m
-            .client_id
-            .unwrap_or_else(|| format!("zgsz-{}", agent.gateway_id)),
-        topic_prefix: m.topic_prefix,
-        keepalive: {
-            let k = duration(p, "mqtt.keepalive", &m.keepalive, Duration::from_secs(5));
-            // MQTT carries keep-alive as 16-bit seconds.
-            if k > Duration::from_secs(65535) {
-                p.error(
-                    "mqtt.keepalive",
-                    "exceeds MQTT's limit of 65535s; 30s to 120s is usual",
-                );
-            }
-            k
-        },
-        max_inflight: m.max_inflight,
-        max_message_bytes,
-        status_interval: duration(
-            p,
-            "mqtt.status_interval",
-            &m.status_interval,
-            Duration::from_secs(1),
-        ),
-    };
-
     let plant = validate_plant(raw.processes, raw.equipment, &devices, p);
     let utc_offset = match time::UtcOffset::parse(
         &raw.metrics.utc_offset,
@@ -1175,6 +955,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
     };
 
     let http = raw.http.and_then(|h| validate_http(h, p));
+    let ids: Vec<&str> = devices.iter().map(|d| &*d.id).collect();
+    let telemetry = crate::telemetry::validate(raw.telemetry, &ids, p);
 
     Some(Config {
         path: path.to_path_buf(),
@@ -1182,10 +964,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
         enterprise,
         devices,
         buffer,
-        mqtt: Arc::new(mqtt),
+        sinks,
         plant: Arc::new(plant),
         metrics,
         http,
+        telemetry,
     })
 }
 
@@ -1855,117 +1638,11 @@ fn check_overlaps(tags: &[TagConfig], keys: &[String], p: &mut Problems) {
 
 /// Secrets readable by every user on the gateway are a finding in any
 /// security review; say so, but do not refuse to run.
-fn warn_world_readable(path: &Path, key: &str, p: &mut Problems) {
+pub(crate) fn warn_world_readable(path: &Path, key: &str, p: &mut Problems) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path) {
         if m.permissions().mode() & 0o004 != 0 {
             p.warn(key, format!("{} is readable by every user on this machine; chmod 600 it (owner: the agent's user)", path.display()));
-        }
-    }
-}
-
-fn tls_config(base: &Path, m: &RawMqtt, p: &mut Problems) -> Option<Arc<rustls::ClientConfig>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &m.ca_file {
-        let ca = resolve(base, ca);
-        match std::fs::read(&ca) {
-            Err(e) => {
-                p.error(
-                    "mqtt.ca_file",
-                    format!(
-                        "cannot read {}: {e}; point it at the platform's CA certificate (PEM)",
-                        ca.display()
-                    ),
-                );
-                return None;
-            }
-            Ok(bytes) => {
-                let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-                    .filter_map(Result::ok)
-                    .collect();
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    p.error("mqtt.ca_file", format!("{} holds no usable PEM certificate; it must contain -----BEGIN CERTIFICATE-----", ca.display()));
-                    return None;
-                }
-            }
-        }
-    } else {
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            p.error("mqtt.ca_file", "is not set and the system has no CA certificates; set it to the platform's CA certificate (PEM)");
-            return None;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b.with_root_certificates(roots),
-        Err(e) => {
-            p.error("mqtt.tls", format!("TLS setup failed: {e}"));
-            return None;
-        }
-    };
-    match (&m.client_cert_file, &m.client_key_file) {
-        (None, None) => Some(Arc::new(builder.with_no_client_auth())),
-        (Some(cert), Some(key)) => {
-            let (cert, key) = (resolve(base, cert), resolve(base, key));
-            let certs: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert) {
-                Ok(it) => it.filter_map(Result::ok).collect(),
-                Err(e) => {
-                    p.error(
-                        "mqtt.client_cert_file",
-                        format!("cannot read {}: {e}", cert.display()),
-                    );
-                    return None;
-                }
-            };
-            if certs.is_empty() {
-                p.error(
-                    "mqtt.client_cert_file",
-                    format!("{} holds no PEM certificate", cert.display()),
-                );
-                return None;
-            }
-            let key = match PrivateKeyDer::from_pem_file(&key) {
-                Ok(k) => k,
-                Err(e) => {
-                    p.error(
-                        "mqtt.client_key_file",
-                        format!("cannot read a PEM private key from {}: {e}", key.display()),
-                    );
-                    return None;
-                }
-            };
-            match builder.with_client_auth_cert(certs, key) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    p.error(
-                        "mqtt.client_key_file",
-                        format!("does not match client_cert_file: {e}"),
-                    );
-                    None
-                }
-            }
-        }
-        (Some(_), None) => {
-            p.error(
-                "mqtt.client_key_file",
-                "client_cert_file is set, so the matching key file is needed too",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            p.error(
-                "mqtt.client_cert_file",
-                "client_key_file is set, so the matching certificate is needed too",
-            );
-            None
         }
     }
 }
@@ -1985,10 +1662,29 @@ impl Config {
         }
     }
 
+    /// What the outbox needs to know of the sinks.
+    pub fn routes(&self) -> Vec<crate::buffer::Route> {
+        self.sinks.iter().map(|s| s.route()).collect()
+    }
+
+    /// Points every sink at one broker.
     pub fn set_broker(&mut self, host: &str, port: u16) {
-        let m = Arc::make_mut(&mut self.mqtt);
-        m.host = host.to_string();
-        m.port = port;
+        for s in &mut self.sinks {
+            let m = &mut Arc::make_mut(s).mqtt;
+            m.host = host.to_string();
+            m.port = port;
+        }
+    }
+
+    /// Points the sink called `name` at a broker.
+    pub fn set_sink_broker(&mut self, name: &str, host: &str, port: u16) {
+        for s in &mut self.sinks {
+            if s.name == name {
+                let m = &mut Arc::make_mut(s).mqtt;
+                m.host = host.to_string();
+                m.port = port;
+            }
+        }
     }
 
     pub fn set_state_dir(&mut self, dir: &Path) {

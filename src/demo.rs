@@ -26,9 +26,13 @@ pub const DEMO_CONFIG: &str = concat!(
 #[cfg(not(feature = "opcua-sim"))]
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
-/// What the platform side has seen.
+/// What the subscribers (the city platform and the enterprise's systems)
+/// have seen.
 #[derive(Default)]
 struct Platform {
+    /// Messages on the platform's topics (metrics, states, status).
+    platform_messages: u64,
+    /// Telemetry messages (the enterprise sink's).
     messages: u64,
     duplicates: u64,
     readings: u64,
@@ -59,6 +63,9 @@ impl Platform {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
             return;
         };
+        if topic.starts_with("zgsz/") {
+            self.platform_messages += 1;
+        }
         if topic.ends_with("/status") {
             self.status = v["state"].as_str().unwrap_or("?").to_string();
             return;
@@ -68,28 +75,32 @@ impl Platform {
             self.duplicates += 1;
             return;
         }
+        self.last_seq = self.last_seq.max(v["seq"].as_i64().unwrap_or(0));
         if topic.ends_with("/metrics") {
             self.metrics = Some(v);
             return;
         }
+        if !topic.ends_with("/telemetry") {
+            return;
+        }
         self.messages += 1;
-        self.last_seq = self.last_seq.max(v["seq"].as_i64().unwrap_or(0));
-        if let Some(rs) = v["readings"].as_array() {
-            for r in rs {
+        for c in v["cycles"].as_array().into_iter().flatten() {
+            let dev = c["device"].as_str().unwrap_or("?").to_string();
+            let latest = self.latest.entry(dev).or_default();
+            for (tag, value) in c["values"].as_object().into_iter().flatten() {
                 self.readings += 1;
-                let dev = r["device"].as_str().unwrap_or("?").to_string();
-                let tag = r["tag"].as_str().unwrap_or("?").to_string();
-                let val = match r["value"] {
-                    serde_json::Value::Null => {
-                        format!("bad({})", r["reason"].as_str().unwrap_or("?"))
-                    }
-                    serde_json::Value::Number(ref n) => match n.as_f64() {
+                let val = match value {
+                    serde_json::Value::Number(n) => match n.as_f64() {
                         Some(f) if n.is_f64() => format!("{f:.1}"),
                         _ => n.to_string(),
                     },
-                    ref other => other.to_string(),
+                    other => other.to_string(),
                 };
-                self.latest.entry(dev).or_default().insert(tag, val);
+                latest.insert(tag.clone(), val);
+            }
+            for (tag, why) in c["bad"].as_object().into_iter().flatten() {
+                self.readings += 1;
+                latest.insert(tag.clone(), format!("bad({})", why.as_str().unwrap_or("?")));
             }
         }
     }
@@ -199,13 +210,29 @@ pub async fn run(
             .unwrap_or_default()
     );
 
-    // The platform side: a plain subscriber on the same broker.
+    println!("  sinks (both on the embedded broker):");
+    for sink in &cfg.sinks {
+        println!(
+            "    {:<10} {} -> {}/…",
+            sink.name,
+            carried(sink),
+            crate::uplink::mqtt::Topics::new(
+                &sink.mqtt.topic_prefix,
+                sink.layout,
+                &cfg.enterprise,
+                &cfg.agent.gateway_id
+            )
+            .of("")
+            .trim_end_matches('/')
+        );
+    }
+
+    // The platform and the enterprise: a plain subscriber on the broker.
     let mut opts = MqttOptions::new("demo-platform", "127.0.0.1", broker_addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(16 << 20, 16 << 20);
     let (sub, mut sub_loop) = AsyncClient::new(opts, 64);
-    sub.subscribe(format!("{}/#", cfg.mqtt.topic_prefix), QoS::AtLeastOnce)
-        .await?;
+    sub.subscribe("#", QoS::AtLeastOnce).await?;
 
     let agent = crate::agent::start(&cfg, clock.clone())?;
     let demo_start = clock.now_ms();
@@ -234,20 +261,31 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let stats = agent.buffer.stats().await.ok();
-                let up = agent.uplink.borrow().clone();
                 let rate = (platform.messages - last_msgs) as f64 / 2.0;
                 last_msgs = platform.messages;
                 if scaled {
                     println!("\n[simulated {}]", crate::metrics::rfc3339(clock.now_ms() / 1000 * 1000, cfg.metrics.utc_offset));
                 }
                 println!(
-                    "\n[{:>4}s] uplink {} | platform got {} msgs ({rate:.1}/s), {} readings, last seq {} | outbox {} rows | acked {}",
+                    "\n[{:>4}s] telemetry: {} msgs ({rate:.1}/s), {} readings | last seq {} | outbox {} rows",
                     started.elapsed().as_secs(),
-                    if up.connected { "connected" } else { "DOWN" },
                     platform.messages, platform.readings, platform.last_seq,
                     stats.as_ref().map(|s| s.rows).unwrap_or(0),
-                    up.acked_messages,
                 );
+                // What leaves the factory, per destination, and per day at
+                // this rate (of simulated time under compression).
+                let simulated_ms = (clock.now_ms() - demo_start).max(1) as f64;
+                for sink in &agent.sinks {
+                    let u = sink.borrow().clone();
+                    println!(
+                        "  sink {:<10} {:<9} {:>7} msgs {:>10} ≈ {}/day",
+                        u.name,
+                        if u.connected { "connected" } else { "DOWN" },
+                        u.published_messages,
+                        human_bytes(u.published_bytes as f64),
+                        human_bytes(u.published_bytes as f64 / simulated_ms * 86_400_000.0),
+                    );
+                }
                 if let Some(m) = &platform.metrics {
                     let i = &m["indicators"];
                     println!(
@@ -291,8 +329,40 @@ pub async fn run(
         crate::cli::report(&cfg, &from, &to, &dir, clock.now_ms())?;
     }
     println!(
-        "\nDemo done: the platform received {} unique messages ({} readings, {} duplicates dropped by msg_id).",
-        platform.messages, platform.readings, platform.duplicates
+        "\nDemo done: the platform received {} messages (metrics, states, status); the enterprise received {} telemetry messages ({} readings, {} duplicates dropped by msg_id).",
+        platform.platform_messages, platform.messages, platform.readings, platform.duplicates
     );
     Ok(())
+}
+
+/// What a sink carries, for the banner.
+fn carried(sink: &config::SinkConfig) -> String {
+    let c = &sink.carries;
+    [
+        (c.metrics, "metrics"),
+        (c.states, "states"),
+        (c.status, "status"),
+        (c.telemetry.is_some(), "telemetry"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// `1.2 MB`: decimal units, as bandwidth is billed.
+fn human_bytes(b: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} {}", units[i])
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
 }

@@ -47,7 +47,8 @@ pub enum HttpError {
 /// What the endpoint reports on.
 pub struct HttpState {
     pub buffer: BufferClient,
-    pub uplink: watch::Receiver<UplinkState>,
+    /// Every sink's connection state.
+    pub uplink: Vec<watch::Receiver<UplinkState>>,
     pub clock: Arc<dyn Clock>,
     /// Clock-sync probe (replaceable in tests).
     pub clock_sync: fn() -> ClockSync,
@@ -202,7 +203,7 @@ async fn route(head: &str, state: &HttpState) -> Response {
         return Response::text(405, "GET only");
     }
     let stats = tokio::time::timeout(OUTBOX_TIMEOUT, state.buffer.stats()).await;
-    let uplink = state.uplink.borrow().clone();
+    let uplink: Vec<UplinkState> = state.uplink.iter().map(|u| u.borrow().clone()).collect();
     let sync = (state.clock_sync)();
     match (path, stats) {
         ("/metrics", Ok(Ok(s))) => Response {
@@ -216,7 +217,8 @@ async fn route(head: &str, state: &HttpState) -> Response {
             content_type: "application/json",
             body: serde_json::json!({
                 "status": "ok",
-                "mqtt_connected": uplink.connected,
+                "mqtt_connected": uplink.iter().all(|u| u.connected),
+                "sinks": uplink.iter().map(|u| serde_json::json!({"name": u.name, "connected": u.connected})).collect::<Vec<_>>(),
                 "outbox_rows": s.rows,
                 "clock_sync": sync,
             })
@@ -229,7 +231,7 @@ async fn route(head: &str, state: &HttpState) -> Response {
 }
 
 /// Prometheus text exposition of the outbox, uplink and device figures.
-pub fn render_metrics(s: &Stats, u: &UplinkState, sync: ClockSync, now_ms: i64) -> String {
+pub fn render_metrics(s: &Stats, sinks: &[UplinkState], sync: ClockSync, now_ms: i64) -> String {
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(o, "# HELP {name} {help}");
@@ -259,6 +261,12 @@ pub fn render_metrics(s: &Stats, u: &UplinkState, sync: ClockSync, now_ms: i64) 
         "gauge",
         "Size of the waiting rows as counted against buffer.max_bytes.",
         &one(s.bytes as f64),
+    );
+    metric(
+        "zgsz_outbox_disk_full",
+        "gauge",
+        "1 while the outbox cannot be written because the disk is full.",
+        &one(if s.disk_full { 1.0 } else { 0.0 }),
     );
     let age = match s.oldest_unsent_ts {
         Some(t) if s.rows > 0 => (now_ms - t).max(0) as f64 / 1000.0,
@@ -308,17 +316,59 @@ pub fn render_metrics(s: &Stats, u: &UplinkState, sync: ClockSync, now_ms: i64) 
     ] {
         metric(name, "counter", help, &one(v as f64));
     }
+    let per_sink = |f: &dyn Fn(&UplinkState) -> f64| -> Vec<(String, f64)> {
+        sinks
+            .iter()
+            .map(|u| (format!("{{sink=\"{}\"}}", u.name), f(u)))
+            .collect()
+    };
     metric(
         "zgsz_mqtt_connected",
         "gauge",
-        "1 while connected to the broker.",
-        &one(if u.connected { 1.0 } else { 0.0 }),
+        "1 while the sink is connected to its broker.",
+        &per_sink(&|u| if u.connected { 1.0 } else { 0.0 }),
     );
     metric(
         "zgsz_mqtt_connects_total",
         "counter",
         "Successful broker connections since start.",
-        &one(u.connects as f64),
+        &per_sink(&|u| u.connects as f64),
+    );
+    metric(
+        "zgsz_mqtt_published_bytes_total",
+        "counter",
+        "Payload bytes handed to the broker since start.",
+        &per_sink(&|u| u.published_bytes as f64),
+    );
+    let share = |f: &dyn Fn(&crate::buffer::SinkStats) -> u64| -> Vec<(String, f64)> {
+        s.sinks
+            .iter()
+            .map(|x| (format!("{{sink=\"{}\"}}", x.name), f(x) as f64))
+            .collect()
+    };
+    metric(
+        "zgsz_sink_outbox_rows",
+        "gauge",
+        "Rows the sink still owes a PUBACK for.",
+        &share(&|x| x.rows),
+    );
+    metric(
+        "zgsz_sink_acked_rows_total",
+        "counter",
+        "Rows the sink's broker acknowledged.",
+        &share(&|x| x.acked_rows),
+    );
+    metric(
+        "zgsz_sink_evicted_rows_total",
+        "counter",
+        "Rows evicted over the cap while the sink still owed them.",
+        &share(&|x| x.evicted_rows),
+    );
+    metric(
+        "zgsz_sink_evicted_readings_total",
+        "counter",
+        "Readings inside rows evicted while the sink still owed them.",
+        &share(&|x| x.evicted_readings),
     );
     metric(
         "zgsz_clock_synchronized",
@@ -387,17 +437,18 @@ mod tests {
             ..Default::default()
         };
         let u = UplinkState {
+            name: "platform".into(),
             connected: true,
             connects: 1,
             ..Default::default()
         };
-        let t = render_metrics(&s, &u, ClockSync::Unsynchronized, 12_500);
+        let t = render_metrics(&s, &[u], ClockSync::Unsynchronized, 12_500);
         for line in [
             "zgsz_outbox_rows 3",
             "zgsz_outbox_oldest_unsent_age_seconds 2.5",
             "zgsz_outbox_last_seq 42",
             "zgsz_outbox_appended_readings_total 100",
-            "zgsz_mqtt_connected 1",
+            "zgsz_mqtt_connected{sink=\"platform\"} 1",
             "zgsz_clock_synchronized 0",
             "zgsz_device_readings_total{device=\"lathe-01\",quality=\"good\"} 7",
             "zgsz_device_readings_total{device=\"lathe-01\",quality=\"bad\"} 2",

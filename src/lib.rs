@@ -26,5 +26,6 @@ pub mod report;
 pub mod signing;
 pub mod sim;
 pub mod source;
+pub mod telemetry;
 pub mod uplink;
 pub mod watchdog;

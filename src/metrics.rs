@@ -88,18 +88,7 @@ pub fn rfc3339(ts: i64, offset: UtcOffset) -> String {
         .unwrap_or_else(|| ts.to_string())
 }
 
-/// What SQLite holds for one window.
-#[derive(Debug, Clone, Default)]
-pub struct WindowData {
-    /// Each equipment's state at the window's start: its last transition at
-    /// or before `start`. A transition exactly on a boundary belongs to the
-    /// window it starts.
-    pub initial: HashMap<String, State>,
-    /// Transitions with start < ts < end, ordered by ts.
-    pub transitions: Vec<(String, i64, State)>,
-    /// (good, total) rule evaluations per equipment within the window.
-    pub samples: HashMap<String, (u64, u64)>,
-}
+pub use crate::plant::WindowData;
 
 /// A ratio with its parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +232,12 @@ pub struct Report {
     /// The window's digest-chain entry: closed (hour, day) windows only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seal: Option<crate::chain::Seal>,
+    /// Closed windows: the outbox's last seq when the state history was
+    /// read. The seal covers exactly the transitions of the `states`
+    /// messages up to this seq, so a platform can rebuild it even when a
+    /// late (back-dated) transition of the window is committed after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub states_upto_seq: Option<i64>,
 }
 
 /// Computes every indicator for one window.
@@ -437,6 +432,7 @@ pub fn compute(
         processes,
         equipment,
         seal: None,
+        states_upto_seq: None,
     }
 }
 
@@ -468,6 +464,7 @@ pub fn seal_window(
         let history = crate::chain::transitions_lines(&ids, window.start, window.end, data);
         let seal = crate::chain::seal(head, &lines, &history);
         report.seal = Some(seal.clone());
+        report.states_upto_seq = Some(data.upto_seq);
         entry = Some(crate::chain::ChainEntry {
             seal,
             kind: window.kind.name().to_string(),
@@ -477,11 +474,11 @@ pub fn seal_window(
             body: None,
         });
     }
-    let row = crate::buffer::NewRow {
-        kind: crate::buffer::Kind::Metrics,
-        count: report.equipment.len() as u32,
-        body: body(&report),
-    };
+    let row = crate::buffer::NewRow::new(
+        crate::buffer::Kind::Metrics,
+        report.equipment.len() as u32,
+        body(&report),
+    );
     if let Some(e) = entry.as_mut() {
         if window.kind == WindowKind::Day {
             e.body = Some(row.body.clone());
@@ -541,7 +538,11 @@ impl Scheduler {
         meta: Vec<(String, i64)>,
         head: &mut Option<(u64, String)>,
     ) -> Result<(), String> {
-        let data = self.buffer.window_data(window.start, window.end).await?;
+        let data = self
+            .buffer
+            .window_data(window.start, window.end)
+            .await
+            .map_err(|e| e.to_string())?;
         let (report, row, entry) = seal_window(
             &self.model,
             &self.enterprise,
@@ -561,11 +562,18 @@ impl Scheduler {
         match entry {
             Some(entry) => {
                 let next = (entry.seal.index, entry.seal.digest.clone());
-                self.buffer.append_sealed(row, meta, entry).await?;
+                self.buffer
+                    .append_sealed(row, meta, entry)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 *head = Some(next);
                 Ok(())
             }
-            None => self.buffer.append(row, meta).await,
+            None => self
+                .buffer
+                .append(row, meta)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 

@@ -327,14 +327,14 @@ impl Tracker {
 /// goes through the tracker, and leaves with its transitions and samples.
 pub async fn run(
     mut tracker: Tracker,
+    mut publish: crate::telemetry::Exceptions,
     mut rx: tokio::sync::mpsc::Receiver<Vec<Reading>>,
     tx: tokio::sync::mpsc::Sender<crate::buffer::Batch>,
 ) {
     while let Some(readings) = rx.recv().await {
         let mut batch = crate::buffer::Batch {
-            readings: Vec::new(),
-            transitions: Vec::new(),
-            samples: Vec::new(),
+            publish: publish.select(&readings),
+            ..Default::default()
         };
         tracker.observe(&readings, &mut batch.transitions, &mut batch.samples);
         for t in &batch.transitions {
@@ -345,6 +345,24 @@ pub async fn run(
             break;
         }
     }
+}
+
+/// The state history behind one window, as the outbox holds it: what the
+/// metrics are computed from and the digest chain hashes.
+#[derive(Debug, Clone, Default)]
+pub struct WindowData {
+    /// Each equipment's state at the window's start: its last transition at
+    /// or before `start`. A transition exactly on a boundary belongs to the
+    /// window it starts.
+    pub initial: HashMap<String, State>,
+    /// Transitions with start < ts < end, ordered by ts.
+    pub transitions: Vec<(String, i64, State)>,
+    /// (good, total) rule evaluations per equipment within the window.
+    pub samples: HashMap<String, (u64, u64)>,
+    /// The outbox's last seq when this was read: every transition read
+    /// here was committed with a states row at or below it, every later
+    /// one above it.
+    pub upto_seq: i64,
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ fn device(addr: impl std::fmt::Display, interval: &str, tags: &str) -> String {
 fn assert_values_intact(by_seq: &BTreeMap<i64, serde_json::Value>) -> u64 {
     let mut n = 0;
     for m in by_seq.values() {
-        for r in m["readings"].as_array().unwrap() {
+        for r in &common::readings(m) {
             let i: u64 = r["tag"].as_str().unwrap()[1..].parse().unwrap();
             assert_eq!(r["value"], 1000 + i, "{r}");
             n += 1;
@@ -232,7 +232,7 @@ async fn kill9_loop(synchronous: &str, rounds: usize) -> (i64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
     let text = format!(
-        "[agent]\ngateway_id = \"gw-kill\"\nstate_dir = \"state\"\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[buffer]\nsynchronous = \"{synchronous}\"\n[mqtt]\nport = {port}\ntls = false\nkeepalive = \"5s\"\n{}",
+        "[agent]\ngateway_id = \"gw-kill\"\nstate_dir = \"state\"\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[buffer]\nsynchronous = \"{synchronous}\"\n[mqtt]\nport = {port}\ntls = false\nkeepalive = \"5s\"\ncarries = [\"metrics\", \"states\", \"status\", \"telemetry\"]\n{}",
         common::USCC,
         device(sim.addr, "20ms", &tags)
     );

@@ -24,11 +24,7 @@ fn reading(i: i64) -> Reading {
 }
 
 fn metrics_row() -> NewRow {
-    NewRow {
-        kind: Kind::Metrics,
-        count: 1,
-        body: br#""window":{"kind":"hour"}"#.to_vec(),
-    }
+    NewRow::new(Kind::Metrics, 1, br#""window":{"kind":"hour"}"#.to_vec())
 }
 
 /// Eviction order and exact counters, on the outbox itself.
@@ -36,17 +32,18 @@ fn metrics_row() -> NewRow {
 fn eviction_takes_oldest_telemetry_first_and_counts_every_reading() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, "", "", "max_bytes = \"1MiB\"");
-    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    let mut o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
     let mut appended = 0u64;
     let mut metrics = 0u64;
+    // Stored compactly, a reading takes about 5 bytes: 400,000 overflow 1 MiB.
     for round in 0..400 {
-        let readings: Vec<Reading> = (0..50).map(|i| reading(round * 50 + i)).collect();
+        let readings: Vec<Reading> = (0..1000).map(|i| reading(round * 1000 + i)).collect();
         let mut rows = encode_readings(&readings, 4096);
         if round % 20 == 0 {
             rows.push(metrics_row());
             metrics += 1;
         }
-        appended += 50;
+        appended += 1000;
         o.commit(&rows, &Batch::default(), &[], &[], round).unwrap();
     }
     let s = o.stats().unwrap();
@@ -57,7 +54,7 @@ fn eviction_takes_oldest_telemetry_first_and_counts_every_reading() {
     let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
     let (pending_readings, pending_metrics, oldest_telemetry): (i64, i64, i64) = conn
         .query_row(
-            "SELECT coalesce(sum(CASE WHEN kind = 0 THEN count END), 0), count(CASE WHEN kind = 1 THEN 1 END), min(CASE WHEN kind = 0 THEN seq END) FROM outbox",
+            "SELECT coalesce(sum(CASE WHEN kind = 3 THEN count END), 0), count(CASE WHEN kind = 1 THEN 1 END), min(CASE WHEN kind = 3 THEN seq END) FROM outbox",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -68,7 +65,7 @@ fn eviction_takes_oldest_telemetry_first_and_counts_every_reading() {
     // the oldest survivor is still there.
     let (max_seq, telemetry_after, metrics_after): (i64, i64, i64) = conn
         .query_row(
-            "SELECT max(seq), count(CASE WHEN kind = 0 THEN 1 END), count(CASE WHEN kind = 1 AND seq > ?1 THEN 1 END) FROM outbox WHERE seq >= ?1",
+            "SELECT max(seq), count(CASE WHEN kind = 3 THEN 1 END), count(CASE WHEN kind = 1 AND seq > ?1 THEN 1 END) FROM outbox WHERE seq >= ?1",
             [oldest_telemetry],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -85,7 +82,7 @@ fn eviction_takes_oldest_telemetry_first_and_counts_every_reading() {
 fn a_full_disk_is_reported_and_survived() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, "", "", "");
-    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    let mut o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
     let pages: i64 = zgsz_agent::buffer::open_read_only(dir.path())
         .unwrap()
         .query_row("PRAGMA page_count", [], |r| r.get(0))
@@ -182,7 +179,7 @@ async fn small_outbox_with_broker_down_keeps_polling_and_counts_evictions() {
     let delivered: u64 = platform
         .telemetry_by_seq()
         .values()
-        .map(|m| m["readings"].as_array().unwrap().len() as u64)
+        .map(|m| common::readings(m).len() as u64)
         .sum();
     // Exact: every reading appended was either delivered or counted evicted.
     assert_eq!(delivered + s.evicted_readings, s.appended_readings);
@@ -229,7 +226,7 @@ fn old_evidence_is_pruned_but_the_starting_state_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, "", "", "");
     {
-        let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+        let mut o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
         let t = |ts, state| Transition {
             equipment: "e1".into(),
             ts,
@@ -246,7 +243,7 @@ fn old_evidence_is_pruned_but_the_starting_state_is_kept() {
         };
         o.commit(&[], &batch, &[], &[], 2_000).unwrap();
     }
-    let mut o = Outbox::open(dir.path(), &cfg.buffer).unwrap();
+    let mut o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
     o.commit(
         &[],
         &Batch::default(),

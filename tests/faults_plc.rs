@@ -164,7 +164,7 @@ async fn a_floor_of_liars_does_not_disturb_an_honest_device() {
     let honest_cycles = |p: &Platform| {
         p.of_kind("telemetry")
             .iter()
-            .flat_map(|m| m["readings"].as_array().unwrap().clone())
+            .flat_map(common::readings)
             .filter(|r| r["device"] == "honest")
             .count()
             / 2
@@ -176,7 +176,7 @@ async fn a_floor_of_liars_does_not_disturb_an_honest_device() {
         .await;
     agent.stop().await;
     for m in platform.of_kind("telemetry") {
-        for r in m["readings"].as_array().unwrap() {
+        for r in &common::readings(&m) {
             if r["device"] == "honest" {
                 assert_eq!(r["quality"], "good", "{r}");
             }
@@ -240,7 +240,7 @@ async fn the_clock_stepping_back_an_hour_reuses_no_seq_and_is_warned_about() {
             |p| {
                 p.of_kind("telemetry")
                     .iter()
-                    .flat_map(|m| m["readings"].as_array().unwrap().clone())
+                    .flat_map(common::readings)
                     .any(|r| {
                         r["tag"] == "execution"
                             && r["value"] == 0
@@ -254,7 +254,11 @@ async fn the_clock_stepping_back_an_hour_reuses_no_seq_and_is_warned_about() {
     // Seqs keep counting up; each msg_id has one seq (telemetry_by_seq checks).
     // Telemetry and metrics share the seq space: check both together.
     let mut by_seq = platform.telemetry_by_seq();
-    for m in platform.of_kind("metrics") {
+    for m in platform
+        .of_kind("metrics")
+        .into_iter()
+        .chain(platform.of_kind("states"))
+    {
         by_seq.insert(m["seq"].as_i64().unwrap(), m);
     }
     common::assert_contiguous(&by_seq);

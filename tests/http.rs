@@ -107,7 +107,7 @@ address = 0
     for name in [
         "zgsz_outbox_rows ",
         "zgsz_outbox_oldest_unsent_age_seconds ",
-        "zgsz_mqtt_connected 0",
+        "zgsz_mqtt_connected{sink=\"platform\"} 0",
         "zgsz_clock_synchronized ",
         "zgsz_build_info{version=",
     ] {

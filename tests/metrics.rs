@@ -84,6 +84,7 @@ fn discrete_plant_hand_computed() {
             ("e3".into(), (1800, 3600)),
             ("e4".into(), (3600, 3600)),
         ]),
+        ..Default::default()
     };
     let r = compute(
         &cfg.plant,
@@ -175,6 +176,7 @@ fn process_plant_hand_computed_with_an_offline_control_system() {
         ]),
         transitions: vec![],
         samples: HashMap::from([("dcs".into(), (3600, 3600)), ("plc4".into(), (3600, 3600))]),
+        ..Default::default()
     };
     let r = compute(
         &cfg.plant,
@@ -257,7 +259,7 @@ fn windows_align_to_the_configured_offset() {
 }
 
 fn outbox(dir: &Path, cfg: &Config) -> Outbox {
-    Outbox::open(dir, &cfg.buffer).unwrap()
+    Outbox::open(dir, &cfg.buffer, &cfg.routes()).unwrap()
 }
 
 fn commit(o: &mut Outbox, transitions: Vec<Transition>) {

@@ -315,7 +315,7 @@ async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
     let tags: std::collections::HashSet<String> = platform
         .of_kind("telemetry")
         .iter()
-        .flat_map(|t| t["readings"].as_array().cloned().unwrap_or_default())
+        .flat_map(common::readings)
         .filter_map(|r| r["tag"].as_str().map(str::to_string))
         .collect();
     for t in [
@@ -337,7 +337,7 @@ async fn machine_tool_profile_end_to_end_into_the_cnc_rate() {
     }
     let ghost: Vec<serde_json::Value> = telemetry
         .iter()
-        .flat_map(|t| t["readings"].as_array().cloned().unwrap_or_default())
+        .flat_map(common::readings)
         .filter(|r| r["tag"] == "ghost")
         .collect();
     assert!(

@@ -202,7 +202,7 @@ async fn every_type_and_order_arrives_exactly_as_decoded() {
             |p| {
                 p.of_kind("telemetry")
                     .iter()
-                    .map(|m| m["readings"].as_array().map_or(0, |r| r.len()))
+                    .map(|m| common::readings(m).len())
                     .sum::<usize>()
                     >= 3 * 18
             },
@@ -216,7 +216,7 @@ async fn every_type_and_order_arrives_exactly_as_decoded() {
         assert_schema("telemetry", m);
         assert_eq!(m["gateway_id"], "gw-test");
         assert_eq!(m["uscc"], common::USCC);
-        for r in m["readings"].as_array().unwrap() {
+        for r in &common::readings(m) {
             let tag = r["tag"].as_str().unwrap();
             assert_eq!(r["quality"], "good", "{r}");
             assert_eq!(r["value"], expected[tag], "tag {tag}");
@@ -512,7 +512,7 @@ async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
     let expected = expected_known();
     let mut readings = 0u64;
     for m in by_seq.values() {
-        for r in m["readings"].as_array().unwrap() {
+        for r in &common::readings(m) {
             assert_eq!(r["value"], expected[r["tag"].as_str().unwrap()]);
             readings += 1;
         }
@@ -533,7 +533,7 @@ async fn broker_down_at_start_then_up_delivers_every_reading_as_sent() {
     assert_eq!(states, vec![false, true], "{events:?}");
     assert!(events[0].2.is_some(), "a loss records its reason");
     let created = by_seq[&1]["created_ts"].as_i64().unwrap();
-    let first_ts = by_seq[&1]["readings"][0]["ts"].as_i64().unwrap();
+    let first_ts = common::readings(&by_seq[&1])[0]["ts"].as_i64().unwrap();
     assert!(first_ts <= created);
 }
 

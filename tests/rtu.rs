@@ -388,7 +388,7 @@ async fn rtu_over_tcp_units_reach_the_platform() {
     let good = |p: &Platform, dev: &str| {
         p.of_kind("telemetry")
             .iter()
-            .flat_map(|m| m["readings"].as_array().cloned().unwrap_or_default())
+            .flat_map(common::readings)
             .filter(|r| r["device"] == dev && r["quality"] == "good")
             .count()
     };
@@ -399,7 +399,7 @@ async fn rtu_over_tcp_units_reach_the_platform() {
         .await;
     agent.stop().await;
     for m in platform.of_kind("telemetry") {
-        for r in m["readings"].as_array().unwrap() {
+        for r in &common::readings(&m) {
             let unit = match r["device"].as_str().unwrap() {
                 "rt1" => 1,
                 "rt2" => 2,

@@ -1,7 +1,10 @@
-//! MQTT uplink: outbox rows to the broker at QoS 1, deleted on PUBACK.
+//! One sink's MQTT session: the outbox rows it owes, to its broker at
+//! QoS 1, each acknowledged to the outbox on its PUBACK.
 //!
 //! # Design
 //!
+//! Every sink runs its own session with its own cursor in the outbox, so a
+//! sink that is down or slow holds back nothing but its own rows.
 //! Each connection gets a fresh rumqttc client and event loop. rumqttc
 //! drops unacknowledged publishes when a clean session reconnects, so we do
 //! not rely on its replay: when a connection ends, everything it had in
@@ -27,30 +30,39 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::buffer::{BufferClient, Kind, Row, Stats};
+use crate::buffer::{cycle, BufferClient, Kind, Row, SinkBit, Stats};
 use crate::clock::Clock;
 use crate::clocksync::ClockSync;
-use crate::config::{Enterprise, MqttConfig};
+use crate::config::{Enterprise, MqttConfig, SinkConfig, TopicLayout};
 use crate::loglimit::LogLimiter;
 use crate::watchdog::{Progress, HEARTBEAT};
 
 /// Outgoing packet limit for metrics messages: room for ~30,000 equipment.
 const METRICS_PACKET_LIMIT: usize = 16 << 20;
 
-/// The topics of one gateway: `{prefix}/{region_code}/{uscc}/{gateway_id}/{kind}`.
+/// The topics of one gateway on one sink:
+/// `{prefix}/{region_code}/{uscc}/{gateway_id}/{stream}` (platform layout)
+/// or `{prefix}/{gateway_id}/{stream}` (gateway layout).
 #[derive(Debug, Clone)]
 pub struct Topics {
     base: String,
 }
 
 impl Topics {
-    pub fn new(prefix: &str, enterprise: &Enterprise, gateway_id: &str) -> Topics {
-        Topics {
-            base: format!(
+    pub fn new(
+        prefix: &str,
+        layout: TopicLayout,
+        enterprise: &Enterprise,
+        gateway_id: &str,
+    ) -> Topics {
+        let base = match layout {
+            TopicLayout::Platform => format!(
                 "{prefix}/{}/{}/{gateway_id}",
                 enterprise.region_code, enterprise.uscc
             ),
-        }
+            TopicLayout::Gateway => format!("{prefix}/{gateway_id}"),
+        };
+        Topics { base }
     }
     pub fn of(&self, kind: &str) -> String {
         format!("{}/{kind}", self.base)
@@ -81,18 +93,31 @@ struct StatusMsg<'a> {
     clock_sync: Option<ClockSync>,
 }
 
-/// What the uplink has done, for the demo and tests.
+/// What a sink has done, for the demo, `/metrics` and tests.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkState {
+    /// The sink's name.
+    pub name: String,
     pub connected: bool,
     pub acked_messages: u64,
+    /// Messages and payload bytes handed to the broker (status included),
+    /// for the demo's bytes-per-day figure.
+    pub published_messages: u64,
+    pub published_bytes: u64,
     pub connects: u64,
     /// Why the last connection ended or failed, for `status` and tests.
     pub last_error: Option<String>,
 }
 
+/// Every sink's state, so that each status message can show them all.
+pub type Board = Vec<watch::Receiver<UplinkState>>;
+
 pub struct MqttUplink {
-    cfg: Arc<MqttConfig>,
+    sink: Arc<SinkConfig>,
+    /// `sink.mqtt`, the connection settings.
+    cfg: MqttConfig,
+    /// Every sink's state, this one's included.
+    board: Board,
     topics: Topics,
     identity: Identity,
     /// `"gateway_id":...,"uscc":...,"region_code":...` for the envelope.
@@ -113,21 +138,33 @@ pub struct MqttUplink {
 
 enum End {
     Shutdown,
-    Lost(String),
+    /// The connection ended or failed: why, and what an operator must fix
+    /// when it is not the network (a refused login, an untrusted certificate).
+    Lost(String, Option<String>),
+}
+
+impl End {
+    fn lost(why: impl Into<String>) -> End {
+        End::Lost(why.into(), None)
+    }
 }
 
 /// An item we asked rumqttc to publish; `None` is a status message.
 type Sent = Option<i64>;
 
 impl MqttUplink {
+    /// A sink's session; `state` is its entry on the `board`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: Arc<MqttConfig>,
+        sink: Arc<SinkConfig>,
         enterprise: &Enterprise,
         gateway_id: &str,
         buffer: BufferClient,
         appended: watch::Receiver<i64>,
         clock: Arc<dyn Clock>,
-    ) -> (MqttUplink, watch::Receiver<UplinkState>) {
+        state: watch::Sender<UplinkState>,
+        board: Board,
+    ) -> MqttUplink {
         let identity = Identity {
             gateway_id: gateway_id.to_string(),
             uscc: enterprise.uscc.clone(),
@@ -138,24 +175,23 @@ impl MqttUplink {
             .trim_start_matches('{')
             .trim_end_matches('}')
             .to_string();
-        let (state, state_rx) = watch::channel(UplinkState::default());
-        (
-            MqttUplink {
-                topics: Topics::new(&cfg.topic_prefix, enterprise, gateway_id),
-                cfg,
-                identity,
-                identity_json,
-                buffer,
-                appended,
-                clock,
-                state,
-                log: LogLimiter::new(Duration::from_secs(60)),
-                progress: Progress::new(),
-                clock_sync: crate::clocksync::check,
-                recorded_up: None,
-            },
-            state_rx,
-        )
+        state.send_modify(|s| s.name = sink.name.clone());
+        MqttUplink {
+            topics: Topics::new(&sink.mqtt.topic_prefix, sink.layout, enterprise, gateway_id),
+            cfg: sink.mqtt.clone(),
+            sink,
+            board,
+            identity,
+            identity_json,
+            buffer,
+            appended,
+            clock,
+            state,
+            log: LogLimiter::new(Duration::from_secs(60)),
+            progress: Progress::new(),
+            clock_sync: crate::clocksync::check,
+            recorded_up: None,
+        }
     }
 
     /// Bumps `progress` for the systemd watchdog (see `watchdog.rs`).
@@ -170,7 +206,21 @@ impl MqttUplink {
         self
     }
 
-    fn status_payload(&self, state: &'static str, outbox: Option<&Stats>) -> Vec<u8> {
+    pub fn status_payload(&self, state: &'static str, outbox: Option<&Stats>) -> Vec<u8> {
+        // Each sink's share of the outbox, with whether it is connected.
+        let outbox = outbox.map(|s| {
+            let mut s = s.clone();
+            for share in &mut s.sinks {
+                share.connected = self
+                    .board
+                    .iter()
+                    .map(|b| b.borrow())
+                    .find(|b| b.name == share.name)
+                    .map(|b| b.connected);
+            }
+            s
+        });
+        let outbox = outbox.as_ref();
         let msg = StatusMsg {
             schema: "zgsz.status/1",
             state,
@@ -196,12 +246,14 @@ impl MqttUplink {
             64 * 1024,
             (c.max_message_bytes + 4096).max(METRICS_PACKET_LIMIT),
         );
-        o.set_last_will(LastWill::new(
-            self.topics.of("status"),
-            self.status_payload("offline", None),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        if self.sink.carries.status {
+            o.set_last_will(LastWill::new(
+                self.topics.of("status"),
+                self.status_payload("offline", None),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
             o.set_credentials(u.clone(), p.expose().to_string());
         } else if let Some(u) = &c.username {
@@ -216,10 +268,14 @@ impl MqttUplink {
     }
 
     /// Builds the message for a row: envelope fields, then the row's body.
-    pub fn message(&self, row: &Row, instance: &str, historical: bool) -> Vec<u8> {
+    /// `None`: the row holds nothing this sink takes (its device or tag
+    /// selection), so there is nothing to publish.
+    pub fn message(&self, row: &Row, instance: &str, historical: bool) -> Option<Vec<u8>> {
         let schema = match row.kind {
-            Kind::Telemetry => "zgsz.telemetry/1",
+            Kind::LegacyTelemetry => "zgsz.telemetry/1",
+            Kind::Telemetry => "zgsz.telemetry/2",
             Kind::Metrics => "zgsz.metrics/1",
+            Kind::States => "zgsz.states/1",
         };
         let mut out = Vec::with_capacity(row.body.len() + 256);
         out.extend_from_slice(
@@ -231,28 +287,68 @@ impl MqttUplink {
             )
             .as_bytes(),
         );
-        out.extend_from_slice(&row.body);
+        if row.kind == Kind::Telemetry {
+            let all = cycle::Selection::default();
+            let sel = self.sink.carries.telemetry.as_ref().unwrap_or(&all);
+            match cycle::write_json(&row.body, sel, &mut out) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(sink = %self.sink.name, seq = row.seq, error = %e, "Skipping a telemetry row that cannot be read");
+                    return None;
+                }
+            }
+        } else {
+            out.extend_from_slice(&row.body);
+        }
         out.push(b'}');
-        out
+        Some(out)
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let bit = match self.buffer.sink_bit(&self.sink.name).await {
+            Ok(Some(bit)) => bit,
+            Ok(None) | Err(_) => {
+                tracing::error!(sink = %self.sink.name, "The outbox does not know this sink; nothing will be sent to it");
+                return;
+            }
+        };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
-            match self.session(&mut shutdown, &mut backoff).await {
+            match self.session(bit, &mut shutdown, &mut backoff).await {
                 End::Shutdown => return,
-                End::Lost(why) => {
+                End::Lost(why, fix) => {
                     self.record(false, Some(why.clone())).await;
                     self.state.send_modify(|s| {
                         s.connected = false;
-                        s.last_error = Some(why.clone());
+                        s.last_error = Some(match &fix {
+                            Some(fix) => format!("{why}; {fix}"),
+                            None => why.clone(),
+                        });
                     });
                     let delay = backoff.next_delay();
-                    if let Some(suppressed) = self.log.check("lost") {
-                        tracing::warn!(
-                            broker = %format!("{}:{}", self.cfg.host, self.cfg.port), retry_ms = delay.as_millis() as u64,
-                            suppressed, "MQTT connection lost: {why}"
-                        );
+                    let broker = format!("{}:{}", self.cfg.host, self.cfg.port);
+                    let retry_ms = delay.as_millis() as u64;
+                    let sink = &self.sink.name;
+                    match fix {
+                        // An operator must act: nothing will get through
+                        // until the config or the broker is fixed.
+                        Some(fix) => {
+                            if let Some(suppressed) = self.log.check("refused") {
+                                tracing::error!(
+                                    %sink, %broker, retry_ms, suppressed,
+                                    "MQTT sink cannot connect: {why}; {fix}"
+                                );
+                            }
+                        }
+                        None => {
+                            if let Some(suppressed) = self.log.check("lost") {
+                                tracing::warn!(
+                                    %sink, %broker, retry_ms, suppressed,
+                                    "MQTT connection lost: {why}"
+                                );
+                            }
+                        }
                     }
                     // Waiting out a broker outage is progress, not a wedge.
                     let until = Instant::now() + delay;
@@ -270,8 +366,55 @@ impl MqttUplink {
         }
     }
 
+    /// What to fix when the broker refused us.
+    fn refused(&self, code: ConnectReturnCode) -> End {
+        let k = &self.sink.key;
+        let why = format!("broker refused the connection: {code:?}");
+        let fix = match code {
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => format!(
+                "check {k}.username and {k}.password_file (or {k}.password_env) against the broker's account for this gateway"
+            ),
+            ConnectReturnCode::BadClientId => format!(
+                "the broker does not accept client id {:?}; set {k}.client_id to one it allows",
+                self.cfg.client_id
+            ),
+            ConnectReturnCode::RefusedProtocolVersion => {
+                "the broker does not speak MQTT 3.1.1; enable it on the broker".to_string()
+            }
+            _ => return End::lost(why),
+        };
+        End::Lost(why, Some(fix))
+    }
+
+    /// Sorts a connection error into the network (retry, WARN) and what
+    /// an operator must fix (TLS trust, certificates).
+    fn diagnose(&self, e: &rumqttc::ConnectionError) -> End {
+        let k = &self.sink.key;
+        let why = e.to_string();
+        let fix = if matches!(e, rumqttc::ConnectionError::Tls(_)) {
+            if why.contains("UnknownIssuer") || why.contains("BadSignature") {
+                Some(format!("the broker's certificate is not signed by a CA this gateway trusts; set {k}.ca_file to the CA that issued it (PEM)"))
+            } else if why.contains("NotValidForName") || why.contains("InvalidDnsName") {
+                Some(format!("the broker's certificate is not issued for {:?}; set {k}.host to a name the certificate lists", self.cfg.host))
+            } else if why.contains("Expired") || why.contains("NotValidYet") {
+                Some("the broker's certificate is expired or not yet valid; renew it on the broker, or check this gateway's clock (NTP)".to_string())
+            } else if why.contains("CertificateRequired")
+                || why.contains("BadCertificate")
+                || why.contains("UnknownCA")
+            {
+                Some(format!("the broker rejected this gateway's client certificate; check {k}.client_cert_file and {k}.client_key_file"))
+            } else {
+                Some(format!("TLS handshake failed; check {k}.ca_file, {k}.host and the broker's TLS settings"))
+            }
+        } else {
+            None
+        };
+        End::Lost(why, fix)
+    }
+
     async fn session(
         &mut self,
+        bit: SinkBit,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> End {
@@ -300,41 +443,40 @@ impl MqttUplink {
                 ev = events.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                         if ack.code == ConnectReturnCode::Success { break; }
-                        return End::Lost(format!("broker refused the connection: {:?}", ack.code));
+                        return self.refused(ack.code);
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return End::Lost(e.to_string()),
-                    None => return End::Lost("event loop ended".into()),
+                    Some(Err(e)) => return self.diagnose(&e),
+                    None => return End::lost("event loop ended"),
                 },
-                _ = tokio::time::sleep_until(deadline) => return End::Lost("no CONNACK within 15s".into()),
+                _ = tokio::time::sleep_until(deadline) => return End::lost("no CONNACK within 15s"),
                 _ = shutdown.changed() => return End::Shutdown,
             }
         }
         let connected_at = self.clock.now_ms();
         backoff.reset();
         self.log.clear("lost");
+        self.log.clear("refused");
         self.state.send_modify(|s| {
             s.connected = true;
             s.connects += 1;
         });
-        tracing::info!(broker = %format!("{}:{}", self.cfg.host, self.cfg.port), "MQTT connected");
+        tracing::info!(sink = %self.sink.name, broker = %format!("{}:{}", self.cfg.host, self.cfg.port), "MQTT connected");
         self.record(true, None).await;
 
+        let mut queued: VecDeque<Sent> = VecDeque::new();
         let instance = match self.buffer.stats().await {
             Ok(s) => {
-                let payload = self.status_payload("online", Some(&s));
-                if client
-                    .publish(self.topics.of("status"), QoS::AtLeastOnce, true, payload)
-                    .await
-                    .is_err()
-                {
-                    return End::Lost("client closed".into());
+                if self.sink.carries.status {
+                    if let Err(e) = self.publish_status(&client, "online", Some(&s)).await {
+                        return e;
+                    }
+                    queued.push_back(None);
                 }
                 s.instance
             }
-            Err(e) => return End::Lost(e),
+            Err(e) => return End::lost(e.to_string()),
         };
-        let mut queued: VecDeque<Sent> = VecDeque::from([None]);
         let mut inflight: HashMap<u16, Sent> = HashMap::new();
         let mut cursor = 0i64;
         let mut drained = false;
@@ -347,18 +489,23 @@ impl MqttUplink {
             // Fill the window from the outbox.
             while !drained && queued.len() + inflight.len() < window {
                 let want = window - queued.len() - inflight.len();
-                let rows = match self.buffer.lease(cursor, want).await {
+                let rows = match self.buffer.lease(bit, cursor, want).await {
                     Ok(r) => r,
-                    Err(e) => return End::Lost(e),
+                    Err(e) => return End::lost(e.to_string()),
                 };
                 drained = rows.len() < want;
                 for row in rows {
                     cursor = row.seq;
                     let historical = row.created_ms < connected_at;
-                    let payload = self.message(&row, &instance, historical);
+                    let Some(payload) = self.message(&row, &instance, historical) else {
+                        // Nothing in it for this sink: done with it.
+                        acks.push(row.seq);
+                        continue;
+                    };
+                    let len = payload.len() as u64;
                     if client
                         .publish(
-                            self.topics.of(row.kind.topic()),
+                            self.topics.of(row.kind.stream().name()),
                             QoS::AtLeastOnce,
                             false,
                             payload,
@@ -366,10 +513,15 @@ impl MqttUplink {
                         .await
                         .is_err()
                     {
-                        return End::Lost("client closed".into());
+                        return End::lost("client closed");
                     }
+                    self.state.send_modify(|s| {
+                        s.published_messages += 1;
+                        s.published_bytes += len;
+                    });
                     queued.push_back(Some(row.seq));
                 }
+                self.flush_acks(bit, &mut acks).await;
             }
             tokio::select! {
                 ev = events.recv() => {
@@ -389,12 +541,12 @@ impl MqttUplink {
                             }
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
-                                self.flush_acks(&mut acks).await;
-                                return End::Lost(e.to_string());
+                                self.flush_acks(bit, &mut acks).await;
+                                return self.diagnose(&e);
                             }
                             None => {
-                                self.flush_acks(&mut acks).await;
-                                return End::Lost("event loop ended".into());
+                                self.flush_acks(bit, &mut acks).await;
+                                return End::lost("event loop ended");
                             }
                         }
                         match events.try_recv() {
@@ -402,7 +554,7 @@ impl MqttUplink {
                             Err(_) => break,
                         }
                     }
-                    self.flush_acks(&mut acks).await;
+                    self.flush_acks(bit, &mut acks).await;
                 }
                 changed = self.appended.changed() => {
                     if changed.is_err() {
@@ -411,11 +563,10 @@ impl MqttUplink {
                     }
                     drained = false;
                 }
-                _ = status_tick.tick() => {
+                _ = status_tick.tick(), if self.sink.carries.status => {
                     if let Ok(s) = self.buffer.stats().await {
-                        let payload = self.status_payload("online", Some(&s));
-                        if client.publish(self.topics.of("status"), QoS::AtLeastOnce, true, payload).await.is_err() {
-                            return End::Lost("client closed".into());
+                        if let Err(e) = self.publish_status(&client, "online", Some(&s)).await {
+                            return e;
                         }
                         queued.push_back(None);
                     }
@@ -429,6 +580,26 @@ impl MqttUplink {
         }
     }
 
+    /// Publishes the retained status.
+    async fn publish_status(
+        &self,
+        client: &AsyncClient,
+        state: &'static str,
+        outbox: Option<&Stats>,
+    ) -> Result<(), End> {
+        let payload = self.status_payload(state, outbox);
+        let len = payload.len() as u64;
+        client
+            .publish(self.topics.of("status"), QoS::AtLeastOnce, true, payload)
+            .await
+            .map_err(|_| End::lost("client closed"))?;
+        self.state.send_modify(|s| {
+            s.published_messages += 1;
+            s.published_bytes += len;
+        });
+        Ok(())
+    }
+
     /// Stores a change of the uplink's state (not every failed retry).
     async fn record(&mut self, up: bool, reason: Option<String>) {
         if self.recorded_up != Some(up) {
@@ -439,12 +610,12 @@ impl MqttUplink {
         }
     }
 
-    async fn flush_acks(&mut self, acks: &mut Vec<i64>) {
+    async fn flush_acks(&mut self, bit: SinkBit, acks: &mut Vec<i64>) {
         if acks.is_empty() {
             return;
         }
         let n = acks.len() as u64;
-        self.buffer.ack(std::mem::take(acks)).await;
+        self.buffer.ack(bit, std::mem::take(acks)).await;
         self.state.send_modify(|s| s.acked_messages += n);
     }
 
@@ -455,10 +626,9 @@ impl MqttUplink {
         client: &AsyncClient,
         events: &mut mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
     ) -> End {
-        let payload = self.status_payload("offline", None);
-        let _ = client
-            .publish(self.topics.of("status"), QoS::AtLeastOnce, true, payload)
-            .await;
+        if self.sink.carries.status {
+            let _ = self.publish_status(client, "offline", None).await;
+        }
         let _ = client.disconnect().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {

@@ -1,0 +1,829 @@
+//! Compact telemetry: poll cycles stored in a small binary record, and
+//! written as `zgsz.telemetry/2` JSON when a sink publishes them.
+//!
+//! # Why binary at rest
+//!
+//! The outbox must hold hours of a plant's telemetry while a sink is down
+//! (docs/delivery.md). As JSON, every reading repeats its device, tag and
+//! timestamp: about 90 bytes. Stored here, a row names each device and tag
+//! once (a string table), a cycle carries one timestamp, and a value is a
+//! type byte plus its payload (a float that survives the trip through
+//! `f32` takes 4 bytes): about 7 to 11 bytes a reading. The JSON is
+//! written from it at publish, so every sink can get its own selection of
+//! devices and tags from the one stored row.
+//!
+//! # Record
+//!
+//! ```text
+//! row    := 0x01 strings cycles
+//! strings:= varint n, n × (varint len, UTF-8 bytes)
+//! cycles := varint n, n × cycle
+//! cycle  := varint device, zigzag ts, varint n, n × value
+//! value  := varint tag, u8 type [| 0x10 own ts], [varint age], payload
+//! ```
+//!
+//! A cycle's `ts` is its latest reading's; a reading more than
+//! [`OWN_TS_AFTER_MS`] older keeps its own (OPC UA source timestamps of
+//! values that changed earlier), sent as `ts_of`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Batch, Kind, NewRow, Publish};
+use crate::reading::{BadReason, Quality, Reading, Value};
+
+/// Readings of one cycle within this of its `ts` share it.
+pub const OWN_TS_AFTER_MS: i64 = 1_000;
+
+const FORMAT: u8 = 1;
+const OWN_TS: u8 = 0x10;
+
+// Value types (low nibble).
+const T_TIMEOUT: u8 = 0;
+const T_DISCONNECTED: u8 = 1;
+const T_DECODE: u8 = 2;
+const T_EXCEPTION: u8 = 3;
+const T_STATUS: u8 = 4;
+const T_FALSE: u8 = 5;
+const T_TRUE: u8 = 6;
+const T_INT: u8 = 7;
+const T_UINT: u8 = 8;
+const T_F32: u8 = 9;
+const T_F64: u8 = 10;
+const T_STR: u8 = 11;
+
+/// A stored record that cannot be read (a damaged database file).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("telemetry record damaged at byte {0}")]
+pub struct Damaged(pub usize);
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Builds one row: the cycles of the devices that go to the same sinks.
+struct RowBuilder {
+    strings: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, u32>,
+    cycles: Vec<u8>,
+    ncycles: u32,
+    readings: u32,
+    /// Upper bound of the JSON this row becomes.
+    json: usize,
+}
+
+impl RowBuilder {
+    fn new() -> RowBuilder {
+        RowBuilder {
+            strings: Vec::new(),
+            index: HashMap::new(),
+            cycles: Vec::with_capacity(1024),
+            ncycles: 0,
+            readings: 0,
+            json: 16,
+        }
+    }
+
+    fn string(&mut self, s: &Arc<str>) -> u32 {
+        if let Some(i) = self.index.get(s) {
+            return *i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(s.clone());
+        self.index.insert(s.clone(), i);
+        i
+    }
+
+    fn finish(self, to: u64) -> NewRow {
+        let mut body = Vec::with_capacity(self.cycles.len() + 16 * self.strings.len() + 8);
+        body.push(FORMAT);
+        put_varint(&mut body, self.strings.len() as u64);
+        for s in &self.strings {
+            put_varint(&mut body, s.len() as u64);
+            body.extend_from_slice(s.as_bytes());
+        }
+        put_varint(&mut body, u64::from(self.ncycles));
+        body.extend_from_slice(&self.cycles);
+        NewRow {
+            kind: Kind::Telemetry,
+            count: self.readings,
+            body,
+            to: Some(to),
+        }
+    }
+
+    /// Appends a cycle of `readings` (one device, non-empty).
+    fn cycle(&mut self, readings: &[&Reading]) {
+        let ts = readings.iter().map(|r| r.ts).max().unwrap_or(0);
+        let device = self.string(&readings[0].device);
+        let mut c = std::mem::take(&mut self.cycles);
+        put_varint(&mut c, u64::from(device));
+        put_zigzag(&mut c, ts);
+        put_varint(&mut c, readings.len() as u64);
+        self.json += cycle_json_bound(&readings[0].device);
+        for r in readings {
+            let tag = self.string(&r.tag);
+            put_varint(&mut c, u64::from(tag));
+            let age = ts - r.ts;
+            let own = if age > OWN_TS_AFTER_MS { OWN_TS } else { 0 };
+            let at = c.len();
+            c.push(own);
+            if own != 0 {
+                put_varint(&mut c, age as u64);
+            }
+            let ty = match (&r.quality, &r.value) {
+                (Quality::Bad(why), _) => match why {
+                    BadReason::Timeout => T_TIMEOUT,
+                    BadReason::Disconnected => T_DISCONNECTED,
+                    BadReason::Decode => T_DECODE,
+                    BadReason::Exception(code) => {
+                        c.push(*code);
+                        T_EXCEPTION
+                    }
+                    BadReason::Status(name) => {
+                        let i = self.string(&Arc::from(*name));
+                        put_varint(&mut c, u64::from(i));
+                        T_STATUS
+                    }
+                },
+                (Quality::Good, None) => T_DECODE,
+                (Quality::Good, Some(v)) => match v {
+                    Value::Bool(false) => T_FALSE,
+                    Value::Bool(true) => T_TRUE,
+                    Value::Int(i) => {
+                        put_zigzag(&mut c, *i);
+                        T_INT
+                    }
+                    Value::UInt(u) => {
+                        put_varint(&mut c, *u);
+                        T_UINT
+                    }
+                    Value::Float(f) => {
+                        let small = *f as f32;
+                        if f64::from(small) == *f {
+                            c.extend_from_slice(&small.to_le_bytes());
+                            T_F32
+                        } else {
+                            c.extend_from_slice(&f.to_le_bytes());
+                            T_F64
+                        }
+                    }
+                    Value::Str(s) => {
+                        let i = self.string(&Arc::from(s.as_str()));
+                        put_varint(&mut c, u64::from(i));
+                        T_STR
+                    }
+                },
+            };
+            c[at] |= ty;
+            self.json += reading_json_bound(r, ts);
+        }
+        self.cycles = c;
+        self.ncycles += 1;
+        self.readings += readings.len() as u32;
+    }
+}
+
+/// Whether a string goes into JSON as it is (device ids and tag names do).
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// JSON bytes of a string, quotes included, at most.
+fn str_bound(s: &str) -> usize {
+    2 + if plain(s) { s.len() } else { 6 * s.len() }
+}
+
+/// JSON bytes of a cycle besides its readings, at most.
+fn cycle_json_bound(device: &str) -> usize {
+    // {"device":"…","ts":-9223372036854775808,"values":{},"bad":{},"ts_of":{}},
+    str_bound(device) + 80
+}
+
+/// JSON bytes of one reading inside a cycle whose `ts` is `cycle_ts`, at
+/// most: `"tag":value,`, and `"tag":ts,` in `ts_of` when it keeps its own.
+pub fn reading_json_bound(r: &Reading, cycle_ts: i64) -> usize {
+    let key = str_bound(&r.tag) + 2;
+    let own = if cycle_ts - r.ts > OWN_TS_AFTER_MS {
+        key + 20
+    } else {
+        0
+    };
+    key + own
+        + match (&r.quality, &r.value) {
+            (Quality::Bad(BadReason::Status(s)), _) => str_bound(s),
+            (Quality::Bad(_), _) => 18,
+            (_, Some(Value::Str(s))) => str_bound(s),
+            _ => 24,
+        }
+}
+
+/// Encodes the published readings of `batches` into telemetry rows. A row
+/// holds the cycles of devices that go to the same sinks (`mask` of a
+/// device; 0: no sink), and becomes at most `max_json` bytes of JSON.
+pub fn encode(batches: &[Batch], max_json: usize, mask: impl Fn(&str) -> u64) -> Vec<NewRow> {
+    let mut open: Vec<(u64, RowBuilder)> = Vec::new();
+    let mut rows = Vec::new();
+    let mut masks: Vec<(Arc<str>, u64)> = Vec::new();
+    let mut cycle: Vec<&Reading> = Vec::new();
+    for b in batches {
+        let keep = |i: usize| match &b.publish {
+            Publish::None => false,
+            Publish::All => true,
+            Publish::Only(flags) => flags.get(i).copied().unwrap_or(false),
+        };
+        if b.publish == Publish::None {
+            continue;
+        }
+        let mut i = 0;
+        while i < b.readings.len() {
+            // One device's run of readings is one cycle.
+            let device = &b.readings[i].device;
+            cycle.clear();
+            while i < b.readings.len() && b.readings[i].device == *device {
+                if keep(i) {
+                    cycle.push(&b.readings[i]);
+                }
+                i += 1;
+            }
+            if cycle.is_empty() {
+                continue;
+            }
+            let to = match masks.iter().find(|(d, _)| d == device) {
+                Some((_, m)) => *m,
+                None => {
+                    let m = mask(device);
+                    masks.push((device.clone(), m));
+                    m
+                }
+            };
+            if to == 0 {
+                continue;
+            }
+            let cycle_ts = cycle.iter().map(|r| r.ts).max().unwrap_or(0);
+            let slot = match open.iter().position(|(m, _)| *m == to) {
+                Some(s) => s,
+                None => {
+                    open.push((to, RowBuilder::new()));
+                    open.len() - 1
+                }
+            };
+            // Cut the cycle where the row would outgrow a message.
+            let mut start = 0;
+            while start < cycle.len() {
+                let row = &mut open[slot].1;
+                let mut room = max_json.saturating_sub(row.json + cycle_json_bound(device));
+                let mut end = start;
+                while end < cycle.len() {
+                    let need = reading_json_bound(cycle[end], cycle_ts);
+                    if need > room {
+                        break;
+                    }
+                    room -= need;
+                    end += 1;
+                }
+                if end == start {
+                    if row.ncycles > 0 {
+                        let full = std::mem::replace(row, RowBuilder::new());
+                        rows.push(full.finish(to));
+                        continue;
+                    }
+                    // A single reading larger than a message still goes.
+                    end = start + 1;
+                }
+                row.cycle(&cycle[start..end]);
+                start = end;
+            }
+        }
+    }
+    rows.extend(open.into_iter().map(|(to, b)| b.finish(to)));
+    rows
+}
+
+/// Encodes readings as published cycles, for every sink that carries
+/// telemetry (tools, tests and benchmarks that write rows directly).
+pub fn encode_readings(readings: &[Reading], max_json: usize) -> Vec<NewRow> {
+    let batch = Batch {
+        readings: readings.to_vec(),
+        publish: Publish::All,
+        ..Default::default()
+    };
+    let mut rows = encode(std::slice::from_ref(&batch), max_json, |_| 1);
+    for r in &mut rows {
+        r.to = None;
+    }
+    rows
+}
+
+/// A decoded value of a stored cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored<'a> {
+    Good(Value),
+    Bad(BadText<'a>),
+}
+
+/// Why a stored reading is bad, as `telemetry/1` and `/2` name it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BadText<'a> {
+    Reason(BadReason),
+    Status(&'a str),
+}
+
+impl std::fmt::Display for BadText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadText::Reason(r) => r.fmt(f),
+            BadText::Status(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One reading of a stored cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReading<'a> {
+    pub tag: &'a str,
+    /// Its own timestamp, when it is older than the cycle's by more than
+    /// [`OWN_TS_AFTER_MS`].
+    pub ts: Option<i64>,
+    pub value: Stored<'a>,
+}
+
+/// One stored cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCycle<'a> {
+    pub device: &'a str,
+    pub ts: i64,
+    pub readings: Vec<StoredReading<'a>>,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, Damaged> {
+        let b = *self.buf.get(self.at).ok_or(Damaged(self.at))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, Damaged> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Damaged(self.at))
+    }
+
+    fn zigzag(&mut self) -> Result<i64, Damaged> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
+        let end = self.at.checked_add(n).ok_or(Damaged(self.at))?;
+        let s = self.buf.get(self.at..end).ok_or(Damaged(self.at))?;
+        self.at = end;
+        Ok(s)
+    }
+
+    fn string<'s>(&mut self, table: &'s [&'a str]) -> Result<&'a str, Damaged> {
+        let at = self.at;
+        let i = self.varint()? as usize;
+        table.get(i).copied().ok_or(Damaged(at))
+    }
+}
+
+/// Reads a stored telemetry row back.
+pub fn decode(body: &[u8]) -> Result<Vec<StoredCycle<'_>>, Damaged> {
+    let mut r = Reader { buf: body, at: 0 };
+    if r.byte()? != FORMAT {
+        return Err(Damaged(0));
+    }
+    let n = r.varint()? as usize;
+    let mut strings = Vec::with_capacity(n.min(body.len()));
+    for _ in 0..n {
+        let len = r.varint()? as usize;
+        let at = r.at;
+        let s = std::str::from_utf8(r.bytes(len)?).map_err(|_| Damaged(at))?;
+        strings.push(s);
+    }
+    let n = r.varint()? as usize;
+    let mut cycles = Vec::with_capacity(n.min(body.len()));
+    for _ in 0..n {
+        let device = r.string(&strings)?;
+        let ts = r.zigzag()?;
+        let count = r.varint()? as usize;
+        let mut readings = Vec::with_capacity(count.min(body.len()));
+        for _ in 0..count {
+            let tag = r.string(&strings)?;
+            let at = r.at;
+            let head = r.byte()?;
+            let own = if head & OWN_TS != 0 {
+                Some(ts - r.varint()? as i64)
+            } else {
+                None
+            };
+            let value = match head & 0x0f {
+                T_TIMEOUT => Stored::Bad(BadText::Reason(BadReason::Timeout)),
+                T_DISCONNECTED => Stored::Bad(BadText::Reason(BadReason::Disconnected)),
+                T_DECODE => Stored::Bad(BadText::Reason(BadReason::Decode)),
+                T_EXCEPTION => Stored::Bad(BadText::Reason(BadReason::Exception(r.byte()?))),
+                T_STATUS => Stored::Bad(BadText::Status(r.string(&strings)?)),
+                T_FALSE => Stored::Good(Value::Bool(false)),
+                T_TRUE => Stored::Good(Value::Bool(true)),
+                T_INT => Stored::Good(Value::Int(r.zigzag()?)),
+                T_UINT => Stored::Good(Value::UInt(r.varint()?)),
+                T_F32 => {
+                    let b = r.bytes(4)?;
+                    Stored::Good(Value::Float(f64::from(f32::from_le_bytes([
+                        b[0], b[1], b[2], b[3],
+                    ]))))
+                }
+                T_F64 => {
+                    let b = r.bytes(8)?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    Stored::Good(Value::Float(f64::from_le_bytes(a)))
+                }
+                T_STR => Stored::Good(Value::Str(r.string(&strings)?.to_string())),
+                _ => return Err(Damaged(at)),
+            };
+            readings.push(StoredReading {
+                tag,
+                ts: own,
+                value,
+            });
+        }
+        cycles.push(StoredCycle {
+            device,
+            ts,
+            readings,
+        });
+    }
+    Ok(cycles)
+}
+
+/// Which devices and tags a sink takes; `None`: all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub devices: Option<Vec<Arc<str>>>,
+    pub tags: Option<Vec<Arc<str>>>,
+}
+
+impl Selection {
+    fn device(&self, d: &str) -> bool {
+        self.devices
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|x| &**x == d))
+    }
+    fn tag(&self, t: &str) -> bool {
+        self.tags
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|x| &**x == t))
+    }
+}
+
+/// Writes `"cycles":[…]` (object members, no braces) for the selected
+/// devices and tags of a stored row. Returns how many readings it wrote;
+/// zero means the sink has nothing to publish from this row.
+pub fn write_json(body: &[u8], sel: &Selection, out: &mut Vec<u8>) -> Result<usize, Damaged> {
+    let cycles = decode(body)?;
+    let mut written = 0;
+    out.extend_from_slice(b"\"cycles\":[");
+    let mut first_cycle = true;
+    for c in &cycles {
+        if !sel.device(c.device) {
+            continue;
+        }
+        let picked: Vec<&StoredReading> = c.readings.iter().filter(|r| sel.tag(r.tag)).collect();
+        if picked.is_empty() {
+            continue;
+        }
+        if !first_cycle {
+            out.push(b',');
+        }
+        first_cycle = false;
+        out.extend_from_slice(b"{\"device\":");
+        json_str(out, c.device);
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(itoa::Buffer::new().format(c.ts).as_bytes());
+        out.extend_from_slice(b",\"values\":{");
+        let mut first = true;
+        for r in picked.iter() {
+            if let Stored::Good(v) = &r.value {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json_str(out, r.tag);
+                out.push(b':');
+                json_value(out, v);
+            }
+        }
+        out.push(b'}');
+        if picked.iter().any(|r| matches!(r.value, Stored::Bad(_))) {
+            out.extend_from_slice(b",\"bad\":{");
+            let mut first = true;
+            for r in picked.iter() {
+                if let Stored::Bad(why) = &r.value {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    json_str(out, r.tag);
+                    out.push(b':');
+                    json_str(out, &why.to_string());
+                }
+            }
+            out.push(b'}');
+        }
+        if picked.iter().any(|r| r.ts.is_some()) {
+            out.extend_from_slice(b",\"ts_of\":{");
+            let mut first = true;
+            for r in picked.iter() {
+                if let Some(ts) = r.ts {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    json_str(out, r.tag);
+                    out.push(b':');
+                    out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
+                }
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+        written += picked.len();
+    }
+    out.push(b']');
+    Ok(written)
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if plain(s) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serialising a string into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn json_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        Value::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
+        Value::Float(f) if f.is_finite() => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(*f).as_bytes())
+        }
+        Value::Float(_) => out.extend_from_slice(b"null"),
+        Value::Str(s) => json_str(out, s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(device: &str, tag: &str, value: Option<Value>, quality: Quality, ts: i64) -> Reading {
+        Reading {
+            device: device.into(),
+            tag: tag.into(),
+            value,
+            quality,
+            ts,
+        }
+    }
+
+    fn every_kind() -> Vec<Reading> {
+        let g = Quality::Good;
+        vec![
+            r(
+                "lathe-01",
+                "spindle_speed",
+                Some(Value::Float(1200.5)),
+                g.clone(),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "feed",
+                Some(Value::Float(0.1)),
+                g.clone(),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "part_count",
+                Some(Value::Int(-4711)),
+                g.clone(),
+                9_990,
+            ),
+            r(
+                "lathe-01",
+                "energy",
+                Some(Value::UInt(u64::MAX)),
+                g.clone(),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "cycle_running",
+                Some(Value::Bool(true)),
+                g.clone(),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "program",
+                Some(Value::Str("O\"1234".into())),
+                g.clone(),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "alarm",
+                None,
+                Quality::Bad(BadReason::Exception(2)),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "mode",
+                None,
+                Quality::Bad(BadReason::Status("BadNodeIdUnknown")),
+                10_000,
+            ),
+            r(
+                "lathe-01",
+                "door",
+                Some(Value::Bool(false)),
+                g.clone(),
+                2_000,
+            ),
+            r(
+                "mill-02",
+                "spindle_speed",
+                None,
+                Quality::Bad(BadReason::Timeout),
+                10_050,
+            ),
+        ]
+    }
+
+    fn all(readings: Vec<Reading>) -> Batch {
+        Batch {
+            readings,
+            publish: Publish::All,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_value_kind_survives_the_record_and_becomes_telemetry_2_json() {
+        let rows = encode(&[all(every_kind())], 64 * 1024, |_| 1);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].count, 10);
+        let cycles = decode(&rows[0].body).expect("decodes");
+        assert_eq!(cycles.len(), 2);
+        assert_eq!(cycles[0].ts, 10_000);
+        assert_eq!(
+            cycles[0].readings[8].ts,
+            Some(2_000),
+            "an old value keeps its ts"
+        );
+        assert_eq!(
+            cycles[0].readings[2].ts, None,
+            "10 ms apart share the cycle's ts"
+        );
+        let mut out = b"{".to_vec();
+        let n = write_json(&rows[0].body, &Selection::default(), &mut out).expect("json");
+        out.push(b'}');
+        assert_eq!(n, 10);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        let c0 = &v["cycles"][0];
+        assert_eq!(c0["device"], "lathe-01");
+        assert_eq!(c0["values"]["spindle_speed"], 1200.5);
+        assert_eq!(
+            c0["values"]["feed"], 0.1,
+            "a float f32 cannot hold stays exact"
+        );
+        assert_eq!(c0["values"]["part_count"], -4711);
+        assert_eq!(c0["values"]["energy"], u64::MAX);
+        assert_eq!(c0["values"]["program"], "O\"1234");
+        assert_eq!(c0["bad"]["alarm"], "exception:2");
+        assert_eq!(c0["bad"]["mode"], "BadNodeIdUnknown");
+        assert_eq!(c0["ts_of"]["door"], 2_000);
+        assert_eq!(v["cycles"][1]["bad"]["spindle_speed"], "timeout");
+    }
+
+    #[test]
+    fn a_selection_leaves_out_other_devices_and_tags() {
+        let rows = encode(&[all(every_kind())], 64 * 1024, |_| 1);
+        let sel = Selection {
+            devices: Some(vec!["lathe-01".into()]),
+            tags: Some(vec!["spindle_speed".into(), "alarm".into()]),
+        };
+        let mut out = b"{".to_vec();
+        assert_eq!(write_json(&rows[0].body, &sel, &mut out), Ok(2));
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["cycles"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            v["cycles"][0]["values"].as_object().map(|o| o.len()),
+            Some(1)
+        );
+        let none = Selection {
+            devices: Some(vec!["press-9".into()]),
+            tags: None,
+        };
+        let mut out = Vec::new();
+        assert_eq!(write_json(&rows[0].body, &none, &mut out), Ok(0));
+    }
+
+    #[test]
+    fn rows_are_cut_to_the_message_size_and_split_by_destination() {
+        let readings: Vec<Reading> = (0..500)
+            .map(|i| {
+                r(
+                    if i < 250 { "a" } else { "b" },
+                    &format!("tag_{i}"),
+                    Some(Value::Float(i as f64 + 0.25)),
+                    Quality::Good,
+                    1,
+                )
+            })
+            .collect();
+        let max = 4096;
+        let rows = encode(&[all(readings)], max, |d| if d == "a" { 1 } else { 2 });
+        assert!(rows.len() > 2);
+        assert_eq!(rows.iter().map(|r| r.count).sum::<u32>(), 500);
+        for row in &rows {
+            let mut out = Vec::new();
+            write_json(&row.body, &Selection::default(), &mut out).expect("json");
+            assert!(out.len() <= max, "{} > {max}", out.len());
+            let devices: Vec<&str> = decode(&row.body)
+                .expect("decodes")
+                .iter()
+                .map(|c| c.device)
+                .collect();
+            let want = if row.to == Some(1) { "a" } else { "b" };
+            assert!(
+                devices.iter().all(|d| *d == want),
+                "{devices:?} in a row for {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn unpublished_readings_and_devices_no_sink_takes_are_not_stored() {
+        let mut b = all(every_kind());
+        let mut flags = vec![false; 10];
+        flags[0] = true;
+        b.publish = Publish::Only(flags);
+        let rows = encode(&[b], 64 * 1024, |d| u64::from(d == "lathe-01"));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].count, 1);
+        let none = Batch {
+            readings: every_kind(),
+            ..Default::default()
+        };
+        assert!(encode(&[none], 64 * 1024, |_| 1).is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        let rows = encode(&[all(every_kind())], 64 * 1024, |_| 1);
+        let body = &rows[0].body;
+        for cut in 0..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = body.clone();
+        bad[0] = 9;
+        assert_eq!(decode(&bad), Err(Damaged(0)));
+        let mut out = Vec::new();
+        for i in 0..body.len() {
+            let mut b = body.clone();
+            b[i] ^= 0xff;
+            let _ = write_json(&b, &Selection::default(), &mut out);
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Northbound sinks: each destination gets the streams it carries, from
+//! one outbox with a cursor per sink; a sink that is down holds back only
+//! itself. Checked from the receivers' side, on real brokers.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{wait_until, Mode, Mosquitto, Platform, Proxy};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use zgsz_agent::clock::{Clock, ScaledClock, SystemClock};
+use zgsz_agent::config::{self, Config};
+use zgsz_agent::sim::{Bank, ShopFloor, SimDevice};
+
+/// The demo plant (platform and enterprise sinks) on a clock 7,200 times
+/// faster than real time, telemetry every cycle.
+async fn compressed_plant(dir: &Path) -> (Config, Arc<dyn Clock>, ShopFloor) {
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(7200.0));
+    let (mut cfg, _) =
+        config::load_str(Path::new("config/demo.toml"), zgsz_agent::demo::DEMO_CONFIG).unwrap();
+    let floor = ShopFloor::start_plant_day(clock.clone(), cfg.metrics.utc_offset)
+        .await
+        .unwrap();
+    for (id, addr) in floor.addresses() {
+        cfg.set_device_address(&id, &addr.to_string());
+    }
+    // The OPC UA machines need the simulator's certificate; the Modbus
+    // machines are enough here.
+    cfg.devices.retain(|d| d.opcua.is_none());
+    let kept: Vec<String> = cfg.devices.iter().map(|d| d.id.to_string()).collect();
+    Arc::make_mut(&mut cfg.plant)
+        .equipment
+        .retain(|e| kept.contains(&e.device.to_string()));
+    common::poll_every(&mut cfg, Duration::from_secs(720));
+    cfg.metrics.snapshot_interval = Duration::from_secs(3600);
+    cfg.telemetry = Default::default();
+    cfg.set_state_dir(dir);
+    (cfg, clock, floor)
+}
+
+/// Messages of `kind`, de-duplicated by msg_id.
+fn unique(p: &Platform, kind: &str) -> BTreeMap<i64, Json> {
+    p.of_kind(kind)
+        .into_iter()
+        .map(|m| (m["seq"].as_i64().unwrap(), m))
+        .collect()
+}
+
+/// Rebuilds `transitions_sha256` of every sealed window from the states
+/// stream alone, with an implementation of docs/report.md written here
+/// (not the agent's), and checks every seal and the links between them.
+/// Returns how many seals were checked.
+fn assert_states_rebuild_every_seal(platform: &[&Platform]) -> usize {
+    // id -> (ts, equipment, state, seq of the states message)
+    let mut transitions: BTreeMap<i64, (i64, String, String, i64)> = BTreeMap::new();
+    let mut sealed: BTreeMap<u64, Json> = BTreeMap::new();
+    for p in platform {
+        for m in unique(p, "states").values() {
+            common::assert_schema("states", m);
+            for t in m["transitions"].as_array().unwrap() {
+                transitions.insert(
+                    t["id"].as_i64().unwrap(),
+                    (
+                        t["ts"].as_i64().unwrap(),
+                        t["equipment"].as_str().unwrap().to_string(),
+                        t["state"].as_str().unwrap().to_string(),
+                        m["seq"].as_i64().unwrap(),
+                    ),
+                );
+            }
+        }
+        for m in unique(p, "metrics").values() {
+            if let Some(i) = m["seal"]["index"].as_u64() {
+                sealed.insert(i, m.clone());
+            }
+        }
+    }
+    // Stored order: by ts, then by id.
+    let mut all: Vec<(i64, i64, String, String, i64)> = transitions
+        .into_iter()
+        .map(|(id, (ts, eq, st, seq))| (ts, id, eq, st, seq))
+        .collect();
+    all.sort();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut prev: Option<String> = None;
+    for (index, m) in &sealed {
+        let start = m["window"]["start_ts"].as_i64().unwrap();
+        let end = m["window"]["end_ts"].as_i64().unwrap();
+        // What the gateway had committed when it read the window.
+        let upto = m["states_upto_seq"].as_i64().unwrap();
+        let ordered: Vec<(i64, i64, String, String)> = all
+            .iter()
+            .filter(|t| t.4 <= upto)
+            .map(|(ts, id, eq, st, _)| (*ts, *id, eq.clone(), st.clone()))
+            .collect();
+        let mut text = format!("zgsz.transitions.canonical/1\nwindow|{start}|{end}\n");
+        for e in m["equipment"].as_array().unwrap() {
+            let id = e["id"].as_str().unwrap();
+            let initial = ordered
+                .iter()
+                .rfind(|(ts, _, eq, _)| eq == id && *ts <= start)
+                .map_or("offline", |(_, _, _, st)| st.as_str());
+            text += &format!("initial|{id}|{initial}\n");
+        }
+        for (ts, _, eq, st) in &ordered {
+            if *ts > start && *ts < end {
+                text += &format!("transition|{eq}|{ts}|{st}\n");
+            }
+        }
+        let seal = &m["seal"];
+        let transitions_sha256 = hex(&Sha256::digest(text.as_bytes()));
+        assert_eq!(
+            seal["transitions_sha256"], transitions_sha256,
+            "seal {index}: the states stream does not rebuild transitions_sha256"
+        );
+        let entry = format!(
+            "zgsz.chain/1\nindex|{index}\nprev|{}\nmetrics|{}\ntransitions|{transitions_sha256}\n",
+            seal["prev"].as_str().unwrap(),
+            seal["metrics_sha256"].as_str().unwrap()
+        );
+        assert_eq!(seal["digest"], hex(&Sha256::digest(entry.as_bytes())));
+        if let Some(p) = &prev {
+            assert_eq!(
+                seal["prev"].as_str(),
+                Some(p.as_str()),
+                "seal {index} links back"
+            );
+        }
+        prev = seal["digest"].as_str().map(str::to_string);
+    }
+    sealed.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_states_stream_alone_rebuilds_every_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, clock, _floor) = compressed_plant(dir.path()).await;
+    let port = zgsz_agent::broker::free_port().unwrap();
+    zgsz_agent::broker::start_embedded(port).unwrap();
+    let platform = Platform::subscribe(port).await;
+    cfg.set_broker("127.0.0.1", port);
+    let agent = zgsz_agent::agent::start(&cfg, clock).unwrap();
+    platform
+        .wait_for(Duration::from_secs(60), "a day of sealed windows", |p| {
+            p.of_kind("metrics")
+                .iter()
+                .any(|m| m["window"]["kind"] == "day" && m["seal"].is_object())
+                && p.of_kind("metrics")
+                    .iter()
+                    .filter(|m| m["seal"].is_object())
+                    .count()
+                    >= 6
+        })
+        .await;
+    agent.stop().await;
+    let checked = assert_states_rebuild_every_seal(&[&platform]);
+    assert!(checked >= 6, "{checked} seals");
+}
+
+/// Two real brokers, the city's and the enterprise's. The platform never
+/// sees telemetry; the enterprise sees every reading. The enterprise's
+/// broker dies and comes back while the platform keeps receiving; after
+/// that both have every seq they carry, nothing missing or altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
+async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platform_nothing() {
+    let city = Mosquitto::require("");
+    let mut factory = Mosquitto::require("");
+    let proxy = Proxy::start(([127, 0, 0, 1], factory.port).into(), Mode::Forward).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, clock, _floor) = compressed_plant(dir.path()).await;
+    cfg.set_sink_broker("platform", "127.0.0.1", city.port);
+    cfg.set_sink_broker("enterprise", "127.0.0.1", proxy.port);
+    let platform = Platform::subscribe(city.port).await;
+    let enterprise = Platform::subscribe(factory.port).await;
+    let agent = zgsz_agent::agent::start(&cfg, clock).unwrap();
+    enterprise
+        .wait_for(Duration::from_secs(30), "live telemetry", |p| {
+            p.of_kind("telemetry").len() >= 5
+        })
+        .await;
+    platform
+        .wait_for(Duration::from_secs(30), "states and metrics", |p| {
+            !p.of_kind("states").is_empty() && !p.of_kind("metrics").is_empty()
+        })
+        .await;
+
+    // The enterprise broker dies; the platform must not notice. First the
+    // link goes silent and the subscriber gets what the broker has already
+    // acknowledged: a broker killed with messages still queued for its
+    // subscribers loses them after the PUBACK, which no agent can prevent
+    // (docs/delivery.md, "Not guaranteed").
+    proxy.set(Mode::Blackhole);
+    let acked = |s: &zgsz_agent::buffer::Stats| {
+        s.sinks
+            .iter()
+            .find(|x| x.name == "enterprise")
+            .unwrap()
+            .acked_rows
+    };
+    let acked_before = acked(&agent.buffer.stats().await.unwrap()) as usize;
+    enterprise
+        .wait_for(
+            Duration::from_secs(30),
+            "what the enterprise broker acknowledged",
+            |p| p.telemetry_by_seq().len() >= acked_before,
+        )
+        .await;
+    factory.kill();
+    proxy.set(Mode::Refuse);
+    let ent = agent.sinks[1].clone();
+    assert_eq!(ent.borrow().name, "enterprise");
+    wait_until(
+        Duration::from_secs(30),
+        "the enterprise sink to go down",
+        || !ent.borrow().connected,
+    )
+    .await;
+    let sealed = |p: &Platform| {
+        unique(p, "metrics")
+            .values()
+            .filter(|m| m["seal"].is_object())
+            .count()
+    };
+    let before = sealed(&platform);
+    platform
+        .wait_for(
+            Duration::from_secs(60),
+            "sealed windows while the enterprise is down",
+            |p| sealed(p) >= before + 10,
+        )
+        .await;
+    let during = agent.buffer.stats().await.unwrap();
+    let owed = |s: &zgsz_agent::buffer::Stats, name: &str| {
+        s.sinks.iter().find(|x| x.name == name).unwrap().rows
+    };
+    assert!(
+        owed(&during, "enterprise") > 0,
+        "a backlog for the enterprise"
+    );
+    assert!(
+        owed(&during, "platform") < 10,
+        "the platform kept draining: {:?}",
+        during.sinks
+    );
+
+    // Back again; a new subscriber is there before the agent is let in.
+    factory.restart("");
+    let enterprise_after = Platform::subscribe(factory.port).await;
+    proxy.set(Mode::Forward);
+    let buffer = agent.buffer.clone();
+    common::wait_for_stats(
+        &buffer,
+        Duration::from_secs(60),
+        "the enterprise backlog to drain",
+        |s| owed(s, "enterprise") == 0 && s.sinks.iter().all(|x| x.rows < 5),
+    )
+    .await;
+    agent.stop().await;
+    let stats = zgsz_agent::buffer::read_stats(dir.path()).unwrap();
+    assert_eq!(stats.evicted_rows, 0);
+
+    // What went where.
+    let topics = |p: &Platform| -> BTreeSet<String> {
+        p.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| t.rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        topics(&platform),
+        BTreeSet::from(["metrics".into(), "states".into(), "status".into()]),
+        "the platform gets figures and evidence, never telemetry"
+    );
+    for p in [&enterprise, &enterprise_after] {
+        assert!(
+            topics(p).iter().all(|t| t == "telemetry" || t == "status"),
+            "{:?}",
+            topics(p)
+        );
+    }
+    // Every seq is carried by exactly one sink here: together the two
+    // receivers hold 1..=last_seq, once each, nothing missing.
+    let mut tele = enterprise.telemetry_by_seq();
+    for (seq, m) in enterprise_after.telemetry_by_seq() {
+        if let Some(prev) = tele.get(&seq) {
+            assert_eq!(prev["cycles"], m["cycles"], "seq {seq} altered on resend");
+        }
+        tele.insert(seq, m);
+    }
+    let mut city_seqs: BTreeSet<i64> = unique(&platform, "metrics").into_keys().collect();
+    city_seqs.extend(unique(&platform, "states").into_keys());
+    let tele_seqs: BTreeSet<i64> = tele.keys().copied().collect();
+    assert!(city_seqs.is_disjoint(&tele_seqs));
+    let all: BTreeSet<i64> = city_seqs.union(&tele_seqs).copied().collect();
+    let last = stats.last_seq;
+    // Rows still in the outbox (the platform's newest, at stop) are owed,
+    // not lost: they go out after the next start.
+    let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
+    let owed_now: BTreeSet<i64> = conn
+        .prepare("SELECT seq FROM outbox")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing: Vec<i64> = (1..=last)
+        .filter(|s| !all.contains(s) && !owed_now.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seqs missing at both receivers: {missing:?}"
+    );
+    // The enterprise got every reading the agent published, but those of
+    // the telemetry rows committed after the last wait (still owed).
+    let readings: u64 = tele
+        .values()
+        .map(|m| common::readings(m).len() as u64)
+        .sum();
+    let owed_readings: i64 = conn
+        .query_row(
+            "SELECT coalesce(sum(count), 0) FROM outbox WHERE kind = 3",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(readings + owed_readings as u64, stats.appended_readings);
+    for m in tele.values() {
+        common::assert_schema("telemetry", m);
+    }
+    assert!(assert_states_rebuild_every_seal(&[&platform]) >= 10);
+}
+
+/// A device with `n` u16 registers holding 1000 + i.
+async fn busy_device(n: usize) -> (SimDevice, Arc<Mutex<Bank>>, String) {
+    let mut b = Bank::new(n + 8);
+    for i in 0..n {
+        b.holding[i] = 1000 + i as u16;
+    }
+    let bank = Arc::new(Mutex::new(b));
+    let sim = SimDevice::start(HashMap::from([(1u8, bank.clone())]))
+        .await
+        .unwrap();
+    let mut tags = String::new();
+    for i in 0..n {
+        tags += &format!(
+            "[[devices.tags]]\nname = \"r{i}\"\narea = \"holding_register\"\naddress = {i}\n"
+        );
+    }
+    (sim, bank, tags)
+}
+
+fn agent_toml(state: &str, buffer: &str, sinks: &str, telemetry: &str, devices: &str) -> String {
+    format!(
+        "[agent]\ngateway_id = \"gw-sinks\"\nstate_dir = \"{state}\"\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[buffer]\n{buffer}\n{sinks}\n{telemetry}\n{devices}",
+        common::USCC
+    )
+}
+
+fn sink(name: &str, port: u16, carries: &str) -> String {
+    format!("[[sinks]]\nname = \"{name}\"\nport = {port}\ntls = false\nkeepalive = \"5s\"\ntopic_layout = \"gateway\"\ncarries = {carries}\n")
+}
+
+/// With one sink down and a small outbox, the rows only it still owes are
+/// evicted and counted against it; the other sink misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_is_charged_the_evictions_and_the_other_misses_nothing() {
+    let (sim, _bank, tags) = busy_device(40).await;
+    let port = zgsz_agent::broker::free_port().unwrap();
+    zgsz_agent::broker::start_embedded(port).unwrap();
+    let up = Platform::subscribe(port).await;
+    let dead = Proxy::start(([127, 0, 0, 1], 9).into(), Mode::Refuse).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = agent_toml(
+        &dir.path().display().to_string(),
+        "max_rows = 50",
+        &(sink("live", port, "[\"telemetry\", \"status\"]")
+            + &sink("dead", dead.port, "[\"telemetry\"]")),
+        "",
+        &format!(
+            "[[devices]]\nid = \"plc-1\"\naddress = \"{}\"\npoll_interval = \"20ms\"\n{tags}",
+            sim.addr
+        ),
+    );
+    let (cfg, _) = config::load_str(Path::new("sinks.toml"), &text).unwrap();
+    let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
+    let buffer = agent.buffer.clone();
+    let share = |s: &zgsz_agent::buffer::Stats, n: &str| {
+        s.sinks.iter().find(|x| x.name == n).cloned().unwrap()
+    };
+    common::wait_for_stats(
+        &buffer,
+        Duration::from_secs(60),
+        "evictions for the sink that is down",
+        |s| share(s, "dead").evicted_rows >= 20,
+    )
+    .await;
+    let target = buffer.stats().await.unwrap().last_seq;
+    up.wait_for(Duration::from_secs(30), "the live sink to catch up", |p| {
+        p.telemetry_by_seq()
+            .keys()
+            .last()
+            .is_some_and(|&s| s >= target)
+    })
+    .await;
+    agent.stop().await;
+    let s = zgsz_agent::buffer::read_stats(dir.path()).unwrap();
+    let (live, dead_share) = (share(&s, "live"), share(&s, "dead"));
+    assert_eq!(live.evicted_rows, 0, "{live:?}");
+    assert_eq!(dead_share.evicted_rows, s.evicted_rows);
+    assert_eq!(dead_share.evicted_readings, s.evicted_readings);
+    assert!(dead_share.evicted_readings >= 20 * 40);
+    let by_seq = up.telemetry_by_seq();
+    let (first, last) = common::assert_contiguous(&by_seq);
+    assert_eq!(first, 1, "the live sink got every row from the first");
+    assert!(last >= target);
+    // The live sink's status shows both sinks.
+    let status = up.of_kind("status");
+    let shares = status
+        .iter()
+        .rev()
+        .find_map(|m| m["outbox"]["sinks"].as_array().cloned())
+        .expect("a status with the sinks");
+    let names: Vec<&str> = shares.iter().filter_map(|x| x["name"].as_str()).collect();
+    assert_eq!(names, ["live", "dead"]);
+    assert!(shares
+        .iter()
+        .any(|x| x["name"] == "dead" && x["connected"] == false));
+}
+
+/// By exception: a value inside the deadband is never published, one past
+/// it is, and a quiet value is published again after max_interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_change_honours_the_deadband_and_the_heartbeat() {
+    let (sim, bank, _) = busy_device(4).await;
+    bank.lock().unwrap().holding[0] = 100;
+    let port = zgsz_agent::broker::free_port().unwrap();
+    zgsz_agent::broker::start_embedded(port).unwrap();
+    let p = Platform::subscribe(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = agent_toml(
+        &dir.path().display().to_string(),
+        "",
+        &sink("mes", port, "[\"telemetry\"]"),
+        "[telemetry]\nreport = \"change\"\ndeadband_absolute = 10\nmax_interval = \"2s\"\n[[telemetry.rules]]\ntags = [\"marker\"]\nreport = \"cycle\"\n",
+        &format!(
+            "[[devices]]\nid = \"plc-1\"\naddress = \"{}\"\npoll_interval = \"50ms\"\n\
+             [[devices.tags]]\nname = \"speed\"\narea = \"holding_register\"\naddress = 0\n\
+             [[devices.tags]]\nname = \"marker\"\narea = \"holding_register\"\naddress = 1\n",
+            sim.addr
+        ),
+    );
+    let (cfg, _) = config::load_str(Path::new("sinks.toml"), &text).unwrap();
+    let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
+    // `marker` is reported every cycle: once a marker value arrives, the
+    // speed polled in that same read is known to have been seen.
+    let values = |p: &Platform, tag: &str| -> Vec<(i64, i64)> {
+        p.telemetry_by_seq()
+            .values()
+            .flat_map(common::readings)
+            .filter(|r| r["tag"] == tag)
+            .map(|r| (r["ts"].as_i64().unwrap(), r["value"].as_i64().unwrap_or(-1)))
+            .collect()
+    };
+    let set = |speed: u16, marker: u16| {
+        let mut b = bank.lock().unwrap();
+        b.holding[0] = speed;
+        b.holding[1] = marker;
+    };
+    let seen =
+        |marker: i64| move |p: &Platform| values(p, "marker").iter().any(|(_, v)| *v == marker);
+    set(100, 1);
+    p.wait_for(Duration::from_secs(20), "marker 1", seen(1))
+        .await;
+    set(105, 2); // inside the deadband of 10
+    p.wait_for(Duration::from_secs(20), "marker 2", seen(2))
+        .await;
+    set(111, 3); // past it
+    p.wait_for(Duration::from_secs(20), "marker 3", seen(3))
+        .await;
+    p.wait_for(Duration::from_secs(20), "speed 111", |p| {
+        values(p, "speed").iter().any(|(_, v)| *v == 111)
+    })
+    .await;
+    // Quiet now: the heartbeat re-publishes 111 after max_interval.
+    p.wait_for(Duration::from_secs(20), "a heartbeat", |p| {
+        values(p, "speed").iter().filter(|(_, v)| *v == 111).count() >= 2
+    })
+    .await;
+    agent.stop().await;
+    let speed = values(&p, "speed");
+    assert!(
+        !speed.iter().any(|(_, v)| *v == 105),
+        "inside the deadband: {speed:?}"
+    );
+    let published: Vec<i64> = speed.iter().map(|(_, v)| *v).collect();
+    assert_eq!(published[0], 100, "{published:?}");
+    let first_111 = speed.iter().find(|(_, v)| *v == 111).unwrap().0;
+    let beat = speed.iter().filter(|(_, v)| *v == 111).nth(1).unwrap().0;
+    assert!(
+        beat - first_111 >= 2000,
+        "heartbeat after max_interval: {speed:?}"
+    );
+    let markers = values(&p, "marker").len();
+    assert!(
+        markers > 2 * speed.len(),
+        "every cycle's marker, far fewer speeds: {markers} vs {}",
+        speed.len()
+    );
+}
+
+fn spawn_agent(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the agent")
+}
+
+/// SIGKILL while both sinks are busy; a last run drains: every committed
+/// row reaches each sink that carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_both_sinks_busy_loses_nothing_on_either() {
+    let (sim, _bank, tags) = busy_device(20).await;
+    let (a, b) = (
+        zgsz_agent::broker::free_port().unwrap(),
+        zgsz_agent::broker::free_port().unwrap(),
+    );
+    zgsz_agent::broker::start_embedded(a).unwrap();
+    zgsz_agent::broker::start_embedded(b).unwrap();
+    let (pa, pb) = (Platform::subscribe(a).await, Platform::subscribe(b).await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        agent_toml(
+            "state",
+            "",
+            &(sink("one", a, "[\"telemetry\", \"status\"]")
+                + &sink("two", b, "[\"telemetry\", \"status\"]")),
+            "",
+            &format!(
+                "[[devices]]\nid = \"plc-1\"\naddress = \"{}\"\npoll_interval = \"20ms\"\n{tags}",
+                sim.addr
+            ),
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let appended = || {
+        zgsz_agent::buffer::read_stats(&state)
+            .map(|s| s.appended_readings)
+            .unwrap_or(0)
+    };
+    for _ in 0..5 {
+        let mut child = spawn_agent(&file);
+        let before = appended();
+        wait_until(Duration::from_secs(20), "the agent to commit", || {
+            appended() > before
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..400))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let mut child = spawn_agent(&file);
+    let before = appended();
+    wait_until(Duration::from_secs(20), "the last run to commit", || {
+        appended() > before
+    })
+    .await;
+    let committed = zgsz_agent::buffer::read_stats(&state).unwrap().last_seq;
+    for p in [&pa, &pb] {
+        p.wait_for(Duration::from_secs(60), "every committed row", |p| {
+            p.telemetry_by_seq()
+                .keys()
+                .last()
+                .is_some_and(|&s| s >= committed)
+        })
+        .await;
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    for p in [&pa, &pb] {
+        let by_seq: BTreeMap<i64, Json> = p
+            .telemetry_by_seq()
+            .into_iter()
+            .filter(|(s, _)| *s <= committed)
+            .collect();
+        assert_eq!(common::assert_contiguous(&by_seq), (1, committed));
+        for m in by_seq.values() {
+            for r in common::readings(m) {
+                let i: u64 = r["tag"].as_str().unwrap()[1..].parse().unwrap();
+                assert_eq!(r["value"], 1000 + i, "{r}");
+            }
+        }
+    }
+}
