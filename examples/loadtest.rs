@@ -424,15 +424,23 @@ uscc = "91350100M000100Y43"
 region_code = "321003"
 industry = "discrete"
 
+# Two sinks, as a plant runs them: the enterprise's with the telemetry,
+# the city's with the figures (idle here: no plant model).
 [mqtt]
 host = "127.0.0.1"
-port = {}
+port = {port}
 tls = false
 carries = ["metrics", "states", "status", "telemetry"]
 topic_layout = "gateway"
+
+[[sinks]]
+name = "city"
+host = "127.0.0.1"
+port = {port}
+tls = false
 "#,
         s.state_dir.display(),
-        s.mqtt_port
+        port = s.mqtt_port
     );
     if let Some(w) = s.commit_window {
         t.push_str(&format!("\n[buffer]\ncommit_window = \"{w}\"\n"));

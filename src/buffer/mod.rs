@@ -262,6 +262,8 @@ pub struct Stats {
     /// by the next successful commit.
     pub disk_full: bool,
     pub sinks: Vec<SinkStats>,
+    /// Left out of the status sent to a sink that carries no telemetry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceHealth>,
 }
 

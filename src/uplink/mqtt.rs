@@ -210,6 +210,12 @@ impl MqttUplink {
         // Each sink's share of the outbox, with whether it is connected.
         let outbox = outbox.map(|s| {
             let mut s = s.clone();
+            // Each device's health (readings good and bad) goes with the
+            // telemetry: a sink that does not carry it, such as the city's,
+            // gets the outbox figures only.
+            if self.sink.carries.telemetry.is_none() {
+                s.devices.clear();
+            }
             for share in &mut s.sinks {
                 share.connected = self
                     .board
