@@ -55,7 +55,11 @@ async fn liar(lie: Lie) -> std::net::SocketAddr {
                     let function = req[7];
                     let count = u16::from_be_bytes([req[10], req[11]]);
                     // Registers, or for coils and discrete inputs bytes.
-                    let units = if function <= 2 { count.div_ceil(8) } else { count };
+                    let units = if function <= 2 {
+                        count.div_ceil(8)
+                    } else {
+                        count
+                    };
                     let reply: Vec<u8> = match lie {
                         Lie::Garbage => (0..17).map(|_| fastrand::u8(..)).collect(),
                         Lie::Truncated => vec![tid[0], tid[1], 0, 0, 0, 40, 1, 3, 2],
@@ -156,13 +160,19 @@ async fn answers_of_another_size_than_asked_are_decode_in_every_area() {
                 .iter()
                 .enumerate()
                 .map(|(i, name)| {
-                    format!("[[devices.tags]]\nname = \"{name}\"\narea = \"{area}\"\naddress = {i}\n")
+                    format!(
+                        "[[devices.tags]]\nname = \"{name}\"\narea = \"{area}\"\naddress = {i}\n"
+                    )
                 })
                 .collect();
             let dev_cfg = format!("[[devices]]\nid = \"sized\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\nretries = 0\n{tags}");
             let cfg = config(dir.path(), 1, &dev_cfg, "", "");
             let mut dev = ModbusDevice::new(cfg.devices[0].clone(), Arc::new(SystemClock));
-            assert_eq!(dev.plan_len(), 1, "{area}: the three tags share one request");
+            assert_eq!(
+                dev.plan_len(),
+                1,
+                "{area}: the three tags share one request"
+            );
             let readings = dev.poll_once().await;
             assert_eq!(readings.len(), 3);
             for r in readings {

@@ -443,8 +443,11 @@ impl AnyLink {
     /// The link a device's protocol calls for.
     pub fn for_device(cfg: &DeviceConfig) -> AnyLink {
         match cfg.protocol {
-            // OPC UA devices never get here (`read` dispatches them first).
-            Protocol::ModbusTcp | Protocol::Opcua => AnyLink::Tcp(TcpLink::new(&cfg.address)),
+            // OPC UA and S7 devices never get here (`read` dispatches them
+            // first).
+            Protocol::ModbusTcp | Protocol::Opcua | Protocol::S7 => {
+                AnyLink::Tcp(TcpLink::new(&cfg.address))
+            }
             Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
                 AnyLink::Bus(rtu::BusLink::new(rtu::Endpoint::of(cfg)))
             }
