@@ -527,7 +527,7 @@ async fn read_s7(dev: &Arc<crate::config::DeviceConfig>) -> anyhow::Result<ExitC
     let plan = poller
         .plan_stats()
         .map(|(pdu, requests, min)| {
-            format!("PDU {pdu}, {requests} requests per cycle (fewest possible {min})")
+            format!("PDU {pdu}, requests per cycle: {requests} (the fewest the PDU allows: {min})")
         })
         .unwrap_or_else(|| "not connected".into());
     println!("{} (s7 {}): {plan}", dev.id, dev.address);

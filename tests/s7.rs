@@ -645,3 +645,100 @@ async fn snap7_server_stopped_and_restarted() {
     assert!(good, "no good reading after the server came back");
     server.assert_read_only();
 }
+
+/// Runs the agent binary with `args` off the runtime (the simulated PLC
+/// answers from this test's runtime meanwhile).
+async fn agent(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
+            .args(&args)
+            .output()
+            .expect("running zgsz-agent")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_and_read_commands_against_the_simulated_plc() {
+    let sim = SimS7::start(memory(), 240).await.unwrap();
+    let host = sim.addr.to_string();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["probe", "--host", &host, "--rack", "0", "--slot", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // The real at DBD14 is found from the value the HMI would show.
+    let out = agent(args(&[
+        "--area",
+        "DB10",
+        "--address",
+        "8",
+        "--count",
+        "16",
+        "--expect",
+        "23.5",
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Suggested: DB10.DBD14 real = 23.5"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("address = \"DB10.DBD14\""), "{stdout}");
+    // A missing DB: the return code and what to do.
+    let out = agent(args(&["--area", "DB99", "--address", "0", "--count", "4"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BadS7ObjectDoesNotExist"), "{stderr}");
+
+    // `read` of a config's S7 device: every tag, the plan, and a note.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    let text = format!(
+        "[agent]\ngateway_id = \"gw\"\nstate_dir = {:?}\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[mqtt]\ntls = false\n{}",
+        dir.path().display().to_string(),
+        common::USCC,
+        device(
+            "plc",
+            &host,
+            "",
+            &[("speed", "DB10.DBD14", "real"), ("ghost", "DB99.DBW0", "")]
+        )
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = agent(vec![
+        "read".into(),
+        "--config".into(),
+        file.display().to_string(),
+        "--device".into(),
+        "plc".into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("PDU 240, requests per cycle: 1 (the fewest the PDU allows: 1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("speed") && l.contains("23.5") && l.ends_with("good")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bad (BadS7ObjectDoesNotExist)"), "{stdout}");
+    assert!(
+        stdout.contains("note: the PLC has no such object"),
+        "{stdout}"
+    );
+    assert_eq!(sim.counters.writes.load(Ordering::Relaxed), 0);
+}
