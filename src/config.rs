@@ -1581,11 +1581,11 @@ fn validate_device(
     opcua::reject_on_modbus(&d, key, p);
     let (address, serial) = validate_endpoint(&d, key, p);
     if d.protocol == Protocol::S7 {
-        let s7 = validate_s7(d, address, key, p);
+        let s7 = validate_s7(d, key, p);
         return Some(DeviceConfig {
             id: s7.0.into(),
             protocol: Protocol::S7,
-            address: s7.1.address.clone(),
+            address,
             serial: None,
             unit_id: 0,
             poll_interval,
@@ -1754,13 +1754,11 @@ fn validate_device(
 /// id, the validated device and its retries.
 fn validate_s7(
     d: RawDevice,
-    address: String,
     key: &str,
     p: &mut Problems,
 ) -> (String, crate::source::s7::config::S7Device, u32) {
     use crate::source::s7::config as s7;
     let keys = s7::DeviceKeys {
-        address,
         rack: d.rack,
         slot: d.slot,
         local_tsap: d.local_tsap,

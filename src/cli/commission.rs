@@ -554,7 +554,7 @@ async fn probe_s7(
             (Some(l), Some(r)) => (s7_host(a)?, l, r),
             _ => return Ok(usage("--local-tsap/--remote-tsap: write each as two hex bytes, e.g. 01.00 and 03.00")),
         },
-        (Some(s7), ..) => (s7.address.clone(), s7.local_tsap, s7.remote_tsap),
+        (Some(s7), ..) => (dev.address.clone(), s7.local_tsap, s7.remote_tsap),
         _ => return Ok(usage("an S7 probe needs --host with --rack/--slot or --local-tsap/--remote-tsap, or --device of an S7 device")),
     };
     let mut conn =

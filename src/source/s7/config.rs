@@ -7,9 +7,10 @@
 //! address = "192.168.0.1:102"
 //! rack = 0              # with slot: the CPU's position (S7-300: 0/2, S7-1200/1500: 0/1)
 //! slot = 1
-//! # or, instead of rack/slot (S7-200 SMART, LOGO!, CP connections):
+//! # or, instead of rack/slot (S7-200 SMART, LOGO!, CP connections), the
+//! # TSAPs of the device's connection settings:
 //! # local_tsap = "01.00"
-//! # remote_tsap = "03.01"
+//! # remote_tsap = "02.00"
 //! pdu_size = 960        # asked for; the PLC grants its own, often 240 or 480
 //! [[devices.tags]]
 //! name = "running"
@@ -28,11 +29,10 @@ pub const DEFAULT_PDU: u16 = 960;
 /// Local TSAP with rack/slot: a PG connection's, as most S7 clients use.
 pub const DEFAULT_LOCAL_TSAP: u16 = 0x0100;
 
-/// An S7 device's validated settings.
+/// An S7 device's validated settings (its `host:port` is the device's
+/// `address`, shared by every protocol).
 #[derive(Debug, Clone, PartialEq)]
 pub struct S7Device {
-    /// `host:port` as written (port 102 for ISO-on-TCP).
-    pub address: String,
     pub local_tsap: u16,
     pub remote_tsap: u16,
     /// PDU size asked for (the PLC may grant less).
@@ -71,7 +71,6 @@ impl S7Tag {
 /// The device-level S7 keys as written.
 #[derive(Debug, Default)]
 pub struct DeviceKeys {
-    pub address: String,
     pub rack: Option<u8>,
     pub slot: Option<u8>,
     pub local_tsap: Option<String>,
@@ -154,7 +153,6 @@ pub fn validate(d: DeviceKeys, tags: Vec<TagKeys>, key: &str) -> (S7Device, Prob
         }
     }
     let dev = S7Device {
-        address: d.address,
         local_tsap,
         remote_tsap,
         pdu_size,
@@ -190,11 +188,11 @@ fn connection(d: &DeviceKeys, key: &str, p: &mut Problems) -> (u16, u16) {
         (None, None, true) => match (local, remote, &d.local_tsap, &d.remote_tsap) {
             (Some(l), Some(r), _, _) => (l, r),
             (_, _, None, _) => {
-                p.push((format!("{key}.local_tsap"), "is missing; explicit TSAPs come in pairs: local_tsap and remote_tsap (e.g. \"01.00\" and \"03.01\" for an S7-200 SMART)".into()));
+                p.push((format!("{key}.local_tsap"), "is missing; explicit TSAPs come in pairs: local_tsap and remote_tsap, both from the device's connection settings (e.g. \"01.00\" and \"02.00\")".into()));
                 (0, 0)
             }
             (_, _, _, None) => {
-                p.push((format!("{key}.remote_tsap"), "is missing; explicit TSAPs come in pairs: local_tsap and remote_tsap (e.g. \"01.00\" and \"03.01\" for an S7-200 SMART)".into()));
+                p.push((format!("{key}.remote_tsap"), "is missing; explicit TSAPs come in pairs: local_tsap and remote_tsap, both from the device's connection settings (e.g. \"01.00\" and \"02.00\")".into()));
                 (0, 0)
             }
             _ => (0, 0),
@@ -320,7 +318,6 @@ mod tests {
     #[test]
     fn rack_slot_or_tsaps_never_both() {
         let keys = |rack, slot, tsap: Option<&str>| DeviceKeys {
-            address: "h:102".into(),
             rack,
             slot,
             local_tsap: tsap.map(str::to_string),

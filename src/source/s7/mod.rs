@@ -124,7 +124,7 @@ impl S7Poller {
 
     fn warn(&mut self, kind: &str, msg: &str) {
         if let Some(suppressed) = self.log.check(kind) {
-            tracing::warn!(device = %self.cfg.id, address = %self.s7.address, suppressed, "{msg}");
+            tracing::warn!(device = %self.cfg.id, address = %self.cfg.address, suppressed, "{msg}");
         }
     }
 
@@ -133,9 +133,9 @@ impl S7Poller {
         if self.conn.is_some() {
             return Ok(());
         }
-        let s7 = self.s7.clone();
+        let (s7, cfg) = (self.s7.clone(), self.cfg.clone());
         let conn = Connection::open(
-            &s7.address,
+            &cfg.address,
             s7.local_tsap,
             s7.remote_tsap,
             s7.pdu_size,
@@ -147,7 +147,7 @@ impl S7Poller {
             self.rebuild(pdu);
         }
         if self.was_down {
-            tracing::info!(device = %self.cfg.id, address = %s7.address, pdu, "PLC reconnected");
+            tracing::info!(device = %cfg.id, address = %cfg.address, pdu, "PLC reconnected");
         }
         self.was_down = false;
         self.log.clear("connect");
