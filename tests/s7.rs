@@ -742,3 +742,50 @@ async fn probe_and_read_commands_against_the_simulated_plc() {
     );
     assert_eq!(sim.counters.writes.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_plc_costs_only_its_own_task() {
+    let alive = SimS7::start(memory(), 240).await.unwrap();
+    let dead = SimS7::start(memory(), 240).await.unwrap();
+    dead.faults.silent.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = device(
+        "dead",
+        &dead.addr.to_string(),
+        "",
+        &[("w", "DB10.DBW2", "")],
+    ) + &device(
+        "alive",
+        &alive.addr.to_string(),
+        "",
+        &[("w", "DB10.DBW2", "")],
+    );
+    let cfg = common::config(dir.path(), 1, &toml, "", "");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let clock: Arc<dyn zgsz_agent::clock::Clock> = Arc::new(SystemClock);
+    let tasks = zgsz_agent::source::spawn_all(&cfg.devices, &clock, &tx, &stop_rx);
+    // Both devices poll every 100 ms; the dead one waits 500 ms for every
+    // answer that never comes. In 2 s the live one still delivers its
+    // cycles on time, all good.
+    let (mut alive_good, mut dead_bad) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(cycle)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        for r in cycle {
+            match (&*r.device, r.quality.is_good()) {
+                ("alive", true) => alive_good += 1,
+                ("dead", false) => dead_bad += 1,
+                other => panic!("unexpected reading {other:?}: {r:?}"),
+            }
+        }
+    }
+    let _ = stop.send(true);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        alive_good >= 15,
+        "the live PLC delivered only {alive_good} cycles in 2 s"
+    );
+    assert!(dead_bad >= 1, "the dead PLC reported nothing");
+}
