@@ -1414,8 +1414,6 @@ fn validate_plant(
     model
 }
 
-/// Where a device is and how its line is set: `address` for the TCP
-/// protocols, `port` and the serial settings for modbus-rtu, never a mix.
 /// The usual TCP port of a protocol, for examples in messages.
 fn default_port(protocol: Protocol) -> u16 {
     match protocol {
@@ -1425,6 +1423,8 @@ fn default_port(protocol: Protocol) -> u16 {
     }
 }
 
+/// Where a device is and how its line is set: `address` for the TCP
+/// protocols, `port` and the serial settings for modbus-rtu, never a mix.
 fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Option<SerialConfig>) {
     let serial_keys = [
         ("baud", d.baud.is_some()),

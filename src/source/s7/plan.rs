@@ -10,11 +10,13 @@
 //!    own from then on.
 //! 2. **Items.** A range longer than the largest item an answer can carry
 //!    is cut into pieces of that size.
-//! 3. **Requests.** Items are packed, largest first, into the first request
-//!    with room (first-fit decreasing). A request must fit the negotiated
-//!    PDU twice: the request (12 bytes an item) and the answer (4 bytes an
-//!    item plus its data, filled to an even length), and hold at most
-//!    [`MAX_ITEMS`] items.
+//! 3. **Requests.** Items are packed into requests two ways, and the plan
+//!    takes the one with fewer requests: first-fit decreasing (best when
+//!    the answers' bytes are the limit), and a balanced fill that mixes the
+//!    largest and the smallest items (best when the item count is). A
+//!    request must fit the negotiated PDU twice: the request (12 bytes an
+//!    item) and the answer (4 bytes an item plus its data, filled to an
+//!    even length), and hold at most [`MAX_ITEMS`] items.
 
 use super::proto::{self, Area, Item};
 
@@ -122,17 +124,34 @@ pub fn plan(spans: &[Span], max_gap: u16, pdu: u16) -> Plan {
     }
 }
 
+/// The better of two packings (fewer requests; first-fit decreasing on a
+/// tie): first-fit decreasing wins when the answers' bytes are the limit,
+/// the balanced packing when the item count per request is.
+fn pack(items: &[Item], pdu: u16) -> Vec<Request> {
+    let ffd = first_fit_decreasing(items, pdu);
+    let balanced = balanced(items, pdu);
+    if balanced.len() < ffd.len() {
+        balanced
+    } else {
+        ffd
+    }
+}
+
+fn answer_size(it: &Item) -> usize {
+    proto::answer_item_size(usize::from(it.len))
+}
+
 /// First-fit decreasing: each item, largest first, goes into the first
 /// request that still has room for it in both directions.
-fn pack(items: &[Item], pdu: u16) -> Vec<Request> {
+fn first_fit_decreasing(items: &[Item], pdu: u16) -> Vec<Request> {
+    let per_request = max_items(pdu);
     let pdu = usize::from(pdu);
-    let per_request = max_items(pdu as u16);
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(items[i].len));
     // Per request: its items and the size of its answer so far.
     let mut open: Vec<(Request, usize)> = Vec::new();
     for i in order {
-        let size = proto::answer_item_size(usize::from(items[i].len));
+        let size = answer_size(&items[i]);
         let slot = open.iter_mut().find(|(r, answer)| {
             r.items.len() < per_request
                 && proto::read_request_size(r.items.len() + 1) <= pdu
@@ -147,6 +166,50 @@ fn pack(items: &[Item], pdu: u16) -> Vec<Request> {
         }
     }
     open.into_iter().map(|(r, _)| r).collect()
+}
+
+/// Fills one request at a time, taking the largest item left when the
+/// request's other slots can still be filled with the smallest ones, and
+/// the smallest otherwise: many small items and a few large ones (strings
+/// among bits and words) then share requests instead of the large ones
+/// using up the bytes of a request and the small ones its item slots.
+fn balanced(items: &[Item], pdu: u16) -> Vec<Request> {
+    let per_request = max_items(pdu);
+    let pdu = usize::from(pdu);
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].len);
+    let mut left: std::collections::VecDeque<usize> = order.into();
+    let mut out = Vec::new();
+    while !left.is_empty() {
+        let mut r = Request { items: Vec::new() };
+        let mut answer = proto::ANSWER_BASE;
+        while r.items.len() < per_request && proto::read_request_size(r.items.len() + 1) <= pdu {
+            let (Some(&small), Some(&large)) = (left.front(), left.back()) else {
+                break;
+            };
+            let others = (per_request - r.items.len() - 1).min(left.len() - 1);
+            let reserve = others * answer_size(&items[small]);
+            let take = if answer + answer_size(&items[large]) + reserve <= pdu {
+                left.pop_back()
+            } else if answer + answer_size(&items[small]) <= pdu {
+                left.pop_front()
+            } else {
+                None
+            };
+            let Some(i) = take else { break };
+            answer += answer_size(&items[i]);
+            r.items.push(i);
+        }
+        if r.items.is_empty() {
+            // Cannot happen (every item fits a request on its own); never
+            // loop forever on it.
+            if let Some(i) = left.pop_back() {
+                r.items.push(i);
+            }
+        }
+        out.push(r);
+    }
+    out
 }
 
 /// The fewest requests any plan could use for these items at `pdu`: what
@@ -221,6 +284,19 @@ mod tests {
         }
         assert_eq!(max_items(240), 19);
         assert_eq!(max_items(960), MAX_ITEMS);
+    }
+
+    #[test]
+    fn a_few_large_items_among_many_small_ones_reach_the_item_bound() {
+        // 200 strings and 800 small tags, each in a range of its own: the
+        // item count per request is the limit (ceil(1000 / 19) = 53).
+        let spans: Vec<Span> = (0..1000)
+            .map(|i| db(1, i * 40, if i % 5 == 4 { 18 } else { 1 + (i % 4) as u16 }))
+            .collect();
+        let p = plan(&spans, 8, 240);
+        check_fits(&p, 240);
+        assert_eq!(p.requests.len(), 53);
+        assert_eq!(lower_bound(&p.items, 240), 53);
     }
 
     #[test]
