@@ -472,7 +472,7 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         return read_opcua(dev).await;
     }
     if dev.s7.is_some() {
-        return read_s7(dev).await;
+        return commission::read_s7(dev).await;
     }
     // The same poll cycle `run` does, over the link the protocol calls for.
     let mut link = AnyLink::for_device(dev);
@@ -509,70 +509,6 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
             t.unit.as_deref().unwrap_or(""),
             quality
         );
-    }
-    let bad = readings.iter().filter(|r| !r.quality.is_good()).count();
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-async fn read_s7(dev: &Arc<crate::config::DeviceConfig>) -> anyhow::Result<ExitCode> {
-    use crate::source::s7::{item_status, S7Poller};
-    let Some(mut poller) = S7Poller::new(dev.clone(), Arc::new(SystemClock)) else {
-        anyhow::bail!("{}: not an S7 device", dev.id);
-    };
-    let readings = poller.poll().await;
-    let plan = poller
-        .plan_stats()
-        .map(|(pdu, requests, min)| {
-            format!("PDU {pdu}, requests per cycle: {requests} (the fewest the PDU allows: {min})")
-        })
-        .unwrap_or_else(|| "not connected".into());
-    println!("{} (s7 {}): {plan}", dev.id, dev.address);
-    println!(
-        "{:<24} {:<16} {:<11} {:>14} {:<8} quality",
-        "tag", "address", "type", "value", "unit"
-    );
-    let tags = dev
-        .s7
-        .as_ref()
-        .map(|s| s.tags.as_slice())
-        .unwrap_or_default();
-    let mut advice: Vec<&str> = Vec::new();
-    for (r, t) in readings.iter().zip(tags) {
-        let value = r
-            .value
-            .as_ref()
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "-".into());
-        let quality = match &r.quality {
-            crate::reading::Quality::Good => "good".to_string(),
-            crate::reading::Quality::Bad(why) => {
-                if let crate::reading::BadReason::Status(name) = why {
-                    for rc in [0x0A, 0x05, 0x03] {
-                        let (status, what) = item_status(rc);
-                        if status == *name && !advice.contains(&what) {
-                            advice.push(what);
-                        }
-                    }
-                }
-                format!("bad ({why})")
-            }
-        };
-        println!(
-            "{:<24} {:<16} {:<11} {:>14} {:<8} {}",
-            t.name,
-            t.text,
-            t.ty.name(),
-            value,
-            t.unit.as_deref().unwrap_or(""),
-            quality
-        );
-    }
-    for what in advice {
-        println!("note: {what}");
     }
     let bad = readings.iter().filter(|r| !r.quality.is_good()).count();
     Ok(if bad == 0 {
