@@ -471,6 +471,9 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
     if dev.opcua.is_some() {
         return read_opcua(dev).await;
     }
+    if dev.s7.is_some() {
+        return commission::read_s7(dev).await;
+    }
     // The same poll cycle `run` does, over the link the protocol calls for.
     let mut link = AnyLink::for_device(dev);
     let mut d = Poller::new(dev.clone(), Arc::new(SystemClock));

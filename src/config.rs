@@ -185,6 +185,20 @@ struct RawDevice {
     root: Option<String>,
     profile: Option<String>,
     channels: Option<Vec<String>>,
+    // S7 only (see source/s7/config.rs).
+    rack: Option<u8>,
+    slot: Option<u8>,
+    local_tsap: Option<String>,
+    remote_tsap: Option<String>,
+    pdu_size: Option<u16>,
+}
+
+/// A tag address: a number (Modbus, 0-based) or text (S7, `"DB10.DBW2"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAddress {
+    Number(u32),
+    Text(String),
 }
 
 /// A tag: Modbus keys (area, address, ...) or OPC UA keys (node or path,
@@ -194,7 +208,7 @@ struct RawDevice {
 struct RawTag {
     name: String,
     area: Option<Area>,
-    address: Option<u32>,
+    address: Option<RawAddress>,
     #[serde(rename = "type")]
     ty: Option<String>,
     order: Option<WordOrder>,
@@ -348,6 +362,8 @@ pub enum Protocol {
     ModbusRtuOverTcp,
     /// OPC UA binary over TCP (opc.tcp://), one session per device.
     Opcua,
+    /// Siemens S7comm over ISO-on-TCP (port 102), one connection per device.
+    S7,
 }
 
 impl Protocol {
@@ -357,6 +373,7 @@ impl Protocol {
             Protocol::ModbusRtu => "modbus-rtu",
             Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
             Protocol::Opcua => "opcua",
+            Protocol::S7 => "s7",
         }
     }
 
@@ -496,6 +513,8 @@ pub struct DeviceConfig {
     pub tags: Vec<TagConfig>,
     /// `Some` exactly for protocol = "opcua".
     pub opcua: Option<Arc<opcua::OpcUaDevice>>,
+    /// `Some` exactly for protocol = "s7".
+    pub s7: Option<Arc<crate::source::s7::config::S7Device>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1178,6 +1197,15 @@ fn validate_plant(
     model
 }
 
+/// The usual TCP port of a protocol, for examples in messages.
+fn default_port(protocol: Protocol) -> u16 {
+    match protocol {
+        Protocol::S7 => 102,
+        Protocol::Opcua => 4840,
+        _ => 502,
+    }
+}
+
 /// Where a device is and how its line is set: `address` for the TCP
 /// protocols, `port` and the serial settings for modbus-rtu, never a mix.
 fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Option<SerialConfig>) {
@@ -1199,6 +1227,8 @@ fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Opt
             if set {
                 let why = if d.protocol == Protocol::ModbusRtuOverTcp {
                     "the device server sets up its own serial line, so configure the line there"
+                } else if d.protocol == Protocol::S7 {
+                    "S7 talks over TCP and has no serial line"
                 } else {
                     "Modbus TCP has no serial line"
                 };
@@ -1215,7 +1245,10 @@ fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Opt
                         if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
                     _ => p.error(
                         format!("{key}.address"),
-                        format!("{a:?} must be host:port, e.g. \"127.0.0.1:502\""),
+                        format!(
+                            "{a:?} must be host:port, e.g. \"127.0.0.1:{}\"",
+                            default_port(d.protocol)
+                        ),
                     ),
                 }
                 a.clone()
@@ -1223,7 +1256,7 @@ fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Opt
             None => {
                 p.error(
                     format!("{key}.address"),
-                    format!("is missing; a {proto} device needs address = \"host:port\", e.g. \"127.0.0.1:502\""),
+                    format!("is missing; a {proto} device needs address = \"host:port\", e.g. \"127.0.0.1:{}\"", default_port(d.protocol)),
                 );
                 String::new()
             }
@@ -1325,10 +1358,30 @@ fn validate_device(
             coalesce: false,
             tags: Vec::new(),
             opcua: Some(Arc::new(ua)),
+            s7: None,
         });
     }
     opcua::reject_on_modbus(&d, key, p);
     let (address, serial) = validate_endpoint(&d, key, p);
+    if d.protocol == Protocol::S7 {
+        let s7 = validate_s7(d, key, p);
+        return Some(DeviceConfig {
+            id: s7.0.into(),
+            protocol: Protocol::S7,
+            address,
+            serial: None,
+            unit_id: 0,
+            poll_interval,
+            timeout,
+            retries: s7.2,
+            max_gap: 0,
+            coalesce: false,
+            tags: Vec::new(),
+            opcua: None,
+            s7: Some(Arc::new(s7.1)),
+        });
+    }
+    reject_s7_keys(&d, key, p);
     // 0 is broadcast (no answer ever comes); 248..=254 are reserved; 255 is
     // the usual "don't care" id of Modbus TCP devices, and means nothing on
     // a serial bus.
@@ -1369,7 +1422,15 @@ fn validate_device(
                 format!("{:?} is already used by {key}.tags[{first}]", t.name),
             );
         }
-        let (Some(area), Some(address)) = (t.area, t.address) else {
+        let address = match t.address {
+            Some(RawAddress::Number(n)) => Some(n),
+            Some(RawAddress::Text(text)) => {
+                p.error(format!("{tkey}.address"), format!("{text:?}: a Modbus address is a number (0-based, e.g. 0 for register 40001); text addresses such as \"DB10.DBW2\" are for protocol = \"s7\""));
+                continue;
+            }
+            None => None,
+        };
+        let (Some(area), Some(address)) = (t.area, address) else {
             let k = if t.area.is_none() { "area" } else { "address" };
             p.error(
                 format!("{tkey}.{k}"),
@@ -1468,7 +1529,81 @@ fn validate_device(
         coalesce: d.coalesce,
         tags,
         opcua: None,
+        s7: None,
     })
+}
+
+/// Hands an S7 device's keys to `source::s7::config`; returns the device
+/// id, the validated device and its retries.
+fn validate_s7(
+    d: RawDevice,
+    key: &str,
+    p: &mut Problems,
+) -> (String, crate::source::s7::config::S7Device, u32) {
+    use crate::source::s7::config as s7;
+    let keys = s7::DeviceKeys {
+        rack: d.rack,
+        slot: d.slot,
+        local_tsap: d.local_tsap,
+        remote_tsap: d.remote_tsap,
+        pdu_size: d.pdu_size,
+        max_gap: d.max_gap,
+        coalesce: d.coalesce,
+    };
+    let tags = d
+        .tags
+        .into_iter()
+        .map(|t| s7::TagKeys {
+            foreign: [
+                ("area", t.area.is_some()),
+                ("order", t.order.is_some()),
+                ("bit", t.bit.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect(),
+            name: t.name,
+            address: t.address.map(|a| match a {
+                RawAddress::Text(s) => Ok(s),
+                RawAddress::Number(n) => Err(n.to_string()),
+            }),
+            ty: t.ty,
+            scale: t.scale,
+            offset: t.offset,
+            unit: t.unit,
+        })
+        .collect();
+    let (dev, problems) = s7::validate(keys, tags, key);
+    for (k, m) in problems {
+        p.error(k, m);
+    }
+    for (ti, t) in dev.tags.iter().enumerate() {
+        if !is_ident(&t.name) {
+            p.error(format!("{key}.tags[{ti}].name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
+        }
+    }
+    (d.id, dev, d.retries)
+}
+
+/// S7 device keys on a Modbus device.
+fn reject_s7_keys(d: &RawDevice, key: &str, p: &mut Problems) {
+    for (k, set) in [
+        ("rack", d.rack.is_some()),
+        ("slot", d.slot.is_some()),
+        ("local_tsap", d.local_tsap.is_some()),
+        ("remote_tsap", d.remote_tsap.is_some()),
+        ("pdu_size", d.pdu_size.is_some()),
+    ] {
+        if set {
+            p.error(
+                format!("{key}.{k}"),
+                format!(
+                    "only applies to protocol = \"s7\" (this device is {}); remove it",
+                    d.protocol.name()
+                ),
+            );
+        }
+    }
 }
 
 /// Units on one bus (a serial port, or one RTU-over-TCP device server) are
@@ -1555,6 +1690,9 @@ fn check_buses(devices: &[Arc<DeviceConfig>], p: &mut Problems) {
 impl DeviceConfig {
     /// Every tag name, whatever the protocol, in config order.
     pub fn tag_names(&self) -> Vec<&str> {
+        if let Some(s7) = &self.s7 {
+            return s7.tags.iter().map(|t| &*t.name).collect();
+        }
         match &self.opcua {
             Some(ua) => ua.tags.iter().map(|t| &*t.name).collect(),
             None => self.tags.iter().map(|t| &*t.name).collect(),
@@ -1565,6 +1703,18 @@ impl DeviceConfig {
     pub fn tag_type(&self, name: &str) -> Option<crate::expr::Type> {
         use crate::expr::Type;
         use crate::source::modbus::decode::DataType;
+        use crate::source::s7::address::S7Type;
+        if let Some(s7) = &self.s7 {
+            return s7
+                .tags
+                .iter()
+                .find(|t| &*t.name == name)
+                .map(|t| match t.ty {
+                    S7Type::Bool => Type::Bool,
+                    S7Type::String(_) => Type::Str,
+                    _ => Type::Num,
+                });
+        }
         if let Some(ua) = &self.opcua {
             return ua.tag_kind(name).map(|k| match k {
                 opcua::ValueKind::Num => Type::Num,
@@ -1588,7 +1738,7 @@ impl DeviceConfig {
     /// `/dev/serial/by-id/...` link are seen as one bus.
     pub fn bus_key(&self) -> Option<String> {
         match self.protocol {
-            Protocol::ModbusTcp | Protocol::Opcua => None,
+            Protocol::ModbusTcp | Protocol::Opcua | Protocol::S7 => None,
             Protocol::ModbusRtu => {
                 let path = std::fs::canonicalize(&self.address)
                     .map(|p| p.display().to_string())
@@ -1753,6 +1903,24 @@ impl Config {
                         g.publishing_interval,
                         g.queue_size,
                         g.deadband
+                    );
+                }
+            }
+            if let Some(s7) = &d.s7 {
+                let _ = writeln!(
+                    t,
+                    "s7|{:04X}|{:04X}|{}",
+                    s7.local_tsap, s7.remote_tsap, s7.pdu_size
+                );
+                for g in &s7.tags {
+                    let _ = writeln!(
+                        t,
+                        "s7tag|{}|{}|{}|{}|{}",
+                        g.name,
+                        g.text,
+                        g.ty.name(),
+                        g.scale,
+                        g.offset
                     );
                 }
             }

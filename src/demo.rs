@@ -16,15 +16,20 @@ use crate::config;
 use crate::sim::ShopFloor;
 
 /// The demo's config, built in so the demo works from any directory: the
-/// Modbus plant, plus the OPC UA machine tools when the simulator has them
-/// (arrays of tables, so the second file just appends devices and equipment).
+/// Modbus plant and the S7 line, plus the OPC UA machine tools when the
+/// simulator has them (arrays of tables, so the other files just append
+/// devices and equipment).
 #[cfg(feature = "opcua-sim")]
 pub const DEMO_CONFIG: &str = concat!(
     include_str!("../config/demo.toml"),
+    include_str!("../config/demo-s7.toml"),
     include_str!("../config/demo-opcua.toml")
 );
 #[cfg(not(feature = "opcua-sim"))]
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub const DEMO_CONFIG: &str = concat!(
+    include_str!("../config/demo.toml"),
+    include_str!("../config/demo-s7.toml")
+);
 
 /// What the subscribers (the city platform and the enterprise's systems)
 /// have seen.
@@ -181,8 +186,9 @@ pub async fn run(
 
     println!("zgsz-agent demo");
     println!(
-        "  simulated shop floor: {} machines on 127.0.0.1 (Modbus TCP){}",
+        "  simulated shop floor: {} machines on 127.0.0.1 (Modbus TCP), {} S7 line PLC{}",
         floor.machines.len(),
+        floor.lines.len(),
         floor
             .opcua_endpoint()
             .map(|e| format!(
@@ -296,6 +302,13 @@ pub async fn run(
                 }
                 for (dev, tags) in &platform.latest {
                     let get = |t: &str| tags.get(t).cloned().unwrap_or_else(|| "-".into());
+                    if tags.contains_key("recipe") {
+                        println!(
+                            "  {dev:<9} S7 mode {:<3} running {:<5} speed {:>6} /min  parts {:>6}  recipe {}",
+                            get("mode"), get("running"), get("line_speed"), get("part_count"), get("recipe")
+                        );
+                        continue;
+                    }
                     if tags.contains_key("operation_mode") {
                         let channel = tags
                             .get("channel_state")

@@ -1,6 +1,6 @@
 //! A simulated shop floor: Modbus TCP servers on loopback that behave like
-//! CNC lathes, mills and a manual station, and an OPC UA server with
-//! machine tools in the OPC 40501 shape ([`opcua`]). `demo` runs the agent
+//! CNC lathes, mills and a manual station, an S7 line PLC ([`s7`]), and an
+//! OPC UA server with machine tools in the OPC 40501 shape ([`opcua`]). `demo` runs the agent
 //! against it, and the tests use its fault switches (exceptions, silence,
 //! delays).
 //!
@@ -37,6 +37,7 @@ use crate::config::SerialConfig;
 #[cfg(feature = "opcua-sim")]
 pub mod opcua;
 pub mod rtu;
+pub mod s7;
 
 /// The four data areas of one unit.
 #[derive(Debug, Clone)]
@@ -379,6 +380,11 @@ pub const DEMO_MACHINES: &[(&str, MachineKind, u64, u64)] = &[
     ("bench-01", MachineKind::Manual, 60, 60),
 ];
 
+/// The S7 line PLCs of the demo plant: (device id, cycle seconds, idle
+/// seconds). Each is a simulated S7-1200 ([`s7`]) whose DB 10 follows the
+/// same schedule as the machines; see [`s7::write_line`] for its map.
+pub const DEMO_S7_LINES: &[(&str, u64, u64)] = &[("press-line", 30, 10)];
+
 /// The OPC UA machines of the demo plant, all on one server: (machine
 /// name, kind, CNC channels, cycle seconds, idle seconds).
 pub const DEMO_OPCUA_MACHINES: &[(&str, MachineKind, u8, u64, u64)] = &[
@@ -395,9 +401,21 @@ pub struct SimMachine {
     idle_s: u64,
 }
 
+/// A simulated S7 line PLC of the plant.
+pub struct SimLine {
+    pub id: String,
+    pub plc: s7::SimS7,
+    pub mode: Arc<Mutex<ModeOverride>>,
+    cycle_s: u64,
+    idle_s: u64,
+}
+
 /// The simulated plant and the task that moves it along.
 pub struct ShopFloor {
     pub machines: Vec<SimMachine>,
+    /// The S7 line PLCs ([`DEMO_S7_LINES`]); empty on floors started with
+    /// [`ShopFloor::start_with`].
+    pub lines: Vec<SimLine>,
     /// The OPC UA server of the [`DEMO_OPCUA_MACHINES`]; `None` on floors
     /// started with [`ShopFloor::start_with`].
     #[cfg(feature = "opcua-sim")]
@@ -414,7 +432,7 @@ impl ShopFloor {
     /// port, the OPC UA machines on one OPC UA server.
     pub async fn start() -> std::io::Result<ShopFloor> {
         #[allow(unused_mut)]
-        let mut floor = Self::start_inner(DEMO_MACHINES, None).await?;
+        let mut floor = Self::start_inner(DEMO_MACHINES, DEMO_S7_LINES, None).await?;
         #[cfg(feature = "opcua-sim")]
         floor.start_opcua(None).await?;
         Ok(floor)
@@ -423,7 +441,16 @@ impl ShopFloor {
     /// Starts the given Modbus machines only: (device id, kind, cycle
     /// seconds, idle seconds).
     pub async fn start_with(list: &[(&str, MachineKind, u64, u64)]) -> std::io::Result<ShopFloor> {
-        Self::start_inner(list, None).await
+        Self::start_inner(list, &[], None).await
+    }
+
+    /// Starts the given Modbus machines and S7 line PLCs: (device id,
+    /// cycle seconds, idle seconds).
+    pub async fn start_with_lines(
+        list: &[(&str, MachineKind, u64, u64)],
+        lines: &[(&str, u64, u64)],
+    ) -> std::io::Result<ShopFloor> {
+        Self::start_inner(list, lines, None).await
     }
 
     /// Starts the demo machines on a plant day that follows `clock` (a
@@ -438,7 +465,7 @@ impl ShopFloor {
     ) -> std::io::Result<ShopFloor> {
         let day = PlantDay { clock, offset };
         #[allow(unused_mut)]
-        let mut floor = Self::start_inner(DEMO_MACHINES, Some(day.clone())).await?;
+        let mut floor = Self::start_inner(DEMO_MACHINES, DEMO_S7_LINES, Some(day.clone())).await?;
         #[cfg(feature = "opcua-sim")]
         floor.start_opcua(Some(day)).await?;
         Ok(floor)
@@ -478,8 +505,34 @@ impl ShopFloor {
 
     async fn start_inner(
         list: &[(&str, MachineKind, u64, u64)],
+        line_list: &[(&str, u64, u64)],
         day: Option<PlantDay>,
     ) -> std::io::Result<ShopFloor> {
+        let mut lines = Vec::new();
+        for &(id, cycle_s, idle_s) in line_list {
+            lines.push(SimLine {
+                id: id.to_string(),
+                plc: s7::SimS7::start(s7::line_memory(), 240).await?,
+                mode: Arc::new(Mutex::new(ModeOverride::Auto)),
+                cycle_s,
+                idle_s,
+            });
+        }
+        let line_snapshot: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    (list.len() + i) as u64,
+                    l.id.clone(),
+                    l.cycle_s,
+                    l.idle_s,
+                    l.plc.memory.clone(),
+                    l.mode.clone(),
+                    l.plc.faults.clone(),
+                )
+            })
+            .collect();
         let mut machines = Vec::new();
         for &(id, kind, cycle_s, idle_s) in list {
             let bank = Arc::new(Mutex::new(Bank::new(64)));
@@ -533,10 +586,29 @@ impl ShopFloor {
                         faults.silent.store(moment.down, Ordering::Relaxed);
                     }
                 }
+                for (i, id, cycle_s, idle_s, memory, mode, faults) in &line_snapshot {
+                    let forced = *mode.lock().unwrap_or_else(|e| e.into_inner());
+                    let kind = MachineKind::Mill;
+                    let moment = match &day {
+                        Some(day) => {
+                            plant_day(id, *i, kind, *cycle_s, *idle_s, forced, day.local_ms())
+                        }
+                        None => schedule(*i, kind, *cycle_s, *idle_s, forced, t),
+                    };
+                    s7::write_line(
+                        &mut memory.lock().unwrap_or_else(|e| e.into_inner()),
+                        *i,
+                        &moment,
+                    );
+                    if day.is_some() {
+                        faults.silent.store(moment.down, Ordering::Relaxed);
+                    }
+                }
             }
         });
         Ok(ShopFloor {
             machines,
+            lines,
             #[cfg(feature = "opcua-sim")]
             opcua: None,
             #[cfg(feature = "opcua-sim")]
@@ -550,6 +622,7 @@ impl ShopFloor {
         self.machines
             .iter()
             .map(|m| (m.id.clone(), m.device.addr))
+            .chain(self.lines.iter().map(|l| (l.id.clone(), l.plc.addr)))
             .collect()
     }
 
@@ -571,10 +644,13 @@ impl ShopFloor {
         self.machines.iter().find(|m| m.id == id)
     }
 
-    /// Forces a machine into MANUAL (or back to its schedule).
+    /// Forces a machine or line into MANUAL (or back to its schedule).
     pub fn set_mode(&self, id: &str, mode: ModeOverride) {
         if let Some(m) = self.machine(id) {
             *m.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        }
+        if let Some(l) = self.lines.iter().find(|l| l.id == id) {
+            *l.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
         }
     }
 }

@@ -25,8 +25,12 @@ enum Lie {
     Truncated,
     /// A well-formed answer to some other transaction.
     WrongTransaction,
-    /// A well-formed answer with fewer registers than asked for.
+    /// A well-formed answer with fewer registers (or bytes of bits) than
+    /// asked for.
     ShortAnswer,
+    /// A well-formed answer with more registers (or bytes of bits) than
+    /// asked for, as from a converter that mixed up two answers.
+    LongAnswer,
     /// Accept, then reset the connection.
     Reset,
 }
@@ -48,12 +52,20 @@ async fn liar(lie: Lie) -> std::net::SocketAddr {
                 let mut req = [0u8; 12];
                 while s.read_exact(&mut req).await.is_ok() {
                     let tid = [req[0], req[1]];
+                    let function = req[7];
                     let count = u16::from_be_bytes([req[10], req[11]]);
+                    // Registers, or for coils and discrete inputs bytes.
+                    let units = if function <= 2 {
+                        count.div_ceil(8)
+                    } else {
+                        count
+                    };
                     let reply: Vec<u8> = match lie {
                         Lie::Garbage => (0..17).map(|_| fastrand::u8(..)).collect(),
                         Lie::Truncated => vec![tid[0], tid[1], 0, 0, 0, 40, 1, 3, 2],
-                        Lie::WrongTransaction => frame([tid[0] ^ 0xFF, tid[1]], count),
-                        Lie::ShortAnswer => frame(tid, count.saturating_sub(1)),
+                        Lie::WrongTransaction => frame([tid[0] ^ 0xFF, tid[1]], function, units),
+                        Lie::ShortAnswer => frame(tid, function, units.saturating_sub(1)),
+                        Lie::LongAnswer => frame(tid, function, units + 2),
                         Lie::Reset => unreachable!(),
                     };
                     if s.write_all(&reply).await.is_err() {
@@ -66,11 +78,18 @@ async fn liar(lie: Lie) -> std::net::SocketAddr {
     addr
 }
 
-/// A read-holding-registers answer with `n` registers of 7.
-fn frame(tid: [u8; 2], n: u16) -> Vec<u8> {
-    let mut pdu = vec![3u8, (n * 2) as u8];
-    for _ in 0..n {
-        pdu.extend_from_slice(&7u16.to_be_bytes());
+/// An answer to read function `function` with `n` registers of 7, or for
+/// coils and discrete inputs `n` bytes of bits 0b0101_0101.
+fn frame(tid: [u8; 2], function: u8, n: u16) -> Vec<u8> {
+    let mut pdu = vec![function];
+    if function <= 2 {
+        pdu.push(n as u8);
+        pdu.extend(std::iter::repeat_n(0x55u8, usize::from(n)));
+    } else {
+        pdu.push((n * 2) as u8);
+        for _ in 0..n {
+            pdu.extend_from_slice(&7u16.to_be_bytes());
+        }
     }
     let mut f = vec![tid[0], tid[1], 0, 0];
     f.extend_from_slice(&((pdu.len() + 1) as u16).to_be_bytes());
@@ -120,18 +139,58 @@ async fn lying_plcs_give_bad_qualities_never_a_panic() {
             }
         }
     }
-    // A short answer is a valid frame: the tag it covers is good, the one
-    // it leaves out is a decode error.
-    let addr = liar(Lie::ShortAnswer).await;
-    let cfg = config(dir.path(), 1, &device("short", addr), "", "");
-    let r = ModbusDevice::new(cfg.devices[0].clone(), Arc::new(SystemClock))
-        .poll_once()
-        .await;
-    let qualities: Vec<_> = r.iter().map(|r| r.quality.clone()).collect();
-    assert_eq!(
-        qualities,
-        vec![Quality::Good, Quality::Bad(BadReason::Decode)]
-    );
+}
+
+/// An answer whose size disagrees with the request, shorter or longer, is
+/// `decode` for every tag of the request, never data: asked for 3 registers
+/// and answered with 5, the first 3 must not pass as good. For every area
+/// and read function code.
+#[tokio::test]
+async fn answers_of_another_size_than_asked_are_decode_in_every_area() {
+    let dir = tempfile::tempdir().unwrap();
+    for lie in [Lie::ShortAnswer, Lie::LongAnswer] {
+        for area in [
+            "coil",
+            "discrete_input",
+            "input_register",
+            "holding_register",
+        ] {
+            let addr = liar(lie).await;
+            let tags: String = ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    format!(
+                        "[[devices.tags]]\nname = \"{name}\"\narea = \"{area}\"\naddress = {i}\n"
+                    )
+                })
+                .collect();
+            let dev_cfg = format!("[[devices]]\nid = \"sized\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\nretries = 0\n{tags}");
+            let cfg = config(dir.path(), 1, &dev_cfg, "", "");
+            let mut dev = ModbusDevice::new(cfg.devices[0].clone(), Arc::new(SystemClock));
+            assert_eq!(
+                dev.plan_len(),
+                1,
+                "{area}: the three tags share one request"
+            );
+            let readings = dev.poll_once().await;
+            assert_eq!(readings.len(), 3);
+            for r in readings {
+                assert_eq!(
+                    r.quality,
+                    Quality::Bad(BadReason::Decode),
+                    "{lie:?} on {area}: {r:?}"
+                );
+                assert_eq!(r.value, None, "{lie:?} on {area}");
+            }
+            // The broken answer dropped the connection and the device backs
+            // off; still no value.
+            for r in dev.poll_once().await {
+                assert!(!r.quality.is_good(), "{lie:?} on {area}: {r:?}");
+                assert_eq!(r.value, None, "{lie:?} on {area}");
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,7 +392,10 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         .iter()
         .map(|&(id, k, _, _)| (id, k, 3, 1))
         .collect();
-    let floor = ShopFloor::start_with(&machines).await.unwrap();
+    // And the demo's S7 line PLC.
+    let floor = ShopFloor::start_with_lines(&machines, &[("press-line", 3, 1)])
+        .await
+        .unwrap();
     floor.set_mode("lathe-01", ModeOverride::Manual);
     // The demo's OPC UA machine tools, with short cycles too.
     let ua_dir = tempfile::tempdir().unwrap();
@@ -449,19 +452,19 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         )
     };
     // Every machine but the manual bench and lathe-01 (forced to manual)
-    // runs under NC, the two OPC UA machine tools included: verified 7/9
-    // while declared stays 8/9.
+    // runs under NC, the two OPC UA machine tools and the S7 line
+    // included: verified 8/10 while declared stays 9/10.
     platform
-        .wait_for(Duration::from_secs(30), "verified 7/9", |p| {
+        .wait_for(Duration::from_secs(30), "verified 8/10", |p| {
             p.of_kind("metrics")
                 .iter()
-                .any(|m| rate(m, "cnc_rate_verified") == (Some(7), Some(9)))
+                .any(|m| rate(m, "cnc_rate_verified") == (Some(8), Some(10)))
         })
         .await;
     let metrics = platform.of_kind("metrics");
     for m in &metrics {
         common::assert_schema("metrics", m);
-        assert_eq!(rate(m, "cnc_rate_declared"), (Some(8), Some(9)));
+        assert_eq!(rate(m, "cnc_rate_declared"), (Some(9), Some(10)));
         let lathe = m["equipment"]
             .as_array()
             .unwrap()
@@ -477,10 +480,10 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
     // Back to automatic: once it runs a cycle under NC it counts.
     floor.set_mode("lathe-01", ModeOverride::Auto);
     platform
-        .wait_for(Duration::from_secs(30), "verified 8/9", |p| {
+        .wait_for(Duration::from_secs(30), "verified 9/10", |p| {
             p.of_kind("metrics")
                 .iter()
-                .any(|m| rate(m, "cnc_rate_verified") == (Some(8), Some(9)))
+                .any(|m| rate(m, "cnc_rate_verified") == (Some(9), Some(10)))
         })
         .await;
     agent.stop().await;
@@ -504,8 +507,8 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
         String::from_utf8_lossy(&out.stderr)
     );
     let today: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rate(&today, "cnc_rate_declared"), (Some(8), Some(9)));
-    assert_eq!(rate(&today, "cnc_rate_verified"), (Some(8), Some(9)));
+    assert_eq!(rate(&today, "cnc_rate_declared"), (Some(9), Some(10)));
+    assert_eq!(rate(&today, "cnc_rate_verified"), (Some(9), Some(10)));
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
         .args(["metrics", "--config"])
         .arg(&file)
@@ -515,7 +518,8 @@ async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
     assert!(
         table.contains("CNC rate, verified")
             && table.contains("lathe-01")
-            && table.contains("dmg-01"),
+            && table.contains("dmg-01")
+            && table.contains("press-line"),
         "{table}"
     );
 

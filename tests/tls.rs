@@ -174,7 +174,7 @@ async fn a_broker_with_a_certificate_from_another_ca_is_not_trusted() {
     assert_eq!(state.connects, 0);
     let why = state.last_error.unwrap_or_default();
     assert!(
-        why.contains("UnknownIssuer") && why.contains("set mqtt.ca_file to the CA that issued it"),
+        why.contains("set mqtt.ca_file to the CA that issued it"),
         "the error names the key to fix: {why}"
     );
     agent.stop().await;

@@ -84,13 +84,26 @@ pub struct ProbeArgs {
     /// Unit id (default 1, or the device's).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=255))]
     pub unit: Option<u8>,
-    /// holding, input, coil or discrete.
+    /// holding, input, coil or discrete; for S7: DB10, M, I, Q or V.
     #[arg(long)]
     pub area: String,
-    /// 0-based address of the first register (40101 in a manual is holding 100).
+    /// 0-based address of the first register (40101 in a manual is holding
+    /// 100); for S7 the first byte.
     #[arg(long)]
     pub address: u16,
-    /// Registers (or bits) to read, 1..=125.
+    /// S7 PLC (with --host, port 102): the CPU's rack.
+    #[arg(long, requires = "slot", conflicts_with_all = ["port", "local_tsap", "remote_tsap"])]
+    pub rack: Option<u8>,
+    /// S7 PLC: the CPU's slot (S7-300: 2, S7-1200/1500: 1).
+    #[arg(long, requires = "rack")]
+    pub slot: Option<u8>,
+    /// S7 PLC: local TSAP, e.g. 01.00 (instead of --rack/--slot).
+    #[arg(long, requires = "remote_tsap", conflicts_with = "port")]
+    pub local_tsap: Option<String>,
+    /// S7 PLC: remote TSAP, e.g. 03.00.
+    #[arg(long, requires = "local_tsap")]
+    pub remote_tsap: Option<String>,
+    /// Registers (or bits; for S7 bytes) to read, 1..=125.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=125))]
     pub count: u16,
     /// The value the HMI or manual shows; marks the combination that gives it.
@@ -170,6 +183,7 @@ fn conn_device(c: &ConnArgs, unit: u8, timeout: Duration) -> Result<DeviceConfig
         coalesce: false,
         tags: Vec::new(),
         opcua: None,
+        s7: None,
     })
 }
 
@@ -315,12 +329,6 @@ fn humantime(d: Duration) -> String {
 }
 
 pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
-    let Some(area) = parse_area(&a.area) else {
-        return Ok(usage(&format!(
-            "--area {:?}: use holding, input, coil or discrete",
-            a.area
-        )));
-    };
     if u32::from(a.address) + u32::from(a.count) > 65536 {
         return Ok(usage(&format!(
             "--address {} --count {} runs beyond 65535",
@@ -341,6 +349,7 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         },
         None => None,
     };
+    let s7_flags = a.rack.is_some() || a.local_tsap.is_some();
     let mut dev = match (&a.device, &a.config) {
         (Some(id), Some(path)) => {
             let c = match super::load_config(path) {
@@ -362,10 +371,22 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             }
             d
         }
+        _ if s7_flags => {
+            conn_device(&a.conn, 1, Duration::from_secs(1)).unwrap_or_else(|_| blank_device())
+        }
         _ => match conn_device(&a.conn, 1, timeout.unwrap_or(Duration::from_secs(1))) {
             Ok(d) => d,
             Err(e) => return Ok(usage(&e)),
         },
+    };
+    if s7_flags || dev.s7.is_some() {
+        return probe_s7(&a, &dev, expect, timeout).await;
+    }
+    let Some(area) = parse_area(&a.area) else {
+        return Ok(usage(&format!(
+            "--area {:?}: use holding, input, coil or discrete (or, for an S7 PLC, DB<n>, M, I, Q or V with --rack/--slot)",
+            a.area
+        )));
     };
     if let Some(u) = a.unit {
         dev.unit_id = u;
@@ -492,7 +513,220 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn blank_device() -> DeviceConfig {
+    DeviceConfig {
+        id: "cli".into(),
+        protocol: Protocol::S7,
+        address: String::new(),
+        serial: None,
+        unit_id: 0,
+        poll_interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        retries: 0,
+        max_gap: 0,
+        coalesce: false,
+        tags: Vec::new(),
+        opcua: None,
+        s7: None,
+    }
+}
+
+/// `probe` of an S7 PLC: from flags, or from an S7 device of the config.
+async fn probe_s7(
+    a: &ProbeArgs,
+    dev: &DeviceConfig,
+    expect: Option<Expect>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    use crate::source::s7::{client::Connection, commission as s7c, config as s7cfg, proto};
+    let Some(area) = s7c::parse_area(&a.area) else {
+        return Ok(usage(&format!(
+            "--area {:?}: for an S7 PLC use DB<n> (e.g. DB10), M, I, Q or V",
+            a.area
+        )));
+    };
+    let timeout = timeout.unwrap_or(dev.timeout);
+    let (address, local, remote) = match (&dev.s7, a.rack, a.slot, &a.local_tsap, &a.remote_tsap) {
+        (_, Some(rack), Some(slot), _, _) => {
+            (s7_host(a)?, s7cfg::DEFAULT_LOCAL_TSAP, s7cfg::rack_slot_tsap(rack & 7, slot & 31))
+        }
+        (_, _, _, Some(l), Some(r)) => match (s7cfg::parse_tsap(l), s7cfg::parse_tsap(r)) {
+            (Some(l), Some(r)) => (s7_host(a)?, l, r),
+            _ => return Ok(usage("--local-tsap/--remote-tsap: write each as two hex bytes, e.g. 01.00 and 03.00")),
+        },
+        (Some(s7), ..) => (dev.address.clone(), s7.local_tsap, s7.remote_tsap),
+        _ => return Ok(usage("an S7 probe needs --host with --rack/--slot or --local-tsap/--remote-tsap, or --device of an S7 device")),
+    };
+    let mut conn =
+        match Connection::open(&address, local, remote, s7cfg::DEFAULT_PDU, timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cannot reach the S7 PLC at {address}: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+    let item = proto::Item {
+        area,
+        start: u32::from(a.address),
+        len: a.count,
+    };
+    let t0 = Instant::now();
+    let bytes = match conn.read(&[item], timeout).await {
+        Ok(mut r) => match r.pop() {
+            Some(proto::ItemResult::Data(b)) => b,
+            Some(proto::ItemResult::Code(rc)) => {
+                let (status, what) = crate::source::s7::item_status(rc);
+                eprintln!("error: {status} (return code 0x{rc:02X}): {what}");
+                return Ok(ExitCode::FAILURE);
+            }
+            None => anyhow::bail!("empty answer"),
+        },
+        Err(e) => {
+            eprintln!("error: reading from {address}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "{} bytes {}..={} of the S7 PLC at {address} (PDU {}, {:.1} ms)",
+        area.describe(),
+        a.address,
+        u32::from(a.address) + u32::from(a.count) - 1,
+        conn.pdu(),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    println!("  {:>6}  {:<23}  bits 7..0", "byte", "hex");
+    print!("{}", s7c::hex_dump(&bytes, u32::from(a.address)));
+    let cells = s7c::table(&bytes, u32::from(a.address), expect);
+    println!();
+    let mut header = format!("  {:>6}", "offset");
+    for ty in s7c::PROBE_TYPES
+        .iter()
+        .filter(|t| **t != crate::source::s7::address::S7Type::Bool)
+    {
+        header += &format!("  {:<16}", ty.name());
+    }
+    println!("{}", header.trim_end());
+    for off in 0..bytes.len() as u32 {
+        let offset = u32::from(a.address) + off;
+        let mut line = format!("  {offset:>6}");
+        for c in cells.iter().filter(|c| c.offset == offset) {
+            let text = format!("{}{}", c.value, if c.marked { " *" } else { "" });
+            line += &format!("  {text:<16}");
+        }
+        println!("{}", line.trim_end());
+    }
+    match (&a.expect, expect) {
+        (Some(text), Some(e)) => println!("  * gives {text} (within ±{})", trim_float(e.tolerance)),
+        _ => println!("  * plausible real: finite, normal, 1e-3 <= |x| <= 1e7"),
+    }
+    println!();
+    match s7c::choose(&cells) {
+        Some(c) => {
+            println!(
+                "Suggested: {} {} = {}",
+                s7c::address_of(area, c.offset, c.ty),
+                c.ty.name(),
+                c.value
+            );
+            println!();
+            print!("{}", s7c::snippet(area, c));
+            Ok(ExitCode::SUCCESS)
+        }
+        None if expect.is_some() => {
+            println!(
+                "No offset and type give {}: check the DB number and offset, and any scaling (values ×10 or ×100 are common).",
+                a.expect.as_deref().unwrap_or_default()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `--host` for S7, port 102 unless given.
+fn s7_host(a: &ProbeArgs) -> anyhow::Result<String> {
+    let Some(host) = &a.conn.host else {
+        anyhow::bail!("an S7 probe needs --host HOST[:PORT] (port 102 if left out)");
+    };
+    Ok(
+        if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.clone()
+        } else {
+            format!("{host}:102")
+        },
+    )
+}
+
 fn trim_float(x: f64) -> String {
     let s = format!("{x:.10}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `read --device` of an S7 device: one poll cycle, the plan's requests
+/// against the fewest the PDU allows, and what to change for refused tags.
+pub async fn read_s7(dev: &Arc<crate::config::DeviceConfig>) -> anyhow::Result<ExitCode> {
+    use crate::source::s7::{item_status, S7Poller};
+    let Some(mut poller) = S7Poller::new(dev.clone(), Arc::new(crate::clock::SystemClock)) else {
+        anyhow::bail!("{}: not an S7 device", dev.id);
+    };
+    let readings = poller.poll().await;
+    let plan = poller
+        .plan_stats()
+        .map(|(pdu, requests, min)| {
+            format!("PDU {pdu}, requests per cycle: {requests} (the fewest the PDU allows: {min})")
+        })
+        .unwrap_or_else(|| "not connected".into());
+    println!("{} (s7 {}): {plan}", dev.id, dev.address);
+    println!(
+        "{:<24} {:<16} {:<11} {:>14} {:<8} quality",
+        "tag", "address", "type", "value", "unit"
+    );
+    let tags = dev
+        .s7
+        .as_ref()
+        .map(|s| s.tags.as_slice())
+        .unwrap_or_default();
+    let mut advice: Vec<&str> = Vec::new();
+    for (r, t) in readings.iter().zip(tags) {
+        let value = r
+            .value
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        let quality = match &r.quality {
+            crate::reading::Quality::Good => "good".to_string(),
+            crate::reading::Quality::Bad(why) => {
+                if let crate::reading::BadReason::Status(name) = why {
+                    for rc in [0x0A, 0x05, 0x03] {
+                        let (status, what) = item_status(rc);
+                        if status == *name && !advice.contains(&what) {
+                            advice.push(what);
+                        }
+                    }
+                }
+                format!("bad ({why})")
+            }
+        };
+        println!(
+            "{:<24} {:<16} {:<11} {:>14} {:<8} {}",
+            t.name,
+            t.text,
+            t.ty.name(),
+            value,
+            t.unit.as_deref().unwrap_or(""),
+            quality
+        );
+    }
+    for what in advice {
+        println!("note: {what}");
+    }
+    let bad = readings.iter().filter(|r| !r.quality.is_good()).count();
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

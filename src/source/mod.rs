@@ -10,6 +10,7 @@
 
 pub mod modbus;
 pub mod opcua;
+pub mod s7;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,31 +53,47 @@ pub fn lanes(devices: &[Arc<DeviceConfig>]) -> Vec<Lane> {
 }
 
 /// Starts one lane's task; it stops when `shutdown` turns true.
+///
+/// One arm per protocol, so a new protocol cannot compile without a lane.
+/// A lane that cannot start (only possible if the config loader broke its
+/// own invariants) is logged as an error, not skipped silently.
 pub fn spawn_lane(
     lane: &Lane,
     clock: &Arc<dyn Clock>,
     tx: &mpsc::Sender<Vec<Reading>>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    match lane.devices.first() {
-        Some(d) if d.protocol == Protocol::ModbusTcp => {
+    let Some(d) = lane.devices.first() else {
+        return not_started(lane, "the lane has no device");
+    };
+    match d.protocol {
+        Protocol::ModbusTcp => {
             let dev = modbus::ModbusDevice::new(d.clone(), clock.clone());
             tokio::spawn(run(dev, tx.clone(), shutdown))
         }
-        Some(d) if d.protocol == Protocol::Opcua => {
-            match opcua::UaDevice::new(d.clone(), clock.clone()) {
-                Some(dev) => tokio::spawn(dev.run(tx.clone(), shutdown)),
-                None => tokio::spawn(async {}),
+        Protocol::Opcua => match opcua::UaDevice::new(d.clone(), clock.clone()) {
+            Some(dev) => tokio::spawn(dev.run(tx.clone(), shutdown)),
+            None => not_started(lane, "an opcua device without its OPC UA settings"),
+        },
+        Protocol::S7 => match s7::S7Source::new(d.clone(), clock.clone()) {
+            Some(dev) => tokio::spawn(run(dev, tx.clone(), shutdown)),
+            None => not_started(lane, "an s7 device without its S7 settings"),
+        },
+        Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
+            match modbus::rtu::Bus::group(&lane.devices, clock)
+                .into_iter()
+                .next()
+            {
+                Some(bus) => tokio::spawn(bus.run(tx.clone(), shutdown)),
+                None => not_started(lane, "a bus lane without a bus"),
             }
         }
-        _ => match modbus::rtu::Bus::group(&lane.devices, clock)
-            .into_iter()
-            .next()
-        {
-            Some(bus) => tokio::spawn(bus.run(tx.clone(), shutdown)),
-            None => tokio::spawn(async {}),
-        },
     }
+}
+
+fn not_started(lane: &Lane, why: &str) -> JoinHandle<()> {
+    tracing::error!(lane = %lane.key, "Lane not started, its devices are not polled: {why}");
+    tokio::spawn(async {})
 }
 
 /// Starts every lane, all stopping when `shutdown` turns true (for

@@ -119,9 +119,35 @@ async fn read_on(ctx: &mut Context, unit: u8, block: &Block) -> Result<Data, Fai
         })
     });
     match answer {
-        Ok(Ok(data)) => Ok(data),
+        Ok(Ok(data)) => matches_request(data, count),
         Ok(Err(exc)) => Err(Failure::Exception(exception_code(exc))),
         Err(e) => Err(classify(e)),
+    }
+}
+
+/// Checks an answer's size against the request, as a strict master does.
+///
+/// Registers must be exactly `count`; bits come packed in bytes, so exactly
+/// `ceil(count / 8)` bytes, of which the padding is dropped. Anything else,
+/// more as well as fewer, is a broken answer: a converter that mixes up two
+/// answers of different sizes must never turn into invented values.
+fn matches_request(data: Data, count: u16) -> Result<Data, Failure> {
+    let count = usize::from(count);
+    match data {
+        Data::Words(words) if words.len() == count => Ok(Data::Words(words)),
+        Data::Words(words) => Err(Failure::Decode(format!(
+            "asked for {count} registers, the answer holds {}",
+            words.len()
+        ))),
+        Data::Bits(mut bits) if bits.len() == count.div_ceil(8) * 8 => {
+            bits.truncate(count);
+            Ok(Data::Bits(bits))
+        }
+        Data::Bits(bits) => Err(Failure::Decode(format!(
+            "asked for {count} bits ({} bytes), the answer holds {} bytes",
+            count.div_ceil(8),
+            bits.len() / 8
+        ))),
     }
 }
 
@@ -417,8 +443,11 @@ impl AnyLink {
     /// The link a device's protocol calls for.
     pub fn for_device(cfg: &DeviceConfig) -> AnyLink {
         match cfg.protocol {
-            // OPC UA devices never get here (`read` dispatches them first).
-            Protocol::ModbusTcp | Protocol::Opcua => AnyLink::Tcp(TcpLink::new(&cfg.address)),
+            // OPC UA and S7 devices never get here (`read` dispatches them
+            // first).
+            Protocol::ModbusTcp | Protocol::Opcua | Protocol::S7 => {
+                AnyLink::Tcp(TcpLink::new(&cfg.address))
+            }
             Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
                 AnyLink::Bus(rtu::BusLink::new(rtu::Endpoint::of(cfg)))
             }

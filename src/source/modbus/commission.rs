@@ -144,7 +144,7 @@ impl Expect {
         Some(Expect { value, tolerance })
     }
 
-    fn matches(&self, x: f64) -> bool {
+    pub fn matches(&self, x: f64) -> bool {
         (x - self.value).abs() <= self.tolerance * (1.0 + 1e-9)
     }
 
