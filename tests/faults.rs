@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -211,16 +211,6 @@ async fn blackholed_plc_link_times_out_then_recovers() {
     assert!(recovered, "the device came back after the link did");
 }
 
-fn spawn_agent(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the agent")
-}
 
 /// SIGKILLs the agent at random moments while it polls and publishes, then
 /// lets it run to the end: every committed row reaches the platform.
@@ -239,7 +229,7 @@ async fn kill9_loop(synchronous: &str, rounds: usize) -> (i64, u64) {
     std::fs::write(&file, text).unwrap();
     let state = dir.path().join("state");
     for round in 0..rounds {
-        let mut child = spawn_agent(&file);
+        let mut child = common::spawn_agent(&file);
         // Wait for this run to commit something, then kill it at a random moment.
         let before = zgsz_agent::buffer::read_stats(&state)
             .map(|s| s.appended_readings)
@@ -254,7 +244,7 @@ async fn kill9_loop(synchronous: &str, rounds: usize) -> (i64, u64) {
         eprintln!("round {round}: killed");
     }
     // A last, undisturbed run drains everything that was committed.
-    let mut child = spawn_agent(&file);
+    let mut child = common::spawn_agent(&file);
     let before = zgsz_agent::buffer::read_stats(&state)
         .unwrap()
         .appended_readings;

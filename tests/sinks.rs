@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -516,16 +515,6 @@ async fn on_change_honours_the_deadband_and_the_heartbeat() {
     );
 }
 
-fn spawn_agent(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the agent")
-}
 
 /// SIGKILL while both sinks are busy; a last run drains: every committed
 /// row reaches each sink that carries it.
@@ -563,7 +552,7 @@ async fn kill_9_with_both_sinks_busy_loses_nothing_on_either() {
             .unwrap_or(0)
     };
     for _ in 0..5 {
-        let mut child = spawn_agent(&file);
+        let mut child = common::spawn_agent(&file);
         let before = appended();
         wait_until(Duration::from_secs(20), "the agent to commit", || {
             appended() > before
@@ -573,7 +562,7 @@ async fn kill_9_with_both_sinks_busy_loses_nothing_on_either() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let mut child = spawn_agent(&file);
+    let mut child = common::spawn_agent(&file);
     let before = appended();
     wait_until(Duration::from_secs(20), "the last run to commit", || {
         appended() > before

@@ -87,6 +87,18 @@ pub fn readings(m: &Json) -> Vec<Json> {
     out
 }
 
+/// Starts the agent binary on `config` (quiet), for SIGKILL tests.
+pub fn spawn_agent(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-agent"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the agent")
+}
+
 /// Polls `cond` until it holds or `limit` passes. This waits for a state,
 /// not for time: the interval only bounds how often we look.
 pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
