@@ -142,7 +142,7 @@ impl Sandbox {
             format!("#!/bin/sh\necho \"$*\" >>'{}'\n", syslog.display()),
         )
         .expect("logger stand-in");
-        fs::set_permissions(&logger, fs::Permissions::from_mode(0o755)).expect("chmod logger");
+        fs::set_permissions(logger, fs::Permissions::from_mode(0o755)).expect("chmod logger");
         // Copies, so that the agent's user can reach them wherever the
         // checkout is.
         fs::copy(BIN, root.join("zgsz-agent")).expect("copy the agent");
