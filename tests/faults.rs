@@ -211,7 +211,6 @@ async fn blackholed_plc_link_times_out_then_recovers() {
     assert!(recovered, "the device came back after the link did");
 }
 
-
 /// SIGKILLs the agent at random moments while it polls and publishes, then
 /// lets it run to the end: every committed row reaches the platform.
 async fn kill9_loop(synchronous: &str, rounds: usize) -> (i64, u64) {

@@ -515,7 +515,6 @@ async fn on_change_honours_the_deadband_and_the_heartbeat() {
     );
 }
 
-
 /// SIGKILL while both sinks are busy; a last run drains: every committed
 /// row reaches each sink that carries it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
