@@ -976,6 +976,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
     let http = raw.http.and_then(|h| validate_http(h, p));
     let ids: Vec<&str> = devices.iter().map(|d| &*d.id).collect();
     let telemetry = crate::telemetry::validate(raw.telemetry, &ids, p);
+    sink::check_devices(&sinks, &ids, p);
 
     Some(Config {
         path: path.to_path_buf(),

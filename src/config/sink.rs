@@ -432,6 +432,28 @@ fn validate_sink(
     }
 }
 
+/// Every device a sink's `telemetry_devices` names is configured: a typo
+/// would quietly send the enterprise nothing of that machine.
+pub(super) fn check_devices(sinks: &[Arc<SinkConfig>], devices: &[&str], p: &mut Problems) {
+    for s in sinks {
+        let named = s
+            .carries
+            .telemetry
+            .as_ref()
+            .and_then(|t| t.devices.as_ref());
+        for d in named.into_iter().flatten() {
+            if !devices.contains(&&**d) {
+                p.error(
+                    format!("{}.telemetry_devices", s.key),
+                    format!(
+                        "{d:?} is not a configured device id; use the id of a [[devices]] entry"
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// `carries`, `telemetry_devices` and `telemetry_tags`.
 fn carries(m: &RawSink, k: &dyn Fn(&str) -> String, p: &mut Problems) -> Carries {
     let list = m
