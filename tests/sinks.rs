@@ -597,3 +597,70 @@ async fn kill_9_with_both_sinks_busy_loses_nothing_on_either() {
         }
     }
 }
+
+/// A sink whose broker refuses the login says which sink and which keys
+/// to check, and stays down; another sink is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and mosquitto_passwd (.ci/run installs them and runs ignored tests)"]
+async fn a_refused_login_names_the_sink_and_the_keys_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["gw-sinks", "right-password"])
+        .status()
+        .expect("mosquitto_passwd (comes with mosquitto)");
+    assert!(made.success());
+    let guarded = Mosquitto::require(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    ));
+    let open = Mosquitto::require("");
+    let (sim, _bank, tags) = busy_device(4).await;
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "wrong-password\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = agent_toml(
+        &dir.path().join("state").display().to_string(),
+        "",
+        &format!(
+            "{}username = \"gw-sinks\"\npassword_file = \"{}\"\n{}",
+            sink("locked", guarded.port, "[\"telemetry\", \"status\"]"),
+            secret.display(),
+            sink("open", open.port, "[\"telemetry\", \"status\"]")
+        ),
+        "",
+        &format!(
+            "[[devices]]\nid = \"plc-1\"\naddress = \"{}\"\npoll_interval = \"50ms\"\n{tags}",
+            sim.addr
+        ),
+    );
+    let (cfg, _) = config::load_str(Path::new("sinks.toml"), &text).unwrap();
+    let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
+    let (locked, open_state) = (agent.sinks[0].clone(), agent.sinks[1].clone());
+    wait_until(Duration::from_secs(20), "the refused login", || {
+        locked.borrow().last_error.is_some()
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "the open sink's acks", || {
+        open_state.borrow().acked_messages >= 5
+    })
+    .await;
+    let state = locked.borrow().clone();
+    agent.stop().await;
+    let why = state.last_error.clone().unwrap_or_default();
+    assert!(!state.connected && state.connects == 0, "{state:?}");
+    assert!(
+        why.contains("NotAuthorized") || why.contains("BadUserNamePassword"),
+        "{why}"
+    );
+    assert!(
+        why.contains("check sinks[0].username and sinks[0].password_file"),
+        "the error names the sink's keys: {why}"
+    );
+    assert!(
+        !why.contains("wrong-password"),
+        "the password never shows: {why}"
+    );
+}

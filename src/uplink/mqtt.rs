@@ -395,6 +395,10 @@ impl MqttUplink {
     /// Sorts a connection error into the network (retry, WARN) and what
     /// an operator must fix (TLS trust, certificates).
     fn diagnose(&self, e: &rumqttc::ConnectionError) -> End {
+        // rumqttc reports a refusing CONNACK as an error of the event loop.
+        if let rumqttc::ConnectionError::ConnectionRefused(code) = e {
+            return self.refused(*code);
+        }
         let k = &self.sink.key;
         let why = e.to_string();
         let fix = if matches!(e, rumqttc::ConnectionError::Tls(_)) {
