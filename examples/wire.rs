@@ -330,6 +330,32 @@ fn platform_day(cfg: &Config, uplink: &MqttUplink, topics: &Topics) -> (u64, Vec
     (parts.iter().map(|p| p.1).sum(), parts)
 }
 
+/// A sink's session (for its messages) and its topics.
+fn session(
+    cfg: &Config,
+    sink: Arc<zgsz_agent::config::SinkConfig>,
+    handles: &buffer::BufferHandles,
+) -> (MqttUplink, Topics) {
+    let topics = Topics::new(
+        &sink.mqtt.topic_prefix,
+        sink.layout,
+        &cfg.enterprise,
+        &cfg.agent.gateway_id,
+    );
+    let (state, board) = tokio::sync::watch::channel(UplinkState::default());
+    let uplink = MqttUplink::new(
+        sink,
+        &cfg.enterprise,
+        &cfg.agent.gateway_id,
+        handles.client.clone(),
+        handles.appended.clone(),
+        Arc::new(SystemClock),
+        state,
+        vec![board],
+    );
+    (uplink, topics)
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -346,23 +372,7 @@ fn main() {
         let ob = buffer::Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).expect("outbox");
         let handles = buffer::spawn(ob, &cfg.buffer, Arc::new(SystemClock));
         let sink = cfg.sinks[1].clone();
-        let topics = Topics::new(
-            &sink.mqtt.topic_prefix,
-            sink.layout,
-            &cfg.enterprise,
-            &cfg.agent.gateway_id,
-        );
-        let (state, board) = tokio::sync::watch::channel(UplinkState::default());
-        let uplink = MqttUplink::new(
-            sink,
-            &cfg.enterprise,
-            &cfg.agent.gateway_id,
-            handles.client.clone(),
-            handles.appended.clone(),
-            Arc::new(SystemClock),
-            state,
-            vec![board],
-        );
+        let (uplink, topics) = session(&cfg, sink, &handles);
         let r = run(&cfg, &uplink, &topics, changing);
         let per_s = (MACHINES * TAGS) as f64;
         let wire = r.wire as f64 / r.readings as f64;
@@ -382,23 +392,7 @@ fn main() {
             wire * per_s * DAY_S / 1e9
         );
         if report == "cycle" {
-            let platform = Topics::new(
-                &cfg.sinks[0].mqtt.topic_prefix,
-                cfg.sinks[0].layout,
-                &cfg.enterprise,
-                &cfg.agent.gateway_id,
-            );
-            let (state, board) = tokio::sync::watch::channel(UplinkState::default());
-            let p = MqttUplink::new(
-                cfg.sinks[0].clone(),
-                &cfg.enterprise,
-                &cfg.agent.gateway_id,
-                handles.client.clone(),
-                handles.appended.clone(),
-                Arc::new(SystemClock),
-                state,
-                vec![board],
-            );
+            let (p, platform) = session(&cfg, cfg.sinks[0].clone(), &handles);
             let (total, parts) = platform_day(&cfg, &p, &platform);
             println!("\nplatform sink (metrics, states, status), bytes a day:");
             for (what, b) in parts {
