@@ -329,11 +329,11 @@ async fn subscribe(
     (seen, lat, task)
 }
 
-/// Readings in a `zgsz.telemetry/2` message, counted without parsing it
+/// Readings in a `zgsz.telemetry/3` message, counted without parsing it
 /// (the subscriber must keep up with the agent): every member `"…":` is a
-/// reading but the envelope's nine, each cycle's `device`, `ts` and
-/// `values`, and `bad`. The load test's values are integers, and its
-/// cycles carry no `ts_of`.
+/// reading but the envelope's ten (`tags` included), each cycle's
+/// `device`, `ts` and `values`, and `bad`. The load test's values are
+/// integers, and its cycles carry no `ts_of`.
 fn count_readings(payload: &[u8]) -> u64 {
     let members = payload.windows(2).filter(|w| *w == b"\":").count();
     let cycles = payload
@@ -341,11 +341,12 @@ fn count_readings(payload: &[u8]) -> u64 {
         .filter(|w| *w == b"{\"device\":")
         .count();
     let bad = payload.windows(6).filter(|w| *w == b"\"bad\":").count();
-    members.saturating_sub(9 + 3 * cycles + bad) as u64
+    members.saturating_sub(10 + 3 * cycles + bad) as u64
 }
 
 #[derive(serde::Deserialize)]
 struct Msg {
+    tags: Vec<String>,
     cycles: Vec<WireCycle>,
 }
 
@@ -359,12 +360,21 @@ fn record_latency(payload: &[u8], now: Instant, changes: &Changes, out: &Mutex<V
     let Ok(msg) = serde_json::from_slice::<Msg>(payload) else {
         return;
     };
+    // The values are keyed by their tag's index in `tags`.
+    let Some(t0) = msg
+        .tags
+        .iter()
+        .position(|t| t == "t0")
+        .map(|i| i.to_string())
+    else {
+        return;
+    };
     for c in msg.cycles {
         let (Some(d), Some(v)) = (
             c.device
                 .strip_prefix("dev")
                 .and_then(|d| d.parse::<usize>().ok()),
-            c.values.get("t0").and_then(|v| v.as_u64()),
+            c.values.get(&t0).and_then(|v| v.as_u64()),
         ) else {
             continue;
         };

@@ -89,10 +89,18 @@ impl Platform {
             return;
         }
         self.messages += 1;
+        // `zgsz.telemetry/3` keys values by their tag's index in `tags`.
+        let tags = v["tags"].as_array();
+        let name = |key: &String| -> String {
+            tags.and_then(|t| t.get(key.parse::<usize>().ok()?))
+                .and_then(|t| t.as_str())
+                .map_or_else(|| key.clone(), str::to_string)
+        };
         for c in v["cycles"].as_array().into_iter().flatten() {
             let dev = c["device"].as_str().unwrap_or("?").to_string();
             let latest = self.latest.entry(dev).or_default();
-            for (tag, value) in c["values"].as_object().into_iter().flatten() {
+            for (key, value) in c["values"].as_object().into_iter().flatten() {
+                let tag = name(key);
                 self.readings += 1;
                 let val = match value {
                     serde_json::Value::Number(n) => match n.as_f64() {
@@ -101,11 +109,11 @@ impl Platform {
                     },
                     other => other.to_string(),
                 };
-                latest.insert(tag.clone(), val);
+                latest.insert(tag, val);
             }
-            for (tag, why) in c["bad"].as_object().into_iter().flatten() {
+            for (key, why) in c["bad"].as_object().into_iter().flatten() {
                 self.readings += 1;
-                latest.insert(tag.clone(), format!("bad({})", why.as_str().unwrap_or("?")));
+                latest.insert(name(key), format!("bad({})", why.as_str().unwrap_or("?")));
             }
         }
     }

@@ -515,6 +515,77 @@ async fn on_change_honours_the_deadband_and_the_heartbeat() {
     );
 }
 
+/// The same rows to two enterprise systems: one keyed by tag name
+/// (`telemetry_keys = "name"`, `zgsz.telemetry/2`), one by index (the
+/// default, `/3`). Both validate against their schemas and say the same
+/// thing, reading for reading. (What `/3` saves is in BENCHMARKS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_keys_by_name_and_by_index_carry_the_same_readings() {
+    let (a, _, tags) = busy_device(6).await;
+    let (b, _, _) = busy_device(6).await;
+    let (pa, pb) = (
+        zgsz_agent::broker::free_port().unwrap(),
+        zgsz_agent::broker::free_port().unwrap(),
+    );
+    zgsz_agent::broker::start_embedded(pa).unwrap();
+    zgsz_agent::broker::start_embedded(pb).unwrap();
+    let (named, indexed) = (Platform::subscribe(pa).await, Platform::subscribe(pb).await);
+    let dir = tempfile::tempdir().unwrap();
+    // `gone` reads past the device's registers: an exception, a bad key.
+    let gone = "[[devices.tags]]\nname = \"gone\"\narea = \"holding_register\"\naddress = 900\n";
+    let devices = |id: &str, addr: &std::net::SocketAddr| {
+        format!(
+            "[[devices]]\nid = \"{id}\"\naddress = \"{addr}\"\npoll_interval = \"100ms\"\n{tags}{gone}"
+        )
+    };
+    let text = agent_toml(
+        &dir.path().display().to_string(),
+        "",
+        &format!(
+            "{}telemetry_keys = \"name\"\n{}",
+            sink("scada", pa, "[\"telemetry\"]"),
+            sink("mes", pb, "[\"telemetry\"]")
+        ),
+        "",
+        &(devices("press-1", &a.addr) + &devices("press-2", &b.addr)),
+    );
+    let (cfg, _) = config::load_str(Path::new("sinks.toml"), &text).unwrap();
+    let agent = zgsz_agent::agent::start(&cfg, Arc::new(SystemClock)).unwrap();
+    for p in [&named, &indexed] {
+        p.wait_for(Duration::from_secs(30), "20 telemetry messages", |p| {
+            p.telemetry_by_seq().len() >= 20
+        })
+        .await;
+    }
+    agent.stop().await;
+    let (by_name, by_index) = (named.telemetry_by_seq(), indexed.telemetry_by_seq());
+    let flat = |m: &Json| {
+        let mut r: Vec<String> = common::readings(m).iter().map(Json::to_string).collect();
+        r.sort();
+        r
+    };
+    let mut compared = 0;
+    let mut bad = 0;
+    for (seq, n) in &by_name {
+        let Some(i) = by_index.get(seq) else { continue };
+        assert_eq!(n["schema"], "zgsz.telemetry/2");
+        assert_eq!(i["schema"], "zgsz.telemetry/3");
+        common::assert_schema("telemetry-2", n);
+        common::assert_schema("telemetry", i);
+        assert_eq!(flat(n), flat(i), "seq {seq} differs");
+        bad += common::readings(i)
+            .iter()
+            .filter(|r| r["reason"] == "exception:2")
+            .count();
+        let tags = i["tags"].as_array().unwrap();
+        let unique: BTreeSet<String> = tags.iter().map(Json::to_string).collect();
+        assert_eq!(unique.len(), tags.len(), "a tag named twice: {tags:?}");
+        compared += 1;
+    }
+    assert!(compared >= 10, "only {compared} messages on both sinks");
+    assert!(bad > 0, "no bad reading was compared");
+}
+
 /// SIGKILL while both sinks are busy; a last run drains: every committed
 /// row reaches each sink that carries it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

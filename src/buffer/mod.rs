@@ -98,7 +98,7 @@ pub enum Kind {
     /// Equipment state transitions (`zgsz.states/1`).
     States = 2,
     /// Poll cycles in the compact binary form of [`cycle`]
-    /// (`zgsz.telemetry/2` on the wire).
+    /// (`zgsz.telemetry/3` or `/2` on the wire).
     Telemetry = 3,
 }
 

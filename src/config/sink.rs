@@ -34,6 +34,11 @@ pub struct RawSink {
     telemetry_devices: Option<Vec<String>>,
     /// With `carries` telemetry: only these tags (default all).
     telemetry_tags: Option<Vec<String>>,
+    /// With `carries` telemetry: `index` (default, `zgsz.telemetry/3`: each
+    /// tag named once per message, the fewest bytes) or `name`
+    /// (`zgsz.telemetry/2`: values keyed by tag name, for consumers that
+    /// cannot look a key up).
+    telemetry_keys: Option<crate::buffer::cycle::TagKeys>,
     /// `platform`: `{prefix}/{region}/{uscc}/{gateway}/{stream}` (default);
     /// `gateway`: `{prefix}/{gateway}/{stream}`, for the enterprise's own broker.
     #[serde(default)]
@@ -454,7 +459,7 @@ pub(super) fn check_devices(sinks: &[Arc<SinkConfig>], devices: &[&str], p: &mut
     }
 }
 
-/// `carries`, `telemetry_devices` and `telemetry_tags`.
+/// `carries`, `telemetry_devices`, `telemetry_tags` and `telemetry_keys`.
 fn carries(m: &RawSink, k: &dyn Fn(&str) -> String, p: &mut Problems) -> Carries {
     let list = m
         .carries
@@ -479,6 +484,7 @@ fn carries(m: &RawSink, k: &dyn Fn(&str) -> String, p: &mut Problems) -> Carries
         for (key, set) in [
             ("telemetry_devices", devices.is_some()),
             ("telemetry_tags", tags.is_some()),
+            ("telemetry_keys", m.telemetry_keys.is_some()),
         ] {
             if set {
                 p.error(
@@ -498,8 +504,11 @@ fn carries(m: &RawSink, k: &dyn Fn(&str) -> String, p: &mut Problems) -> Carries
         metrics: has(Stream::Metrics),
         states: has(Stream::States),
         status: has(Stream::Status),
-        telemetry: has(Stream::Telemetry)
-            .then_some(crate::buffer::cycle::Selection { devices, tags }),
+        telemetry: has(Stream::Telemetry).then_some(crate::buffer::cycle::Selection {
+            devices,
+            tags,
+            keys: m.telemetry_keys.unwrap_or_default(),
+        }),
     }
 }
 

@@ -277,9 +277,11 @@ impl MqttUplink {
     /// `None`: the row holds nothing this sink takes (its device or tag
     /// selection), so there is nothing to publish.
     pub fn message(&self, row: &Row, instance: &str, historical: bool) -> Option<Vec<u8>> {
+        let all = cycle::Selection::default();
+        let sel = self.sink.carries.telemetry.as_ref().unwrap_or(&all);
         let schema = match row.kind {
             Kind::LegacyTelemetry => "zgsz.telemetry/1",
-            Kind::Telemetry => "zgsz.telemetry/2",
+            Kind::Telemetry => sel.keys.schema(),
             Kind::Metrics => "zgsz.metrics/1",
             Kind::States => "zgsz.states/1",
         };
@@ -294,8 +296,6 @@ impl MqttUplink {
             .as_bytes(),
         );
         if row.kind == Kind::Telemetry {
-            let all = cycle::Selection::default();
-            let sel = self.sink.carries.telemetry.as_ref().unwrap_or(&all);
             match cycle::write_json(&row.body, sel, &mut out) {
                 Ok(0) => return None,
                 Ok(_) => {}

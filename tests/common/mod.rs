@@ -61,26 +61,44 @@ carries = ["metrics", "states", "status", "telemetry"]
     }
 }
 
-/// The readings of a `zgsz.telemetry/2` message, one object each with
-/// `device`, `tag`, `value`, `quality`, `reason` (bad only) and `ts`,
-/// as a consumer would flatten its cycles.
+/// The readings of a `zgsz.telemetry/2` or `/3` message, one object each
+/// with `device`, `tag`, `value`, `quality`, `reason` (bad only) and `ts`,
+/// as a consumer would flatten its cycles (`/3`: keys looked up in `tags`).
 pub fn readings(m: &Json) -> Vec<Json> {
+    let tags = m["tags"].as_array();
+    if m["schema"] == "zgsz.telemetry/3" {
+        assert!(tags.is_some(), "a /3 message without tags: {m}");
+    }
+    let name = |key: &str| -> String {
+        match tags {
+            Some(t) => {
+                let i: usize = key
+                    .parse()
+                    .unwrap_or_else(|_| panic!("key {key:?} is no index"));
+                t.get(i)
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_else(|| panic!("index {i} outside tags {t:?}"))
+                    .to_string()
+            }
+            None => key.to_string(),
+        }
+    };
     let mut out = Vec::new();
     for c in m["cycles"].as_array().into_iter().flatten() {
-        let ts_of = |tag: &str| {
+        let ts_of = |key: &str| {
             c["ts_of"]
-                .get(tag)
+                .get(key)
                 .cloned()
                 .unwrap_or_else(|| c["ts"].clone())
         };
-        for (tag, v) in c["values"].as_object().into_iter().flatten() {
+        for (key, v) in c["values"].as_object().into_iter().flatten() {
             out.push(serde_json::json!({
-                "device": c["device"], "tag": tag, "value": v, "quality": "good", "ts": ts_of(tag),
+                "device": c["device"], "tag": name(key), "value": v, "quality": "good", "ts": ts_of(key),
             }));
         }
-        for (tag, why) in c["bad"].as_object().into_iter().flatten() {
+        for (key, why) in c["bad"].as_object().into_iter().flatten() {
             out.push(serde_json::json!({
-                "device": c["device"], "tag": tag, "value": null, "quality": "bad", "reason": why, "ts": ts_of(tag),
+                "device": c["device"], "tag": name(key), "value": null, "quality": "bad", "reason": why, "ts": ts_of(key),
             }));
         }
     }
