@@ -281,6 +281,7 @@ fn encoding(c: &mut Criterion) {
         created_ms: 1_764_300_000_000,
         count: 800,
         body,
+        names: Default::default(),
     };
     g.throughput(Throughput::Bytes(row.body.len() as u64));
     g.bench_function("mqtt_message_800_readings", |b| {

@@ -142,6 +142,8 @@ fn run(cfg: &Config, uplink: &MqttUplink, topics: &Topics, changing: f64) -> Run
     };
     let topic = topics.of("telemetry").len() as u64;
     let mut seq = 0i64;
+    // The outbox's names, as the agent keeps them (see buffer::cycle).
+    let mut dict = cycle::Dictionary::default();
     let t0 = 1_764_300_000_000i64;
     for c in 0..CYCLES {
         let mut batches = Vec::new();
@@ -171,11 +173,13 @@ fn run(cfg: &Config, uplink: &MqttUplink, topics: &Topics, changing: f64) -> Run
                 ..Default::default()
             });
             if batches.len() == PER_COMMIT {
-                let rows = cycle::encode(
+                let rows = cycle::encode_shared(
                     &batches,
                     cfg.buffer.max_message_bytes - buffer::ENVELOPE_RESERVE,
                     |_| 2,
+                    &mut dict,
                 );
+                dict.mark_saved();
                 for r in rows {
                     out.stored += r.body.len() as u64 + 32;
                     seq += 1;
@@ -185,6 +189,7 @@ fn run(cfg: &Config, uplink: &MqttUplink, topics: &Topics, changing: f64) -> Run
                         created_ms: ts,
                         count: r.count,
                         body: r.body,
+                        names: dict.names(),
                     };
                     if let Some(msg) = uplink.message(&row, "3f9c2a7be41d0c58", false) {
                         out.messages += 1;
@@ -254,6 +259,7 @@ fn platform_day(cfg: &Config, uplink: &MqttUplink, topics: &Topics) -> (u64, Vec
             created_ms: 0,
             count: row.count,
             body: row.body,
+            names: Default::default(),
         };
         let msg = uplink
             .message(&row, "3f9c2a7be41d0c58", false)
@@ -273,6 +279,7 @@ fn platform_day(cfg: &Config, uplink: &MqttUplink, topics: &Topics) -> (u64, Vec
         created_ms: 0,
         count: 1,
         body: states_body,
+        names: Default::default(),
     };
     let one_state = publish_packet(
         topics.of("states").len() as u64,

@@ -266,3 +266,73 @@ fn old_evidence_is_pruned_but_the_starting_state_is_kept() {
         .collect();
     assert_eq!(left, vec![(1_000, "running_nc".to_string())]);
 }
+
+/// Telemetry rows name their devices and tags in the outbox's dictionary,
+/// written in the same transaction: after a restart (a new process, a new
+/// dictionary read from disk) every row still reads back with its names,
+/// and a name is stored once however many rows use it.
+#[test]
+fn telemetry_names_survive_a_restart_and_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "", "", "");
+    let batch = |round: i64, tag: &str| Batch {
+        readings: (0..20)
+            .map(|i| Reading {
+                device: format!("press-{}", i % 4).as_str().into(),
+                tag: format!("{tag}_{}", i / 4).as_str().into(),
+                value: Some(Value::Int(round * 100 + i)),
+                quality: Quality::Good,
+                ts: round,
+            })
+            .collect(),
+        publish: zgsz_agent::buffer::Publish::All,
+        ..Default::default()
+    };
+    let mut o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
+    for round in 0..10 {
+        let rows = o.encode_telemetry(&[batch(round, "spindle_speed")], 60_000);
+        o.commit(&rows, &Batch::default(), &[], &[], round).unwrap();
+    }
+    drop(o);
+    let mut o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
+    // A name new to the reopened outbox gets the next id.
+    let rows = o.encode_telemetry(&[batch(10, "feed_rate")], 60_000);
+    o.commit(&rows, &Batch::default(), &[], &[], 10).unwrap();
+    drop(o);
+    let o = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
+    let bit = o.sink_bit("platform").unwrap();
+    let leased = o.lease(bit, 0, 100).unwrap();
+    assert_eq!(leased.len(), 11);
+    let sel = zgsz_agent::buffer::cycle::Selection {
+        keys: zgsz_agent::buffer::cycle::TagKeys::Name,
+        ..Default::default()
+    };
+    for (round, row) in leased.iter().enumerate() {
+        let mut out = b"{".to_vec();
+        let n = zgsz_agent::buffer::cycle::write_json(&row.body, &row.names, &sel, &mut out);
+        assert_eq!(n, Ok(20), "row {round}");
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let tag = if round < 10 {
+            "spindle_speed"
+        } else {
+            "feed_rate"
+        };
+        assert_eq!(v["cycles"][1]["device"], "press-1");
+        assert_eq!(
+            v["cycles"][1]["values"][format!("{tag}_0")],
+            round as i64 * 100 + 1,
+            "row {round}: {v}"
+        );
+    }
+    let conn = zgsz_agent::buffer::open_read_only(dir.path()).unwrap();
+    let (names, distinct): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT name) FROM names",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // 4 devices, 5 spindle_speed_* and 5 feed_rate_* tags.
+    assert_eq!((names, distinct), (14, 14));
+}

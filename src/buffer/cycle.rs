@@ -25,12 +25,21 @@
 //! # Record
 //!
 //! ```text
-//! row    := 0x01 strings cycles
+//! row    := 0x01 strings cycles      names in the row (tools, tests)
+//!         | 0x02 cycles              names in the outbox's dictionary
 //! strings:= varint n, n × (varint len, UTF-8 bytes)
 //! cycles := varint n, n × cycle
 //! cycle  := varint device, zigzag ts, varint n, n × value
 //! value  := varint tag, u8 type [| 0x10 own ts], [varint age], payload
 //! ```
+//!
+//! The outbox writes `0x02` rows: device ids, tag names and bad statuses
+//! are ids into a [`Dictionary`] it keeps in its own table, committed with
+//! the rows that first use them. Reporting by exception leaves a row with
+//! a few changed values, and naming their tags in every row was most of
+//! the row; with the names kept once, an outage lasts about twice as long
+//! before the cap evicts. String values stay in the row (`T_STR_INLINE`):
+//! they are data, and would grow the dictionary without bound.
 //!
 //! A cycle's `ts` is its latest reading's; a reading more than
 //! [`OWN_TS_AFTER_MS`] older keeps its own (OPC UA source timestamps of
@@ -45,7 +54,10 @@ use crate::reading::{BadReason, Quality, Reading, Value};
 /// Readings of one cycle within this of its `ts` share it.
 pub const OWN_TS_AFTER_MS: i64 = 1_000;
 
-const FORMAT: u8 = 1;
+/// A row that carries its own string table.
+const FORMAT_LOCAL: u8 = 1;
+/// A row whose names are ids into the outbox's [`Dictionary`].
+const FORMAT_SHARED: u8 = 2;
 const OWN_TS: u8 = 0x10;
 
 // Value types (low nibble).
@@ -60,7 +72,67 @@ const T_INT: u8 = 7;
 const T_UINT: u8 = 8;
 const T_F32: u8 = 9;
 const T_F64: u8 = 10;
+/// A string value in the string table (rows of earlier versions).
 const T_STR: u8 = 11;
+/// A string value in the row: varint length, UTF-8 bytes.
+const T_STR_INLINE: u8 = 12;
+
+/// The names (device ids, tag names, bad statuses) of an outbox's rows,
+/// each stored once. Ids are positions and never change; the table only
+/// grows, by the names a config brings, so it stays small.
+#[derive(Debug, Default)]
+pub struct Dictionary {
+    /// Shared with the rows handed to the sinks, which read names from it.
+    names: Arc<Vec<Arc<str>>>,
+    index: HashMap<Arc<str>, u32>,
+    /// How many of `names` are committed; the rest are new in this commit.
+    saved: usize,
+}
+
+impl Dictionary {
+    /// The dictionary as stored: `names[i]` has id `i`.
+    pub fn from_saved(names: Vec<Arc<str>>) -> Dictionary {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Dictionary {
+            saved: names.len(),
+            names: Arc::new(names),
+            index,
+        }
+    }
+
+    fn id(&mut self, s: &Arc<str>) -> u32 {
+        if let Some(i) = self.index.get(s) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        Arc::make_mut(&mut self.names).push(s.clone());
+        self.index.insert(s.clone(), i);
+        i
+    }
+
+    /// Names added since the last [`Dictionary::mark_saved`], with their ids:
+    /// to be written in the transaction of the rows that use them.
+    pub fn unsaved(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.names[self.saved..]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((self.saved + i) as u32, &**n))
+    }
+
+    /// The unsaved names were committed.
+    pub fn mark_saved(&mut self) {
+        self.saved = self.names.len();
+    }
+
+    /// The names, for reading rows.
+    pub fn names(&self) -> Arc<Vec<Arc<str>>> {
+        self.names.clone()
+    }
+}
 
 /// A stored record that cannot be read (a damaged database file).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,7 +175,11 @@ impl RowBuilder {
         }
     }
 
-    fn string(&mut self, s: &Arc<str>) -> u32 {
+    /// `s`'s id: in the dictionary when there is one, else in the row.
+    fn string(&mut self, dict: Option<&mut Dictionary>, s: &Arc<str>) -> u32 {
+        if let Some(d) = dict {
+            return d.id(s);
+        }
         if let Some(i) = self.index.get(s) {
             return *i;
         }
@@ -113,13 +189,17 @@ impl RowBuilder {
         i
     }
 
-    fn finish(self, to: u64) -> NewRow {
+    fn finish(self, to: u64, shared: bool) -> NewRow {
         let mut body = Vec::with_capacity(self.cycles.len() + 16 * self.strings.len() + 8);
-        body.push(FORMAT);
-        put_varint(&mut body, self.strings.len() as u64);
-        for s in &self.strings {
-            put_varint(&mut body, s.len() as u64);
-            body.extend_from_slice(s.as_bytes());
+        if shared {
+            body.push(FORMAT_SHARED);
+        } else {
+            body.push(FORMAT_LOCAL);
+            put_varint(&mut body, self.strings.len() as u64);
+            for s in &self.strings {
+                put_varint(&mut body, s.len() as u64);
+                body.extend_from_slice(s.as_bytes());
+            }
         }
         put_varint(&mut body, u64::from(self.ncycles));
         body.extend_from_slice(&self.cycles);
@@ -132,16 +212,16 @@ impl RowBuilder {
     }
 
     /// Appends a cycle of `readings` (one device, non-empty).
-    fn cycle(&mut self, readings: &[&Reading]) {
+    fn cycle(&mut self, mut dict: Option<&mut Dictionary>, readings: &[&Reading]) {
         let ts = readings.iter().map(|r| r.ts).max().unwrap_or(0);
-        let device = self.string(&readings[0].device);
+        let device = self.string(dict.as_deref_mut(), &readings[0].device);
         let mut c = std::mem::take(&mut self.cycles);
         put_varint(&mut c, u64::from(device));
         put_zigzag(&mut c, ts);
         put_varint(&mut c, readings.len() as u64);
         self.json += cycle_json_bound(&readings[0].device);
         for r in readings {
-            let tag = self.string(&r.tag);
+            let tag = self.string(dict.as_deref_mut(), &r.tag);
             put_varint(&mut c, u64::from(tag));
             let age = ts - r.ts;
             let own = if age > OWN_TS_AFTER_MS { OWN_TS } else { 0 };
@@ -160,7 +240,7 @@ impl RowBuilder {
                         T_EXCEPTION
                     }
                     BadReason::Status(name) => {
-                        let i = self.string(&Arc::from(*name));
+                        let i = self.string(dict.as_deref_mut(), &Arc::from(*name));
                         put_varint(&mut c, u64::from(i));
                         T_STATUS
                     }
@@ -188,9 +268,9 @@ impl RowBuilder {
                         }
                     }
                     Value::Str(s) => {
-                        let i = self.string(&Arc::from(s.as_str()));
-                        put_varint(&mut c, u64::from(i));
-                        T_STR
+                        put_varint(&mut c, s.len() as u64);
+                        c.extend_from_slice(s.as_bytes());
+                        T_STR_INLINE
                     }
                 },
             };
@@ -243,7 +323,28 @@ pub fn reading_json_bound(r: &Reading, cycle_ts: i64) -> usize {
 /// Encodes the published readings of `batches` into telemetry rows. A row
 /// holds the cycles of devices that go to the same sinks (`mask` of a
 /// device; 0: no sink), and becomes at most `max_json` bytes of JSON.
+/// Each row carries its own names (see [`encode_shared`] for the outbox's).
 pub fn encode(batches: &[Batch], max_json: usize, mask: impl Fn(&str) -> u64) -> Vec<NewRow> {
+    encode_with(batches, max_json, mask, None)
+}
+
+/// [`encode`], with the names in `dict`: the rows the outbox writes.
+pub fn encode_shared(
+    batches: &[Batch],
+    max_json: usize,
+    mask: impl Fn(&str) -> u64,
+    dict: &mut Dictionary,
+) -> Vec<NewRow> {
+    encode_with(batches, max_json, mask, Some(dict))
+}
+
+fn encode_with(
+    batches: &[Batch],
+    max_json: usize,
+    mask: impl Fn(&str) -> u64,
+    mut dict: Option<&mut Dictionary>,
+) -> Vec<NewRow> {
+    let shared = dict.is_some();
     let mut open: Vec<(u64, RowBuilder)> = Vec::new();
     let mut rows = Vec::new();
     let mut masks: Vec<(Arc<str>, u64)> = Vec::new();
@@ -307,18 +408,18 @@ pub fn encode(batches: &[Batch], max_json: usize, mask: impl Fn(&str) -> u64) ->
                 if end == start {
                     if row.ncycles > 0 {
                         let full = std::mem::replace(row, RowBuilder::new());
-                        rows.push(full.finish(to));
+                        rows.push(full.finish(to, shared));
                         continue;
                     }
                     // A single reading larger than a message still goes.
                     end = start + 1;
                 }
-                row.cycle(&cycle[start..end]);
+                row.cycle(dict.as_deref_mut(), &cycle[start..end]);
                 start = end;
             }
         }
     }
-    rows.extend(open.into_iter().map(|(to, b)| b.finish(to)));
+    rows.extend(open.into_iter().map(|(to, b)| b.finish(to, shared)));
     rows
 }
 
@@ -432,20 +533,25 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads a stored telemetry row back.
-pub fn decode(body: &[u8]) -> Result<Vec<StoredCycle<'_>>, Damaged> {
+/// Reads a stored telemetry row back; `dict`: the outbox's names, which
+/// `0x02` rows refer to.
+pub fn decode<'a>(body: &'a [u8], dict: &'a [Arc<str>]) -> Result<Vec<StoredCycle<'a>>, Damaged> {
     let mut r = Reader { buf: body, at: 0 };
-    if r.byte()? != FORMAT {
-        return Err(Damaged(0));
-    }
-    let n = r.varint()? as usize;
-    let mut strings = Vec::with_capacity(n.min(body.len()));
-    for _ in 0..n {
-        let len = r.varint()? as usize;
-        let at = r.at;
-        let s = std::str::from_utf8(r.bytes(len)?).map_err(|_| Damaged(at))?;
-        strings.push(s);
-    }
+    let strings: Vec<&str> = match r.byte()? {
+        FORMAT_LOCAL => {
+            let n = r.varint()? as usize;
+            let mut strings = Vec::with_capacity(n.min(body.len()));
+            for _ in 0..n {
+                let len = r.varint()? as usize;
+                let at = r.at;
+                let s = std::str::from_utf8(r.bytes(len)?).map_err(|_| Damaged(at))?;
+                strings.push(s);
+            }
+            strings
+        }
+        FORMAT_SHARED => dict.iter().map(|s| &**s).collect(),
+        _ => return Err(Damaged(0)),
+    };
     let n = r.varint()? as usize;
     let mut cycles = Vec::with_capacity(n.min(body.len()));
     for _ in 0..n {
@@ -485,6 +591,12 @@ pub fn decode(body: &[u8]) -> Result<Vec<StoredCycle<'_>>, Damaged> {
                     Stored::Good(Value::Float(f64::from_le_bytes(a)))
                 }
                 T_STR => Stored::Good(Value::Str(r.string(&strings)?.to_string())),
+                T_STR_INLINE => {
+                    let len = r.varint()? as usize;
+                    let at = r.at;
+                    let s = std::str::from_utf8(r.bytes(len)?).map_err(|_| Damaged(at))?;
+                    Stored::Good(Value::Str(s.to_string()))
+                }
                 _ => return Err(Damaged(at)),
             };
             readings.push(StoredReading {
@@ -580,8 +692,13 @@ impl<'a> Keys<'a> {
 /// [`TagKeys::Index`], `"cycles":[…]` with [`TagKeys::Name`]. Returns how
 /// many readings it wrote; zero means the sink has nothing to publish
 /// from this row.
-pub fn write_json(body: &[u8], sel: &Selection, out: &mut Vec<u8>) -> Result<usize, Damaged> {
-    let cycles = decode(body)?;
+pub fn write_json(
+    body: &[u8],
+    dict: &[Arc<str>],
+    sel: &Selection,
+    out: &mut Vec<u8>,
+) -> Result<usize, Damaged> {
+    let cycles = decode(body, dict)?;
     let mut written = 0;
     let mut keys = Keys {
         kind: sel.keys,
@@ -809,7 +926,7 @@ mod tests {
         let rows = encode(&[all(every_kind())], 64 * 1024, |_| 1);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].count, 10);
-        let cycles = decode(&rows[0].body).expect("decodes");
+        let cycles = decode(&rows[0].body, &[]).expect("decodes");
         assert_eq!(cycles.len(), 2);
         assert_eq!(cycles[0].ts, 10_000);
         assert_eq!(
@@ -822,7 +939,7 @@ mod tests {
             "10 ms apart share the cycle's ts"
         );
         let mut out = b"{".to_vec();
-        let n = write_json(&rows[0].body, &NAMED, &mut out).expect("json");
+        let n = write_json(&rows[0].body, &[], &NAMED, &mut out).expect("json");
         out.push(b'}');
         assert_eq!(n, 10);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
@@ -872,7 +989,7 @@ mod tests {
                 keys,
                 ..Default::default()
             };
-            let n = write_json(&rows[0].body, &sel, &mut out);
+            let n = write_json(&rows[0].body, &[], &sel, &mut out);
             out.push(b'}');
             assert_eq!(n, Ok(10));
             serde_json::from_slice::<serde_json::Value>(&out).expect("valid JSON")
@@ -893,6 +1010,45 @@ mod tests {
     }
 
     #[test]
+    fn rows_on_the_outbox_dictionary_say_what_self_contained_rows_say() {
+        let local = encode(&[all(every_kind())], 64 * 1024, |_| 1);
+        let mut dict = Dictionary::from_saved(vec!["mill-02".into()]);
+        let shared = encode_shared(&[all(every_kind())], 64 * 1024, |_| 1, &mut dict);
+        let names = dict.names();
+        // The same cycles; only the ids differ.
+        type Plain = Vec<(String, i64, Vec<(String, Option<i64>, String)>)>;
+        let plain = |c: Vec<StoredCycle>| -> Plain {
+            c.into_iter()
+                .map(|c| {
+                    let r = c.readings.iter();
+                    let r = r.map(|r| (r.tag.to_string(), r.ts, format!("{:?}", r.value)));
+                    (c.device.to_string(), c.ts, r.collect())
+                })
+                .collect()
+        };
+        assert_eq!(
+            plain(decode(&shared[0].body, &names).expect("shared")),
+            plain(decode(&local[0].body, &[]).expect("local"))
+        );
+        // Devices, tags and the one bad status; not the string value.
+        let new: Vec<&str> = dict.unsaved().map(|(_, n)| n).collect();
+        assert!(new.contains(&"spindle_speed") && new.contains(&"BadNodeIdUnknown"));
+        assert!(!new.contains(&"mill-02"), "already saved");
+        assert!(!new.iter().any(|n| n.contains("1234")), "{new:?}");
+        assert_eq!(dict.unsaved().next().map(|(id, _)| id), Some(1));
+        dict.mark_saved();
+        assert_eq!(dict.unsaved().count(), 0);
+        // A second batch names nothing new and is smaller than a row
+        // that carries its names.
+        let again = encode_shared(&[all(every_kind())], 64 * 1024, |_| 1, &mut dict);
+        assert_eq!(dict.unsaved().count(), 0);
+        assert!(again[0].body.len() * 2 < local[0].body.len());
+        // Without the dictionary (or a shorter one) the row is damaged.
+        assert!(decode(&again[0].body, &[]).is_err());
+        assert!(decode(&again[0].body, &names[..3]).is_err());
+    }
+
+    #[test]
     fn a_selection_leaves_out_other_devices_and_tags() {
         let rows = encode(&[all(every_kind())], 64 * 1024, |_| 1);
         let sel = Selection {
@@ -901,7 +1057,7 @@ mod tests {
             keys: TagKeys::Name,
         };
         let mut out = b"{".to_vec();
-        assert_eq!(write_json(&rows[0].body, &sel, &mut out), Ok(2));
+        assert_eq!(write_json(&rows[0].body, &[], &sel, &mut out), Ok(2));
         out.push(b'}');
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["cycles"].as_array().map(Vec::len), Some(1));
@@ -914,7 +1070,7 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        assert_eq!(write_json(&rows[0].body, &none, &mut out), Ok(0));
+        assert_eq!(write_json(&rows[0].body, &[], &none, &mut out), Ok(0));
     }
 
     #[test]
@@ -937,10 +1093,10 @@ mod tests {
         for row in &rows {
             for sel in [&NAMED, &Selection::default()] {
                 let mut out = Vec::new();
-                write_json(&row.body, sel, &mut out).expect("json");
+                write_json(&row.body, &[], sel, &mut out).expect("json");
                 assert!(out.len() <= max, "{} > {max}", out.len());
             }
-            let devices: Vec<&str> = decode(&row.body)
+            let devices: Vec<&str> = decode(&row.body, &[])
                 .expect("decodes")
                 .iter()
                 .map(|c| c.device)
@@ -974,16 +1130,16 @@ mod tests {
         let rows = encode(&[all(every_kind())], 64 * 1024, |_| 1);
         let body = &rows[0].body;
         for cut in 0..body.len() {
-            assert!(decode(&body[..cut]).is_err(), "cut at {cut}");
+            assert!(decode(&body[..cut], &[]).is_err(), "cut at {cut}");
         }
         let mut bad = body.clone();
         bad[0] = 9;
-        assert_eq!(decode(&bad), Err(Damaged(0)));
+        assert_eq!(decode(&bad, &[]), Err(Damaged(0)));
         let mut out = Vec::new();
         for i in 0..body.len() {
             let mut b = body.clone();
             b[i] ^= 0xff;
-            let _ = write_json(&b, &Selection::default(), &mut out);
+            let _ = write_json(&b, &[], &Selection::default(), &mut out);
         }
     }
 }

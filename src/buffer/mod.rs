@@ -213,6 +213,9 @@ pub struct Row {
     pub created_ms: i64,
     pub count: u32,
     pub body: Vec<u8>,
+    /// The outbox's names, which a telemetry row's ids refer to (see
+    /// [`cycle::Dictionary`]); shared, not copied, by every leased row.
+    pub names: Arc<Vec<Arc<str>>>,
 }
 
 /// Last known state of one device, kept so `status` can answer offline.

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::history::{load_devices, query_stats};
 use super::{
-    Batch, BufferError, DeviceHealth, Kind, NewRow, Restored, Route, Row, SinkBit, Stats,
+    cycle, Batch, BufferError, DeviceHealth, Kind, NewRow, Restored, Route, Row, SinkBit, Stats,
     ROW_OVERHEAD,
 };
 use crate::chain::ChainEntry;
@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
 CREATE TABLE IF NOT EXISTS sinks (bit INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS transitions (
     id INTEGER PRIMARY KEY,
     equipment TEXT NOT NULL,
@@ -92,6 +93,8 @@ pub struct Outbox {
     devices: BTreeMap<String, DeviceHealth>,
     /// The configured sinks with their bits in `pending`.
     routes: Vec<(SinkBit, Route)>,
+    /// The names telemetry rows refer to (`names`), see [`cycle`].
+    dict: cycle::Dictionary,
     /// The last write failed for want of space; shown in `status`.
     pub(super) disk_full: bool,
     /// Commits since open; evidence older than [`RETENTION_MS`] is pruned
@@ -229,6 +232,7 @@ impl Outbox {
             }
         }
         let devices = load_devices(&conn).map_err(open_err)?;
+        let dict = load_names(&conn).map_err(open_err)?;
         Ok(Outbox {
             conn,
             bytes: bytes as u64 + rows as u64 * ROW_OVERHEAD,
@@ -239,6 +243,7 @@ impl Outbox {
             counters,
             devices,
             routes,
+            dict,
             disk_full: false,
             commits: 0,
             last_alive: None,
@@ -342,6 +347,13 @@ impl Outbox {
         let mut added_bytes = 0u64;
         let mut added_rows = 0u64;
         {
+            // The names the rows below use for the first time.
+            let mut name = tx.prepare_cached("INSERT INTO names (id, name) VALUES (?1, ?2)")?;
+            for (id, n) in self.dict.unsaved() {
+                name.execute(params![id, n])?;
+            }
+        }
+        {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO outbox (kind, created_ms, count, body, pending) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
@@ -420,6 +432,7 @@ impl Outbox {
             .query_row([], |r| r.get(0))?;
         tx.commit()?;
         // Only now is the new state real.
+        self.dict.mark_saved();
         self.counters = counters;
         self.rows = rows_now;
         self.bytes = bytes_now;
@@ -493,8 +506,22 @@ impl Outbox {
         Ok((out, self.meta("last_alive")?))
     }
 
+    /// The telemetry rows of `batches` (see [`cycle::encode`]), naming
+    /// devices and tags in the outbox's dictionary. New names are written
+    /// with the rows by the next commit.
+    pub fn encode_telemetry(&mut self, batches: &[Batch], max_json: usize) -> Vec<NewRow> {
+        let routes = &self.routes;
+        cycle::encode_shared(
+            batches,
+            max_json,
+            |device| mask_for(routes, Kind::Telemetry, Some(device)),
+            &mut self.dict,
+        )
+    }
+
     /// Rows with `seq > after` that the sink `bit` still owes, oldest first.
     pub fn lease(&self, bit: SinkBit, after: i64, limit: usize) -> Result<Vec<Row>, BufferError> {
+        let names = self.dict.names();
         let mut st = self.conn.prepare_cached(
             "SELECT seq, kind, created_ms, count, body FROM outbox
              WHERE seq > ?1 AND pending & ?2 != 0 ORDER BY seq LIMIT ?3",
@@ -506,6 +533,7 @@ impl Outbox {
                 created_ms: r.get(2)?,
                 count: r.get(3)?,
                 body: r.get(4)?,
+                names: names.clone(),
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -821,4 +849,19 @@ fn insert_chain(tx: &rusqlite::Transaction<'_>, seals: &[ChainEntry]) -> rusqlit
         }
     }
     Ok(())
+}
+
+/// The names telemetry rows refer to, by id.
+fn load_names(conn: &Connection) -> rusqlite::Result<cycle::Dictionary> {
+    let mut st = conn.prepare("SELECT id, name FROM names ORDER BY id")?;
+    let mut names: Vec<std::sync::Arc<str>> = Vec::new();
+    for row in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+        let (id, name) = row?;
+        // Ids are written dense from 0; a gap would shift every later name.
+        if id != names.len() as i64 {
+            return Err(rusqlite::Error::IntegralValueOutOfRange(0, id));
+        }
+        names.push(name.into());
+    }
+    Ok(cycle::Dictionary::from_saved(names))
 }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::outbox::{Committed, Evicted, Outbox};
 use super::window::{Pending, Window};
-use super::{cycle, Batch, BufferError, NewRow, Row, SinkBit, Stats, WindowData, ENVELOPE_RESERVE};
+use super::{Batch, BufferError, NewRow, Row, SinkBit, Stats, WindowData, ENVELOPE_RESERVE};
 use crate::chain::ChainEntry;
 use crate::clock::Clock;
 use crate::config::BufferConfig;
@@ -385,9 +385,7 @@ impl Thread {
     /// Commits what a window gathered, then answers the queries that
     /// waited for it. Returns what the cap evicted.
     async fn process(&self, outbox: &mut Outbox, p: Pending, running: bool) -> Option<Evicted> {
-        let mut rows = cycle::encode(&p.batches, self.max_body, |device| {
-            outbox.mask_for(super::Kind::Telemetry, Some(device))
-        });
+        let mut rows = outbox.encode_telemetry(&p.batches, self.max_body);
         let mut batch = Batch::default();
         for b in p.batches {
             batch.readings.extend(b.readings);

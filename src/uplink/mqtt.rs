@@ -296,7 +296,7 @@ impl MqttUplink {
             .as_bytes(),
         );
         if row.kind == Kind::Telemetry {
-            match cycle::write_json(&row.body, sel, &mut out) {
+            match cycle::write_json(&row.body, &row.names, sel, &mut out) {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => {
