@@ -330,12 +330,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 // The typed values the agent runs on.
 
 /// Manufacturing type; it decides how the CNC rate is defined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Industry {
-    Discrete,
-    Process,
-}
+pub use zgsz_contract::Industry;
 
 /// SQLite durability level of the outbox; see docs/delivery.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -10,31 +10,13 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::config::{Declared, Enterprise, Industry};
+use crate::config::{Declared, Enterprise};
 use crate::plant::{PlantModel, State};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WindowKind {
-    Hour,
-    Day,
-    /// The current day so far.
-    Snapshot,
-}
-
-impl WindowKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            WindowKind::Hour => "hour",
-            WindowKind::Day => "day",
-            WindowKind::Snapshot => "snapshot",
-        }
-    }
-}
+pub use zgsz_contract::WindowKind;
 
 /// A half-open interval [start, end) in UTC ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,155 +72,12 @@ pub fn rfc3339(ts: i64, offset: UtcOffset) -> String {
 
 pub use crate::plant::WindowData;
 
-/// A ratio with its parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ratio {
-    pub value: Option<f64>,
-    pub numerator: u64,
-    pub denominator: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Ratio {
-    pub fn new(numerator: u64, denominator: u64, why_empty: &str) -> Ratio {
-        if denominator == 0 {
-            Ratio {
-                value: None,
-                numerator,
-                denominator,
-                reason: Some(why_empty.to_string()),
-            }
-        } else {
-            Ratio {
-                value: Some(numerator as f64 / denominator as f64),
-                numerator,
-                denominator,
-                reason: None,
-            }
-        }
-    }
-}
-
-/// Time spent in each state within the window, in ms.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateTimes {
-    pub offline: u64,
-    pub idle: u64,
-    pub running_manual: u64,
-    pub running_nc: u64,
-}
-
-impl StateTimes {
-    fn add(&mut self, s: State, ms: u64) {
-        match s {
-            State::Offline => self.offline += ms,
-            State::Idle => self.idle += ms,
-            State::RunningManual => self.running_manual += ms,
-            State::RunningNc => self.running_nc += ms,
-        }
-    }
-    pub fn running(&self) -> u64 {
-        self.running_manual + self.running_nc
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EquipmentMetrics {
-    pub id: String,
-    pub name: String,
-    pub process: String,
-    pub kind: crate::plant::Kind,
-    pub nc_capable: bool,
-    pub device: String,
-    pub time_ms: StateTimes,
-    /// Delivered good data in the window.
-    pub networked: bool,
-    /// Was in `running_nc` at some point in the window.
-    pub ran_nc: bool,
-    /// Counts in the numerator of the verified CNC rate.
-    pub verified_nc: bool,
-    pub utilisation: Ratio,
-    pub nc_time_share: Ratio,
-    pub completeness: Ratio,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessMetrics {
-    pub id: String,
-    pub name: String,
-    pub key: bool,
-    pub equipment: u64,
-    pub nc_capable: u64,
-    pub control_systems: u64,
-    pub verified_nc: u64,
-    pub nc_time_share: Ratio,
-    pub utilisation: Ratio,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Indicators {
-    /// 关键工序数控化率, from the configured model.
-    pub cnc_rate_declared: Ratio,
-    /// 关键工序数控化率, from machine evidence.
-    pub cnc_rate_verified: Ratio,
-    /// Time in running_nc ÷ time running, all equipment.
-    pub nc_time_share: Ratio,
-    /// Time in running_nc ÷ time running, equipment in key processes.
-    pub nc_time_share_key: Ratio,
-    /// 设备联网率: equipment with good data ÷ all equipment.
-    pub networking_rate: Ratio,
-    pub networking_rate_key: Ratio,
-    /// Good samples ÷ expected samples, all equipment.
-    pub completeness: Ratio,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeclaredIndicator {
-    pub source: &'static str,
-    pub items: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeclaredIndicators {
-    /// 经营管理数字化
-    pub management: DeclaredIndicator,
-    /// 数字化研发设计工具
-    pub design_tools: DeclaredIndicator,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct WindowInfo {
-    pub kind: WindowKind,
-    pub start: String,
-    pub end: String,
-    pub start_ts: i64,
-    pub end_ts: i64,
-}
-
-/// The body of a `zgsz.metrics/1` message (the uplink adds the envelope).
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub industry: Industry,
-    pub chain: String,
-    pub enterprise_name: String,
-    pub agent_version: &'static str,
-    pub config_hash: String,
-    pub window: WindowInfo,
-    pub indicators: Indicators,
-    pub declared: DeclaredIndicators,
-    pub processes: Vec<ProcessMetrics>,
-    pub equipment: Vec<EquipmentMetrics>,
-    /// The window's digest-chain entry: closed (hour, day) windows only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seal: Option<crate::chain::Seal>,
-    /// Closed windows: the outbox's last seq when the state history was
-    /// read. The seal covers exactly the transitions of the `states`
-    /// messages up to this seq, so a platform can rebuild it even when a
-    /// late (back-dated) transition of the window is committed after it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub states_upto_seq: Option<i64>,
-}
+/// The payload types are the contract with the platform.
+pub use zgsz_contract::payload::{
+    DeclaredIndicator, DeclaredIndicators, EquipmentMetrics, Indicators, Metrics as Report,
+    ProcessMetrics, WindowInfo,
+};
+pub use zgsz_contract::{Ratio, StateTimes};
 
 /// Computes every indicator for one window.
 pub fn compute(
@@ -297,20 +136,6 @@ pub fn compute(
         })
         .collect();
 
-    let key_process: Vec<bool> = model.processes.iter().map(|p| p.key).collect();
-    let in_key = |m: &EquipmentMetrics| {
-        model
-            .processes
-            .iter()
-            .position(|p| p.id == m.process)
-            .is_some_and(|i| key_process[i])
-    };
-    let no_key = if model.processes.iter().any(|p| p.key) {
-        "no equipment in key processes"
-    } else {
-        "no key process is configured"
-    };
-
     let processes: Vec<ProcessMetrics> = model
         .processes
         .iter()
@@ -345,80 +170,38 @@ pub fn compute(
         })
         .collect();
 
-    let key_eq: Vec<&EquipmentMetrics> = equipment.iter().filter(|m| in_key(m)).collect();
-    let (cnc_declared, cnc_verified) = match enterprise.industry {
-        Industry::Discrete => (
-            Ratio::new(
-                key_eq.iter().filter(|m| m.nc_capable).count() as u64,
-                key_eq.len() as u64,
-                no_key,
-            ),
-            Ratio::new(
-                key_eq.iter().filter(|m| m.verified_nc).count() as u64,
-                key_eq.len() as u64,
-                no_key,
-            ),
-        ),
-        Industry::Process => {
-            let key: Vec<&ProcessMetrics> = processes.iter().filter(|p| p.key).collect();
-            let verified =
-                key.iter()
-                    .filter(|p| {
-                        equipment.iter().zip(&model.equipment).any(|(m, e)| {
-                            m.process == p.id && e.kind.control_system() && m.verified_nc
-                        })
-                    })
-                    .count();
-            let why = "no key process is configured";
-            (
-                Ratio::new(
-                    key.iter().filter(|p| p.control_systems > 0).count() as u64,
-                    key.len() as u64,
-                    why,
-                ),
-                Ratio::new(verified as u64, key.len() as u64, why),
-            )
-        }
-    };
-    let sum = |it: &mut dyn Iterator<Item = &EquipmentMetrics>,
-               f: &dyn Fn(&EquipmentMetrics) -> u64| it.map(f).sum::<u64>();
-    let nc_time_share = Ratio::new(
-        sum(&mut equipment.iter(), &|m| m.time_ms.running_nc),
-        sum(&mut equipment.iter(), &|m| m.time_ms.running()),
-        "no equipment ran in this window",
-    );
-    let nc_time_share_key = Ratio::new(
-        sum(&mut key_eq.iter().copied(), &|m| m.time_ms.running_nc),
-        sum(&mut key_eq.iter().copied(), &|m| m.time_ms.running()),
-        "no equipment in key processes ran in this window",
-    );
-    let indicators = Indicators {
-        cnc_rate_declared: cnc_declared,
-        cnc_rate_verified: cnc_verified,
-        nc_time_share,
-        nc_time_share_key,
-        networking_rate: Ratio::new(
-            equipment.iter().filter(|m| m.networked).count() as u64,
-            equipment.len() as u64,
-            "no equipment is configured",
-        ),
-        networking_rate_key: Ratio::new(
-            key_eq.iter().filter(|m| m.networked).count() as u64,
-            key_eq.len() as u64,
-            no_key,
-        ),
-        completeness: Ratio::new(
-            sum(&mut equipment.iter(), &|m| m.completeness.numerator),
-            sum(&mut equipment.iter(), &|m| m.completeness.denominator),
-            "no samples were expected in this window",
-        ),
-    };
+    let indicators = zgsz_contract::headline(
+        enterprise.industry,
+        &model
+            .processes
+            .iter()
+            .map(|p| zgsz_contract::ProcessFigures {
+                id: &p.id,
+                key: p.key,
+            })
+            .collect::<Vec<_>>(),
+        &equipment
+            .iter()
+            .map(|m| zgsz_contract::EquipmentFigures {
+                process: &m.process,
+                kind: m.kind,
+                networked: m.networked,
+                verified_nc: m.verified_nc,
+                running_nc: m.time_ms.running_nc,
+                running: m.time_ms.running(),
+                samples_good: m.completeness.numerator,
+                samples_expected: m.completeness.denominator,
+            })
+            .collect::<Vec<_>>(),
+        zgsz_contract::Span::Window,
+    )
+    .into();
     let declared = declared_indicators(&enterprise.declared);
     Report {
         industry: enterprise.industry,
         chain: enterprise.chain.clone(),
         enterprise_name: enterprise.name.clone(),
-        agent_version: env!("CARGO_PKG_VERSION"),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
         config_hash: config_hash.to_string(),
         window: WindowInfo {
             kind: window.kind,
@@ -490,11 +273,11 @@ pub fn seal_window(
 fn declared_indicators(d: &Declared) -> DeclaredIndicators {
     DeclaredIndicators {
         management: DeclaredIndicator {
-            source: "declared",
+            source: "declared".to_string(),
             items: d.management.clone(),
         },
         design_tools: DeclaredIndicator {
-            source: "declared",
+            source: "declared".to_string(),
             items: d.design_tools.clone(),
         },
     }

@@ -17,29 +17,8 @@ use serde::Serialize;
 use crate::expr::Expr;
 use crate::reading::{Reading, Value};
 
-/// Equipment kinds; every kind but `manual` and `other` is NC-capable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Cnc,
-    Plc,
-    Dcs,
-    Robot,
-    Manual,
-    Other,
-}
-
-impl Kind {
-    /// Under numerical or programmable control.
-    pub fn nc_capable(self) -> bool {
-        !matches!(self, Kind::Manual | Kind::Other)
-    }
-
-    /// A control system in the sense of the process-industry CNC rate.
-    pub fn control_system(self) -> bool {
-        matches!(self, Kind::Plc | Kind::Dcs)
-    }
-}
+/// Equipment kinds and states are part of the contract with the platform.
+pub use zgsz_contract::{Kind, State};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Process {
@@ -74,43 +53,6 @@ pub struct Equipment {
 pub struct PlantModel {
     pub processes: Vec<Process>,
     pub equipment: Vec<Equipment>,
-}
-
-/// What an equipment is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// No good data for longer than 3 poll intervals (or the agent was down).
-    Offline,
-    Idle,
-    RunningManual,
-    RunningNc,
-}
-
-impl State {
-    pub const ALL: [State; 4] = [
-        State::Offline,
-        State::Idle,
-        State::RunningManual,
-        State::RunningNc,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Offline => "offline",
-            State::Idle => "idle",
-            State::RunningManual => "running_manual",
-            State::RunningNc => "running_nc",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        State::ALL.into_iter().find(|st| st.name() == s)
-    }
-
-    pub fn running(self) -> bool {
-        matches!(self, State::RunningManual | State::RunningNc)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

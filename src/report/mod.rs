@@ -30,8 +30,9 @@ use time::{Date, UtcOffset};
 use crate::chain::Seal;
 use crate::config::Config;
 use crate::metrics::{rfc3339, Ratio, StateTimes, Window, WindowKind};
-use crate::plant::State;
+use crate::plant::{Kind, State};
 use crate::signing::GatewayKey;
+use zgsz_contract::Industry;
 
 pub const SCHEMA: &str = "zgsz.report/1";
 /// The programme's target for 关键工序数控化率.
@@ -402,8 +403,19 @@ pub(crate) fn day_view(d: &Day) -> Result<DayView, String> {
     })
 }
 
-fn is_control_system(kind: &str) -> bool {
-    matches!(kind, "plc" | "dcs")
+/// The report carries kinds and the industry as text (they are read back
+/// from report.json); an unknown kind counts as `other`, as it always has.
+pub(crate) fn parse_kind(kind: &str) -> Kind {
+    Kind::parse(kind).unwrap_or(Kind::Other)
+}
+
+/// An industry other than `process` is computed as discrete.
+pub(crate) fn parse_industry(industry: &str) -> Industry {
+    if industry == Industry::Process.name() {
+        Industry::Process
+    } else {
+        Industry::Discrete
+    }
 }
 
 /// The period tables and the headline, from the days and the plant model.
@@ -469,8 +481,7 @@ pub fn aggregate(
             .equipment
             .iter()
             .find(|e| e.id == id)
-            .map(|e| e.kind.as_str())
-            .unwrap_or("other")
+            .map_or(Kind::Other, |e| parse_kind(&e.kind))
     };
     let processes: Vec<ProcessSummary> = plant
         .processes
@@ -489,7 +500,7 @@ pub fn aggregate(
                 nc_capable: members.iter().filter(|e| e.nc_capable).count() as u64,
                 control_systems: members
                     .iter()
-                    .filter(|e| is_control_system(kind_of(&e.id)))
+                    .filter(|e| kind_of(&e.id).control_system())
                     .count() as u64,
                 verified_nc: members.iter().filter(|e| e.verified_nc).count() as u64,
                 nc_time_share: Ratio::new(
@@ -501,87 +512,40 @@ pub fn aggregate(
             }
         })
         .collect();
-    let key_ids: Vec<&str> = plant
-        .processes
-        .iter()
-        .filter(|p| p.key)
-        .map(|p| p.id.as_str())
-        .collect();
-    let key_eq: Vec<&EquipmentSummary> = equipment
-        .iter()
-        .filter(|e| key_ids.contains(&e.process.as_str()))
-        .collect();
-    let no_key = if key_ids.is_empty() {
-        "no key process is configured"
-    } else {
-        "no equipment in key processes"
-    };
-    let (declared, verified) = if industry == "process" {
-        let key: Vec<&ProcessSummary> = processes.iter().filter(|p| p.key).collect();
-        let v = key
+    let h = zgsz_contract::headline(
+        parse_industry(industry),
+        &plant
+            .processes
             .iter()
-            .filter(|p| {
-                equipment.iter().any(|e| {
-                    e.process == p.id && is_control_system(kind_of(&e.id)) && e.verified_nc
-                })
+            .map(|p| zgsz_contract::ProcessFigures {
+                id: &p.id,
+                key: p.key,
             })
-            .count() as u64;
-        let why = "no key process is configured";
-        (
-            Ratio::new(
-                key.iter().filter(|p| p.control_systems > 0).count() as u64,
-                key.len() as u64,
-                why,
-            ),
-            Ratio::new(v, key.len() as u64, why),
-        )
-    } else {
-        (
-            Ratio::new(
-                key_eq.iter().filter(|e| e.nc_capable).count() as u64,
-                key_eq.len() as u64,
-                no_key,
-            ),
-            Ratio::new(
-                key_eq.iter().filter(|e| e.verified_nc).count() as u64,
-                key_eq.len() as u64,
-                no_key,
-            ),
-        )
-    };
-    let sum = |it: &[&EquipmentSummary], f: &dyn Fn(&EquipmentSummary) -> u64| -> u64 {
-        it.iter().map(|e| f(e)).sum()
-    };
-    let all: Vec<&EquipmentSummary> = equipment.iter().collect();
+            .collect::<Vec<_>>(),
+        &equipment
+            .iter()
+            .map(|e| zgsz_contract::EquipmentFigures {
+                process: &e.process,
+                kind: kind_of(&e.id),
+                networked: e.networked,
+                verified_nc: e.verified_nc,
+                running_nc: e.time_ms.running_nc,
+                running: e.time_ms.running(),
+                samples_good: e.completeness.numerator,
+                samples_expected: e.completeness.denominator,
+            })
+            .collect::<Vec<_>>(),
+        zgsz_contract::Span::Period,
+    );
     let headline = Headline {
-        verified_meets_target: verified.value.map(|v| v >= TARGET),
-        cnc_rate_declared: declared,
-        cnc_rate_verified: verified,
-        networking_rate: Ratio::new(
-            equipment.iter().filter(|e| e.networked).count() as u64,
-            equipment.len() as u64,
-            "no equipment is configured",
-        ),
-        networking_rate_key: Ratio::new(
-            key_eq.iter().filter(|e| e.networked).count() as u64,
-            key_eq.len() as u64,
-            no_key,
-        ),
-        nc_time_share: Ratio::new(
-            sum(&all, &|e| e.time_ms.running_nc),
-            sum(&all, &|e| e.time_ms.running()),
-            "no equipment ran in the period",
-        ),
-        nc_time_share_key: Ratio::new(
-            sum(&key_eq, &|e| e.time_ms.running_nc),
-            sum(&key_eq, &|e| e.time_ms.running()),
-            "no equipment in key processes ran in the period",
-        ),
-        completeness: Ratio::new(
-            sum(&all, &|e| e.completeness.numerator),
-            sum(&all, &|e| e.completeness.denominator),
-            "no samples were expected in the period",
-        ),
+        verified_meets_target: h.cnc_rate_verified.value.map(|v| v >= TARGET),
+        cnc_rate_declared: h.cnc_rate_declared,
+        cnc_rate_verified: h.cnc_rate_verified,
+        networking_rate: h.networking_rate,
+        networking_rate_key: h.networking_rate_key,
+        nc_time_share: h.nc_time_share,
+        nc_time_share_key: h.nc_time_share_key,
+        completeness: h.completeness,
         target: TARGET,
     };
     Ok((processes, equipment, headline))

@@ -130,7 +130,13 @@ fn check_day(o: &mut Outcome, date: &str, v: &DayView) {
                 e.id, e.ran_nc, t.running_nc
             )));
         }
-        let nc_capable = !matches!(e.kind.as_str(), "manual" | "other");
+        if crate::plant::Kind::parse(&e.kind).is_none() {
+            o.bad(at(&format!(
+                "equipment {} has an unknown kind {}",
+                e.id, e.kind
+            )));
+        }
+        let nc_capable = super::parse_kind(&e.kind).nc_capable();
         if e.nc_capable != nc_capable {
             o.bad(at(&format!(
                 "equipment {} of kind {} is marked nc_capable {}",
@@ -152,7 +158,7 @@ fn check_day(o: &mut Outcome, date: &str, v: &DayView) {
         let want = (
             members.len() as u64,
             count(&|e| e.nc_capable),
-            count(&|e| matches!(e.kind.as_str(), "plc" | "dcs")),
+            count(&|e| super::parse_kind(&e.kind).control_system()),
             count(&|e| e.verified_nc),
         );
         let have = (p.equipment, p.nc_capable, p.control_systems, p.verified_nc);
@@ -185,85 +191,39 @@ fn check_day(o: &mut Outcome, date: &str, v: &DayView) {
         );
     }
     // The day's indicators from the day's own equipment.
-    let key: Vec<&str> = v
-        .processes
-        .iter()
-        .filter(|p| p.key)
-        .map(|p| p.id.as_str())
-        .collect();
-    let key_eq: Vec<_> = v
-        .equipment
-        .iter()
-        .filter(|e| key.contains(&e.process.as_str()))
-        .collect();
-    let n = |it: &[&super::DayEquipment], f: &dyn Fn(&super::DayEquipment) -> u64| -> u64 {
-        it.iter().map(|e| f(e)).sum()
-    };
-    let all: Vec<_> = v.equipment.iter().collect();
-    let (declared, verified) = if v.industry == "process" {
-        let kp: Vec<_> = v.processes.iter().filter(|p| p.key).collect();
-        (
-            (
-                kp.iter().filter(|p| p.control_systems > 0).count() as u64,
-                kp.len() as u64,
-            ),
-            (
-                kp.iter()
-                    .filter(|p| {
-                        v.equipment.iter().any(|e| {
-                            e.process == p.id
-                                && matches!(e.kind.as_str(), "plc" | "dcs")
-                                && e.verified_nc
-                        })
-                    })
-                    .count() as u64,
-                kp.len() as u64,
-            ),
-        )
-    } else {
-        (
-            (
-                n(&key_eq, &|e| u64::from(e.nc_capable)),
-                key_eq.len() as u64,
-            ),
-            (
-                n(&key_eq, &|e| u64::from(e.verified_nc)),
-                key_eq.len() as u64,
-            ),
-        )
-    };
+    let h = zgsz_contract::headline(
+        super::parse_industry(&v.industry),
+        &v.processes
+            .iter()
+            .map(|p| zgsz_contract::ProcessFigures {
+                id: &p.id,
+                key: p.key,
+            })
+            .collect::<Vec<_>>(),
+        &v.equipment
+            .iter()
+            .map(|e| zgsz_contract::EquipmentFigures {
+                process: &e.process,
+                kind: super::parse_kind(&e.kind),
+                networked: e.networked,
+                verified_nc: e.verified_nc,
+                running_nc: e.time_ms.running_nc,
+                running: e.time_ms.running(),
+                samples_good: e.completeness.numerator,
+                samples_expected: e.completeness.denominator,
+            })
+            .collect::<Vec<_>>(),
+        zgsz_contract::Span::Window,
+    );
+    let parts = |r: &Ratio| (r.numerator, r.denominator);
     let want: [(&str, (u64, u64)); 7] = [
-        ("cnc_rate_declared", declared),
-        ("cnc_rate_verified", verified),
-        (
-            "nc_time_share",
-            (
-                n(&all, &|e| e.time_ms.running_nc),
-                n(&all, &|e| e.time_ms.running()),
-            ),
-        ),
-        (
-            "nc_time_share_key",
-            (
-                n(&key_eq, &|e| e.time_ms.running_nc),
-                n(&key_eq, &|e| e.time_ms.running()),
-            ),
-        ),
-        (
-            "networking_rate",
-            (n(&all, &|e| u64::from(e.networked)), all.len() as u64),
-        ),
-        (
-            "networking_rate_key",
-            (n(&key_eq, &|e| u64::from(e.networked)), key_eq.len() as u64),
-        ),
-        (
-            "completeness",
-            (
-                n(&all, &|e| e.completeness.numerator),
-                n(&all, &|e| e.completeness.denominator),
-            ),
-        ),
+        ("cnc_rate_declared", parts(&h.cnc_rate_declared)),
+        ("cnc_rate_verified", parts(&h.cnc_rate_verified)),
+        ("nc_time_share", parts(&h.nc_time_share)),
+        ("nc_time_share_key", parts(&h.nc_time_share_key)),
+        ("networking_rate", parts(&h.networking_rate)),
+        ("networking_rate_key", parts(&h.networking_rate_key)),
+        ("completeness", parts(&h.completeness)),
     ];
     for (name, (wn, wd)) in want {
         match v.indicators.get(name) {

@@ -1,0 +1,279 @@
+//! The receiver's TOML config. Every key is checked by `check`, which runs
+//! exactly what `run` runs before it connects; an error names the file, the
+//! key and the fix.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: Database,
+    pub mqtt: Mqtt,
+    #[serde(default)]
+    pub verify: Verify,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// The SQLite file; relative paths are relative to the config file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    pub host: String,
+    /// Default 1883.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Must be stable across restarts: the broker keeps this instance's
+    /// persistent session (and its queued share) under it.
+    pub client_id: String,
+    /// The shared-subscription group; every instance of one receiver uses
+    /// the same group, so the broker splits the messages between them.
+    #[serde(default = "default_group")]
+    pub share_group: String,
+    /// The gateways' `topic_prefix`. Default `zgsz`.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Default 30 s.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A window whose declared CNC rate exceeds the verified one by more
+    /// than this (0..1) is flagged. Default 0.2.
+    #[serde(default = "default_gap")]
+    pub max_declared_verified_gap: f64,
+}
+
+impl Default for Verify {
+    fn default() -> Verify {
+        Verify {
+            max_declared_verified_gap: default_gap(),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_group() -> String {
+    "zgsz-platform".into()
+}
+fn default_prefix() -> String {
+    "zgsz".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_gap() -> f64 {
+    0.2
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read it: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {problem}")]
+    Invalid {
+        file: String,
+        /// The key path, e.g. `mqtt.share_group`.
+        key: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: name.clone(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&name, &text)?;
+        if cfg.database.path.is_relative() {
+            if let Some(dir) = file.parent() {
+                cfg.database.path = dir.join(&cfg.database.path);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+            file: file.into(),
+            key: "(syntax)".into(),
+            problem: format!("{}; fix the TOML syntax", e.message()),
+        })?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                file: file.into(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                problem: format!(
+                    "{}; see docs/platform.md for the keys and their types",
+                    e.inner().message()
+                ),
+            }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                key: key.into(),
+                problem,
+            })
+        };
+        let m = &self.mqtt;
+        if m.host.trim().is_empty() {
+            return bad(
+                "mqtt.host",
+                "is empty; set the broker's host name or address".into(),
+            );
+        }
+        if m.port == 0 {
+            return bad("mqtt.port", "is 0; set the broker's port, e.g. 1883".into());
+        }
+        if m.client_id.is_empty() || m.client_id.len() > 64 {
+            return bad(
+                "mqtt.client_id",
+                "must be 1 to 64 characters, unique per instance and stable across restarts, e.g. \"zgsz-platform-1\"".into(),
+            );
+        }
+        if m.share_group.is_empty() || m.share_group.contains(['/', '+', '#']) {
+            return bad(
+                "mqtt.share_group",
+                format!(
+                    "{:?} must be non-empty without '/', '+' or '#'; use e.g. \"zgsz-platform\"",
+                    m.share_group
+                ),
+            );
+        }
+        let p = &m.topic_prefix;
+        if p.is_empty() || p.contains(['+', '#']) || p.starts_with('/') || p.ends_with('/') {
+            return bad(
+                "mqtt.topic_prefix",
+                format!(
+                    "{p:?} must be the gateways' topic_prefix: non-empty, no '+'/'#', no leading or trailing '/'"
+                ),
+            );
+        }
+        if m.username.is_some() != m.password.is_some() {
+            return bad(
+                "mqtt.password",
+                "username and password go together; set both or neither".into(),
+            );
+        }
+        if m.keepalive_s < 5 || m.keepalive_s > 3600 {
+            return bad("mqtt.keepalive_s", "must be 5 to 3600 seconds".into());
+        }
+        let g = self.verify.max_declared_verified_gap;
+        if !(0.0..=1.0).contains(&g) {
+            return bad(
+                "verify.max_declared_verified_gap",
+                format!("{g} is not a fraction; use a value from 0 to 1, e.g. 0.2"),
+            );
+        }
+        if self.database.path.as_os_str().is_empty() {
+            return bad("database.path", "is empty; name the SQLite file".into());
+        }
+        Ok(())
+    }
+
+    /// The shared-subscription filters of the three streams.
+    pub fn filters(&self) -> Vec<String> {
+        ["metrics", "states", "status"]
+            .iter()
+            .map(|s| {
+                format!(
+                    "$share/{}/{}/+/+/+/{s}",
+                    self.mqtt.share_group, self.mqtt.topic_prefix
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[database]
+path = "platform.db"
+[mqtt]
+host = "127.0.0.1"
+client_id = "zgsz-platform-1"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse("p.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_filters() {
+        let c = Config::parse("p.toml", GOOD).unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(
+            c.filters()[0],
+            "$share/zgsz-platform/zgsz/+/+/+/metrics".to_string()
+        );
+        assert_eq!(c.verify.max_declared_verified_gap, 0.2);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_fix() {
+        let e = err(&format!("{GOOD}colour = 1\n"));
+        assert!(
+            e.starts_with("p.toml: mqtt.colour: unknown field `colour`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "client_id = \"zgsz-platform-1\"",
+            "client_id = \"x\"\nshare_group = \"a/b\"",
+        ));
+        assert!(
+            e.starts_with("p.toml: mqtt.share_group: \"a/b\" must be"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nport = \"x\""));
+        assert!(e.starts_with("p.toml: mqtt.port: invalid type"), "{e}");
+        let e = err(&format!(
+            "{GOOD}[verify]\nmax_declared_verified_gap = 2.0\n"
+        ));
+        assert!(
+            e.contains("verify.max_declared_verified_gap: 2 is not a fraction"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}username = \"u\"\n"));
+        assert!(
+            e.contains("mqtt.password: username and password go together"),
+            "{e}"
+        );
+    }
+}

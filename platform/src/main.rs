@@ -1,0 +1,147 @@
+//! zgsz-platform: thin CLI; the work is in the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use zgsz_platform::config::Config;
+use zgsz_platform::store::{Gateway, Store};
+
+#[derive(Parser)]
+#[command(version, about = "The city platform's receiver for zgsz gateways")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Subscribe and ingest until SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate the config (everything `run` checks before it connects).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Register a gateway.
+    Enrol {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        gateway_id: String,
+        /// 统一社会信用代码 (enterprise.uscc).
+        #[arg(long)]
+        uscc: String,
+        /// GB/T 2260 region code (enterprise.region_code).
+        #[arg(long)]
+        region_code: String,
+        /// The `public key` line of `zgsz-agent identity` (64 hex).
+        #[arg(long)]
+        public_key: String,
+    },
+    /// List the seq ranges never received, per gateway and instance.
+    Gaps {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List the sealed windows with their verdicts.
+    Windows {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            println!(
+                "{}: OK (database {}, subscribing to {})",
+                config.display(),
+                cfg.database.path.display(),
+                cfg.filters().join(", ")
+            );
+        }
+        Command::Enrol {
+            config,
+            gateway_id,
+            uscc,
+            region_code,
+            public_key,
+        } => {
+            let mut store = open(&config)?;
+            store.enrol(&Gateway {
+                gateway_id: gateway_id.clone(),
+                uscc,
+                region_code,
+                public_key: public_key.trim().to_ascii_lowercase(),
+            })?;
+            println!("enrolled {gateway_id}");
+        }
+        Command::Gaps { config } => {
+            let store = open(&config)?;
+            let gaps = store.gaps()?;
+            if gaps.is_empty() {
+                println!("no gaps");
+            }
+            for g in gaps {
+                println!("{} {} seq {}..={}", g.gateway_id, g.instance, g.from, g.to);
+            }
+        }
+        Command::Windows { config } => {
+            let store = open(&config)?;
+            for w in store.windows()? {
+                println!(
+                    "{} {} #{} {} {} {} {} {}",
+                    w.gateway_id,
+                    w.instance,
+                    w.index,
+                    w.kind,
+                    w.start_ts,
+                    w.verdict,
+                    w.flags,
+                    w.reason
+                );
+            }
+        }
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let store = Store::open(&cfg.database.path)
+                .with_context(|| format!("opening {}", cfg.database.path.display()))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(zgsz_platform::ingest::run(cfg, store, shutdown()))?;
+        }
+    }
+    Ok(())
+}
+
+fn open(config: &std::path::Path) -> anyhow::Result<Store> {
+    let cfg = Config::load(config)?;
+    Store::open(&cfg.database.path)
+        .with_context(|| format!("opening {}", cfg.database.path.display()))
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
