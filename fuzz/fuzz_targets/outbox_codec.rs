@@ -1,12 +1,15 @@
 //! The outbox's telemetry records: whatever readings (odd device text,
 //! extreme numbers, any size limit), every row becomes valid JSON once
 //! wrapped in braces, holds every reading, and respects the size limit
-//! unless a single reading alone exceeds it. Arbitrary bytes given as a
-//! stored record are an error, never a panic.
+//! unless a single reading alone exceeds it, with the names in the row or
+//! in the outbox's dictionary, keyed by name or by index. Arbitrary bytes
+//! given as a stored record are an error, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use zgsz_agent::buffer::cycle::{decode, write_json, Selection};
-use zgsz_agent::buffer::encode_readings;
+use std::sync::Arc;
+
+use zgsz_agent::buffer::cycle::{decode, encode_shared, write_json, Dictionary, Selection, TagKeys};
+use zgsz_agent::buffer::{encode_readings, Batch, Publish};
 use zgsz_agent::reading::{BadReason, Quality, Reading, Value};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,8 +17,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Any bytes as a stored record (a damaged database file).
-    let _ = decode(data);
-    let _ = write_json(data, &Selection::default(), &mut Vec::new());
+    let names: Vec<Arc<str>> = vec!["d".into(), "t".into()];
+    let _ = decode(data, &names);
+    let _ = write_json(data, &names, &Selection::default(), &mut Vec::new());
 
     let max = 64 + usize::from(data[0]) * 8;
     let mut readings = Vec::new();
@@ -35,17 +39,23 @@ fuzz_target!(|data: &[u8]| {
         };
         readings.push(Reading { device: text.as_str().into(), tag: "t".into(), value, quality, ts: n });
     }
-    let rows = encode_readings(&readings, max);
-    let mut seen = 0;
-    for row in rows {
-        let mut json = b"{".to_vec();
-        let n = write_json(&row.body, &Selection::default(), &mut json).expect("a record just written reads back");
-        json.push(b'}');
-        let v: serde_json::Value = serde_json::from_slice(&json).expect("row is valid JSON");
-        assert_eq!(n, row.count as usize);
-        assert!(json.len() <= max + 2 || row.count == 1, "row over the limit with {} readings", row.count);
-        assert!(v["cycles"].as_array().is_some_and(|c| !c.is_empty()));
-        seen += n;
+    let mut dict = Dictionary::default();
+    let batch = Batch { readings: readings.clone(), publish: Publish::All, ..Default::default() };
+    let shared = encode_shared(std::slice::from_ref(&batch), max, |_| 1, &mut dict);
+    let names = dict.names();
+    for (rows, keys) in [(encode_readings(&readings, max), TagKeys::Name), (shared, TagKeys::Index)] {
+        let sel = Selection { keys, ..Default::default() };
+        let mut seen = 0;
+        for row in rows {
+            let mut json = b"{".to_vec();
+            let n = write_json(&row.body, &names, &sel, &mut json).expect("a record just written reads back");
+            json.push(b'}');
+            let v: serde_json::Value = serde_json::from_slice(&json).expect("row is valid JSON");
+            assert_eq!(n, row.count as usize);
+            assert!(json.len() <= max + 2 || row.count == 1, "row over the limit with {} readings", row.count);
+            assert!(v["cycles"].as_array().is_some_and(|c| !c.is_empty()));
+            seen += n;
+        }
+        assert_eq!(seen, readings.len());
     }
-    assert_eq!(seen, readings.len());
 });
