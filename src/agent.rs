@@ -251,7 +251,7 @@ impl RunningAgent {
     pub fn device_ids(&self) -> Vec<String> {
         self.devices
             .iter()
-            .flat_map(|t| t.lane.devices.iter().map(|d| d.id.to_string()))
+            .flat_map(|t| t.lane.devices().map(|d| d.id.to_string()))
             .collect()
     }
 
@@ -266,16 +266,11 @@ impl RunningAgent {
         let Some(cycles) = self.cycles.clone() else {
             return changes;
         };
-        let ids = |lane: &Lane| {
-            lane.devices
-                .iter()
-                .map(|d| d.id.to_string())
-                .collect::<Vec<_>>()
-        };
+        let ids = |lane: &Lane| lane.devices().map(|d| d.id.to_string()).collect::<Vec<_>>();
         let mut old: Vec<LaneTask> = std::mem::take(&mut self.devices);
         let mut next = Vec::new();
         for lane in source::lanes(&new.devices) {
-            match old.iter().position(|t| t.lane.key == lane.key) {
+            match old.iter().position(|t| t.lane.key() == lane.key()) {
                 Some(i) if old[i].lane == lane => {
                     changes.unchanged.extend(ids(&lane));
                     next.push(old.swap_remove(i));

@@ -170,7 +170,7 @@ pub async fn run(
         let ids: Vec<String> = cfg
             .devices
             .iter()
-            .filter(|d| d.opcua.is_some())
+            .filter(|d| d.opcua().is_some())
             .map(|d| d.id.to_string())
             .collect();
         for id in ids {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, DeviceProtocol};
 use crate::source::modbus::{AnyLink, Poller};
 
 mod browse;
@@ -222,7 +222,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check { config } => Ok(match load_config(&config) {
             Ok(c) => {
-                let tags: usize = c.devices.iter().map(|d| d.tags.len()).sum();
+                let tags: usize = c
+                    .devices
+                    .iter()
+                    .map(|d| d.modbus().map_or(0, |m| m.tags.len()))
+                    .sum();
                 println!(
                     "{}: OK ({} device(s), {} tag(s))",
                     config.display(),
@@ -468,12 +472,13 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    if dev.opcua.is_some() {
-        return read_opcua(dev).await;
-    }
-    if dev.s7.is_some() {
-        return commission::read_s7(dev).await;
-    }
+    let modbus = match &dev.protocol {
+        DeviceProtocol::OpcUa(_) => return read_opcua(dev).await,
+        DeviceProtocol::S7(_) => return commission::read_s7(dev).await,
+        DeviceProtocol::ModbusTcp(m)
+        | DeviceProtocol::RtuOverTcp(m)
+        | DeviceProtocol::Rtu { modbus: m, .. } => m,
+    };
     // The same poll cycle `run` does, over the link the protocol calls for.
     let mut link = AnyLink::for_device(dev);
     let mut d = Poller::new(dev.clone(), Arc::new(SystemClock));
@@ -483,14 +488,14 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         dev.id,
         dev.protocol.name(),
         dev.address,
-        dev.unit_id,
+        modbus.unit_id,
         d.last_requests()
     );
     println!(
         "{:<24} {:<18} {:>14} {:<8} quality",
         "tag", "address", "value", "unit"
     );
-    for (r, t) in readings.iter().zip(dev.tags.iter()) {
+    for (r, t) in readings.iter().zip(modbus.tags.iter()) {
         let value = r
             .value
             .as_ref()

@@ -7,7 +7,7 @@
 //! an engineer fixes a file in one pass instead of one error per run. `check`
 //! and `run` share this code, so `check` passing means `run` will start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,9 +17,10 @@ use serde::Deserialize;
 
 use crate::identity::{self, UsccCheck};
 
-pub mod opcua;
+/// The OPC UA keys live with the OPC UA source; this path is kept for callers.
+pub use crate::source::opcua::config as opcua;
 pub mod sink;
-use crate::source::modbus::decode::{DataType, WordOrder};
+use crate::source::modbus::decode::WordOrder;
 use crate::source::modbus::plan::Area;
 pub use sink::{Carries, MqttConfig, SinkConfig, TopicLayout};
 
@@ -143,60 +144,64 @@ struct RawEnterprise {
     declared: Declared,
 }
 
+/// A `[[devices]]` table as written: every protocol's keys in one flat
+/// table, so that a key of another protocol is reported by name with the
+/// fix ("only applies to protocol = ...") rather than as an unknown field.
+/// Each protocol's keys are validated by `source::<protocol>::config`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDevice {
-    id: String,
+pub(crate) struct RawDevice {
+    pub(crate) id: String,
     #[serde(default)]
-    protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// host:port; for modbus-tcp and modbus-rtu-over-tcp only.
-    address: Option<String>,
+    pub(crate) address: Option<String>,
     #[serde(default = "default_unit_id")]
-    unit_id: u16,
+    pub(crate) unit_id: u16,
     /// Serial port (ideally /dev/serial/by-id/...); modbus-rtu only, as are
     /// the line settings below (defaults 9600, "N", 8, 1).
-    port: Option<String>,
-    baud: Option<u32>,
-    parity: Option<Parity>,
-    data_bits: Option<u8>,
-    stop_bits: Option<u8>,
+    pub(crate) port: Option<String>,
+    pub(crate) baud: Option<u32>,
+    pub(crate) parity: Option<Parity>,
+    pub(crate) data_bits: Option<u8>,
+    pub(crate) stop_bits: Option<u8>,
     #[serde(default = "default_poll_interval")]
-    poll_interval: String,
+    pub(crate) poll_interval: String,
     #[serde(default = "default_timeout")]
-    timeout: String,
+    pub(crate) timeout: String,
     #[serde(default = "default_retries")]
-    retries: u32,
+    pub(crate) retries: u32,
     #[serde(default = "default_max_gap")]
-    max_gap: u16,
+    pub(crate) max_gap: u16,
     #[serde(default = "default_true")]
-    coalesce: bool,
+    pub(crate) coalesce: bool,
     #[serde(default)]
-    tags: Vec<RawTag>,
+    pub(crate) tags: Vec<RawTag>,
     // OPC UA only (see config/opcua.rs).
-    endpoint: Option<String>,
-    security_policy: Option<opcua::SecurityPolicy>,
-    security_mode: Option<opcua::SecurityMode>,
-    identity: Option<opcua::IdentityKind>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    user_certificate: Option<PathBuf>,
-    user_private_key: Option<PathBuf>,
-    trust_unknown_server_certs: Option<bool>,
-    root: Option<String>,
-    profile: Option<String>,
-    channels: Option<Vec<String>>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) security_policy: Option<opcua::SecurityPolicy>,
+    pub(crate) security_mode: Option<opcua::SecurityMode>,
+    pub(crate) identity: Option<opcua::IdentityKind>,
+    pub(crate) username: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) user_certificate: Option<PathBuf>,
+    pub(crate) user_private_key: Option<PathBuf>,
+    pub(crate) trust_unknown_server_certs: Option<bool>,
+    pub(crate) root: Option<String>,
+    pub(crate) profile: Option<String>,
+    pub(crate) channels: Option<Vec<String>>,
     // S7 only (see source/s7/config.rs).
-    rack: Option<u8>,
-    slot: Option<u8>,
-    local_tsap: Option<String>,
-    remote_tsap: Option<String>,
-    pdu_size: Option<u16>,
+    pub(crate) rack: Option<u8>,
+    pub(crate) slot: Option<u8>,
+    pub(crate) local_tsap: Option<String>,
+    pub(crate) remote_tsap: Option<String>,
+    pub(crate) pdu_size: Option<u16>,
 }
 
 /// A tag address: a number (Modbus, 0-based) or text (S7, `"DB10.DBW2"`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawAddress {
+pub(crate) enum RawAddress {
     Number(u32),
     Text(String),
 }
@@ -205,25 +210,25 @@ enum RawAddress {
 /// mode, ...); which apply depends on the device's protocol.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTag {
-    name: String,
-    area: Option<Area>,
-    address: Option<RawAddress>,
+pub(crate) struct RawTag {
+    pub(crate) name: String,
+    pub(crate) area: Option<Area>,
+    pub(crate) address: Option<RawAddress>,
     #[serde(rename = "type")]
-    ty: Option<String>,
-    order: Option<WordOrder>,
-    bit: Option<u8>,
-    scale: Option<f64>,
-    offset: Option<f64>,
-    unit: Option<String>,
-    node: Option<String>,
-    path: Option<String>,
-    mode: Option<opcua::TagMode>,
-    sampling_interval: Option<String>,
-    publishing_interval: Option<String>,
-    queue_size: Option<u32>,
-    deadband_absolute: Option<f64>,
-    deadband_percent: Option<f64>,
+    pub(crate) ty: Option<String>,
+    pub(crate) order: Option<WordOrder>,
+    pub(crate) bit: Option<u8>,
+    pub(crate) scale: Option<f64>,
+    pub(crate) offset: Option<f64>,
+    pub(crate) unit: Option<String>,
+    pub(crate) node: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) mode: Option<opcua::TagMode>,
+    pub(crate) sampling_interval: Option<String>,
+    pub(crate) publishing_interval: Option<String>,
+    pub(crate) queue_size: Option<u32>,
+    pub(crate) deadband_absolute: Option<f64>,
+    pub(crate) deadband_percent: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,66 +388,7 @@ impl Protocol {
     }
 }
 
-/// Serial parity, written as in "9600 8N1".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-pub enum Parity {
-    #[default]
-    N,
-    E,
-    O,
-}
-
-/// The line settings of a serial port; every unit on one port shares them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SerialConfig {
-    pub baud: u32,
-    pub parity: Parity,
-    pub data_bits: u8,
-    pub stop_bits: u8,
-}
-
-impl Default for SerialConfig {
-    fn default() -> Self {
-        SerialConfig {
-            baud: 9600,
-            parity: Parity::N,
-            data_bits: 8,
-            stop_bits: 1,
-        }
-    }
-}
-
-impl SerialConfig {
-    /// Bits on the wire per character: start, data, parity, stop.
-    pub fn bits_per_char(&self) -> u32 {
-        1 + u32::from(self.data_bits)
-            + u32::from(self.parity != Parity::N)
-            + u32::from(self.stop_bits)
-    }
-
-    /// Time one character takes on the wire.
-    pub fn char_time(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.bits_per_char()) / f64::from(self.baud.max(1)))
-    }
-
-    /// The silence that ends an RTU frame: 3.5 character times, fixed at
-    /// 1.75 ms above 19200 baud (Modbus over serial line, 2.5.1.1).
-    pub fn inter_frame_gap(&self) -> Duration {
-        if self.baud > 19200 {
-            Duration::from_micros(1750)
-        } else {
-            self.char_time().mul_f64(3.5)
-        }
-    }
-
-    /// "9600 8N1".
-    pub fn describe(&self) -> String {
-        format!(
-            "{} {}{:?}{}",
-            self.baud, self.data_bits, self.parity, self.stop_bits
-        )
-    }
-}
+pub use crate::source::modbus::config::{ModbusConfig, Parity, SerialConfig, TagConfig};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -494,50 +440,58 @@ pub struct Enterprise {
     pub declared: Declared,
 }
 
+/// A device: what every protocol shares, and its protocol's own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     pub id: Arc<str>,
-    pub protocol: Protocol,
     /// Where the device is: `host:port` as written (resolved at every
-    /// connect so DNS changes apply), or the serial port for modbus-rtu.
+    /// connect so DNS changes apply), the serial port for modbus-rtu, or the
+    /// endpoint URL for opcua.
     pub address: String,
-    /// Line settings; `Some` exactly for modbus-rtu.
-    pub serial: Option<SerialConfig>,
-    pub unit_id: u8,
     pub poll_interval: Duration,
     pub timeout: Duration,
     pub retries: u32,
-    pub max_gap: u16,
-    pub coalesce: bool,
-    /// Modbus tags; empty for OPC UA, whose tags are in `opcua`.
-    pub tags: Vec<TagConfig>,
-    /// `Some` exactly for protocol = "opcua".
-    pub opcua: Option<Arc<opcua::OpcUaDevice>>,
-    /// `Some` exactly for protocol = "s7".
-    pub s7: Option<Arc<crate::source::s7::config::S7Device>>,
+    /// The protocol and the settings only it has, validated by
+    /// `source::<protocol>::config`.
+    pub protocol: DeviceProtocol,
 }
 
+/// One variant per protocol, each holding what only that protocol has, so
+/// that code dispatching on the protocol gets its settings with it and
+/// cannot meet a device that lacks them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TagConfig {
-    pub name: Arc<str>,
-    pub area: Area,
-    pub address: u16,
-    pub ty: DataType,
-    pub order: WordOrder,
-    pub bit: Option<u8>,
-    pub scale: f64,
-    pub offset: f64,
-    pub unit: Option<String>,
+pub enum DeviceProtocol {
+    /// Modbus TCP (MBAP framing), one connection per device.
+    ModbusTcp(ModbusConfig),
+    /// Modbus RTU on one of the gateway's own serial ports; `address` is
+    /// the port.
+    Rtu {
+        serial: SerialConfig,
+        modbus: ModbusConfig,
+    },
+    /// Raw RTU frames over TCP, through a serial device server.
+    RtuOverTcp(ModbusConfig),
+    /// OPC UA; `address` is the endpoint URL.
+    OpcUa(Arc<opcua::OpcUaDevice>),
+    /// Siemens S7comm over ISO-on-TCP.
+    S7(Arc<crate::source::s7::config::S7Device>),
 }
 
-impl TagConfig {
-    /// Registers (or bits) this tag occupies.
-    pub fn span(&self) -> u16 {
-        if self.area.is_bits() {
-            1
-        } else {
-            self.ty.registers()
+impl DeviceProtocol {
+    /// The protocol as the config file names it.
+    pub fn kind(&self) -> Protocol {
+        match self {
+            DeviceProtocol::ModbusTcp(_) => Protocol::ModbusTcp,
+            DeviceProtocol::Rtu { .. } => Protocol::ModbusRtu,
+            DeviceProtocol::RtuOverTcp(_) => Protocol::ModbusRtuOverTcp,
+            DeviceProtocol::OpcUa(_) => Protocol::Opcua,
+            DeviceProtocol::S7(_) => Protocol::S7,
         }
+    }
+
+    /// `protocol = "..."` as written in the config.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 }
 
@@ -877,11 +831,9 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Optio
                 format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", d.id),
             );
         }
-        if let Some(dev) = validate_device(d, &key, base, &agent, p) {
-            devices.push(Arc::new(dev));
-        }
+        devices.push(Arc::new(validate_device(d, &key, base, &agent, p)));
     }
-    check_buses(&devices, p);
+    crate::source::modbus::config::check_buses(&devices, p);
     if devices.is_empty() && !p.has_errors() {
         p.warn(
             "devices",
@@ -1114,7 +1066,7 @@ fn validate_plant(
         let profile = r
             .profile
             .clone()
-            .or_else(|| dev.opcua.as_ref().and_then(|u| u.profile.clone()));
+            .or_else(|| dev.opcua().and_then(|u| u.profile.clone()));
         if let Some(profile) = &profile {
             match profile_rules(profile, &tag_names) {
                 Ok((nc, run)) => {
@@ -1207,124 +1159,73 @@ fn default_port(protocol: Protocol) -> u16 {
     }
 }
 
-/// Where a device is and how its line is set: `address` for the TCP
-/// protocols, `port` and the serial settings for modbus-rtu, never a mix.
-fn validate_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> (String, Option<SerialConfig>) {
+/// Where a TCP device is: `address`, never a serial port or line settings
+/// (modbus-rtu's `port` and line are validated in `source::modbus::config`).
+fn tcp_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> String {
     let serial_keys = [
         ("baud", d.baud.is_some()),
         ("parity", d.parity.is_some()),
         ("data_bits", d.data_bits.is_some()),
         ("stop_bits", d.stop_bits.is_some()),
     ];
-    if d.protocol != Protocol::ModbusRtu {
-        let proto = d.protocol.name();
-        if d.port.is_some() {
-            p.error(
-                format!("{key}.port"),
-                format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}); set protocol = \"modbus-rtu\" for a serial port, or remove port and use address = \"host:port\""),
-            );
-        }
-        for (k, set) in serial_keys {
-            if set {
-                let why = if d.protocol == Protocol::ModbusRtuOverTcp {
-                    "the device server sets up its own serial line, so configure the line there"
-                } else if d.protocol == Protocol::S7 {
-                    "S7 talks over TCP and has no serial line"
-                } else {
-                    "Modbus TCP has no serial line"
-                };
-                p.error(
-                    format!("{key}.{k}"),
-                    format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}): {why}; remove it"),
-                );
-            }
-        }
-        let address = match &d.address {
-            Some(a) => {
-                match a.rsplit_once(':') {
-                    Some((host, port))
-                        if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-                    _ => p.error(
-                        format!("{key}.address"),
-                        format!(
-                            "{a:?} must be host:port, e.g. \"127.0.0.1:{}\"",
-                            default_port(d.protocol)
-                        ),
-                    ),
-                }
-                a.clone()
-            }
-            None => {
-                p.error(
-                    format!("{key}.address"),
-                    format!("is missing; a {proto} device needs address = \"host:port\", e.g. \"127.0.0.1:{}\"", default_port(d.protocol)),
-                );
-                String::new()
-            }
-        };
-        return (address, None);
-    }
-    if let Some(a) = &d.address {
+    let proto = d.protocol.name();
+    if d.port.is_some() {
         p.error(
-            format!("{key}.address"),
-            format!("{a:?}: address is for the TCP protocols; a modbus-rtu device names its serial port with port = \"/dev/serial/by-id/...\" (or set protocol = \"modbus-rtu-over-tcp\" for a serial device server)"),
+            format!("{key}.port"),
+            format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}); set protocol = \"modbus-rtu\" for a serial port, or remove port and use address = \"host:port\""),
         );
     }
-    let port = match &d.port {
-        Some(port) if !port.trim().is_empty() => port.clone(),
-        _ => {
+    for (k, set) in serial_keys {
+        if set {
+            let why = if d.protocol == Protocol::ModbusRtuOverTcp {
+                "the device server sets up its own serial line, so configure the line there"
+            } else if d.protocol == Protocol::S7 {
+                "S7 talks over TCP and has no serial line"
+            } else {
+                "Modbus TCP has no serial line"
+            };
             p.error(
-                format!("{key}.port"),
-                "is missing; a modbus-rtu device needs its serial port, e.g. port = \"/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0\" (a stable name) or \"/dev/ttyUSB0\"",
+                format!("{key}.{k}"),
+                format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}): {why}; remove it"),
+            );
+        }
+    }
+    let address = match &d.address {
+        Some(a) => {
+            match a.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => p.error(
+                    format!("{key}.address"),
+                    format!(
+                        "{a:?} must be host:port, e.g. \"127.0.0.1:{}\"",
+                        default_port(d.protocol)
+                    ),
+                ),
+            }
+            a.clone()
+        }
+        None => {
+            p.error(
+                format!("{key}.address"),
+                format!("is missing; a {proto} device needs address = \"host:port\", e.g. \"127.0.0.1:{}\"", default_port(d.protocol)),
             );
             String::new()
         }
     };
-    let mut serial = SerialConfig::default();
-    if let Some(baud) = d.baud {
-        if (300..=4_000_000).contains(&baud) {
-            serial.baud = baud;
-        } else {
-            p.error(
-                format!("{key}.baud"),
-                format!("{baud} is not a serial line speed; use the device's setting, e.g. 9600, 19200 or 115200"),
-            );
-        }
-    }
-    if let Some(parity) = d.parity {
-        serial.parity = parity;
-    }
-    match d.data_bits {
-        None | Some(8) => {}
-        Some(7) => p.error(
-            format!("{key}.data_bits"),
-            "7 data bits is Modbus ASCII, which the agent does not speak; Modbus RTU always uses 8 (remove the key)",
-        ),
-        Some(other) => p.error(
-            format!("{key}.data_bits"),
-            format!("{other} is not valid for Modbus RTU, which always uses 8 data bits; remove the key"),
-        ),
-    }
-    match d.stop_bits {
-        None => {}
-        Some(n @ (1 | 2)) => serial.stop_bits = n,
-        Some(other) => p.error(
-            format!("{key}.stop_bits"),
-            format!(
-                "{other} is not a number of stop bits; use 1 or 2 (2 is usual with parity = \"N\")"
-            ),
-        ),
-    }
-    (port, Some(serial))
+    address
 }
 
+/// The keys every device has, then its protocol's own keys, validated by
+/// the protocol's module (`source::<protocol>::config`).
 fn validate_device(
     mut d: RawDevice,
     key: &str,
     base: &Path,
     agent: &AgentConfig,
     p: &mut Problems,
-) -> Option<DeviceConfig> {
+) -> DeviceConfig {
+    use crate::source::{modbus, s7};
     let poll_interval = duration(
         p,
         &format!("{key}.poll_interval"),
@@ -1337,366 +1238,104 @@ fn validate_device(
         &d.timeout,
         Duration::from_millis(10),
     );
-    if d.protocol == Protocol::Opcua {
-        let ua = opcua::validate(
-            &mut d,
-            key,
-            base,
-            (&agent.state_dir, &agent.gateway_id),
-            poll_interval,
-            p,
-        );
-        return Some(DeviceConfig {
-            id: d.id.as_str().into(),
-            protocol: d.protocol,
-            address: ua.endpoint.clone(),
-            serial: None,
-            unit_id: 0,
-            poll_interval,
-            timeout,
-            retries: d.retries,
-            max_gap: 0,
-            coalesce: false,
-            tags: Vec::new(),
-            opcua: Some(Arc::new(ua)),
-            s7: None,
-        });
-    }
-    opcua::reject_on_modbus(&d, key, p);
-    let (address, serial) = validate_endpoint(&d, key, p);
-    if d.protocol == Protocol::S7 {
-        let s7 = validate_s7(d, key, p);
-        return Some(DeviceConfig {
-            id: s7.0.into(),
-            protocol: Protocol::S7,
-            address,
-            serial: None,
-            unit_id: 0,
-            poll_interval,
-            timeout,
-            retries: s7.2,
-            max_gap: 0,
-            coalesce: false,
-            tags: Vec::new(),
-            opcua: None,
-            s7: Some(Arc::new(s7.1)),
-        });
-    }
-    reject_s7_keys(&d, key, p);
-    // 0 is broadcast (no answer ever comes); 248..=254 are reserved; 255 is
-    // the usual "don't care" id of Modbus TCP devices, and means nothing on
-    // a serial bus.
-    let unit_id = match d.unit_id {
-        1..=247 => d.unit_id as u8,
-        255 if d.protocol == Protocol::ModbusTcp => 255,
-        255 => {
-            p.error(format!("{key}.unit_id"), format!("255 is only for Modbus TCP devices that ignore the unit id; on a {} bus use the device's station number, 1..=247", d.protocol.name()));
-            1
+    let (address, protocol) = match d.protocol {
+        Protocol::Opcua => {
+            let ua = opcua::validate(
+                &mut d,
+                key,
+                base,
+                (&agent.state_dir, &agent.gateway_id),
+                poll_interval,
+                p,
+            );
+            (ua.endpoint.clone(), DeviceProtocol::OpcUa(Arc::new(ua)))
         }
-        other => {
-            p.error(format!("{key}.unit_id"), format!("{other} is not a unit id a device answers to; use 1..=247 (or 255 for TCP-only devices)"));
-            1
+        Protocol::S7 => {
+            opcua::reject_on_modbus(&d, key, p);
+            let address = tcp_endpoint(&d, key, p);
+            let s7 = s7::config::from_raw(&mut d, key, p);
+            (address, DeviceProtocol::S7(Arc::new(s7)))
+        }
+        Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
+            opcua::reject_on_modbus(&d, key, p);
+            let address = tcp_endpoint(&d, key, p);
+            s7::config::reject_keys(&d, key, p);
+            let m = modbus::config::validate(&mut d, key, p);
+            if d.protocol == Protocol::ModbusTcp {
+                (address, DeviceProtocol::ModbusTcp(m))
+            } else {
+                (address, DeviceProtocol::RtuOverTcp(m))
+            }
+        }
+        Protocol::ModbusRtu => {
+            opcua::reject_on_modbus(&d, key, p);
+            let (port, serial) = modbus::config::serial_endpoint(&d, key, p);
+            s7::config::reject_keys(&d, key, p);
+            let modbus = modbus::config::validate(&mut d, key, p);
+            (port, DeviceProtocol::Rtu { serial, modbus })
         }
     };
-    if d.max_gap > 125 {
-        p.error(
-            format!("{key}.max_gap"),
-            format!(
-                "{} exceeds one request (125 registers); use 0..=125",
-                d.max_gap
-            ),
-        );
-    }
-
-    let mut tags: Vec<TagConfig> = Vec::new();
-    let mut tag_keys: Vec<String> = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    for (ti, t) in d.tags.into_iter().enumerate() {
-        let tkey = format!("{key}.tags[{ti}]");
-        if !is_ident(&t.name) {
-            p.error(format!("{tkey}.name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
-        }
-        let first = *names.entry(t.name.clone()).or_insert(ti);
-        if first != ti {
-            p.error(
-                format!("{tkey}.name"),
-                format!("{:?} is already used by {key}.tags[{first}]", t.name),
-            );
-        }
-        let address = match t.address {
-            Some(RawAddress::Number(n)) => Some(n),
-            Some(RawAddress::Text(text)) => {
-                p.error(format!("{tkey}.address"), format!("{text:?}: a Modbus address is a number (0-based, e.g. 0 for register 40001); text addresses such as \"DB10.DBW2\" are for protocol = \"s7\""));
-                continue;
-            }
-            None => None,
-        };
-        let (Some(area), Some(address)) = (t.area, address) else {
-            let k = if t.area.is_none() { "area" } else { "address" };
-            p.error(
-                format!("{tkey}.{k}"),
-                "is missing; a Modbus tag needs area (holding_register, input_register, coil or discrete_input) and address (0-based)",
-            );
-            continue;
-        };
-        let (order, scale, offset) = (
-            t.order.unwrap_or_default(),
-            t.scale.unwrap_or(1.0),
-            t.offset.unwrap_or(0.0),
-        );
-        let ty_text = t.ty.clone().unwrap_or_else(|| {
-            if area.is_bits() || t.bit.is_some() {
-                "bool".into()
-            } else {
-                "u16".into()
-            }
-        });
-        let Some(ty) = DataType::parse(&ty_text) else {
-            p.error(format!("{tkey}.type"), format!("unknown type {ty_text:?}; use one of bool, u16, i16, u32, i32, u64, i64, f32, f64, string(N) with N in 1..=250"));
-            continue;
-        };
-        if area.is_bits() && ty != DataType::Bool {
-            p.error(
-                format!("{tkey}.type"),
-                format!("a {} holds single bits; use type = \"bool\"", area.name()),
-            );
-            continue;
-        }
-        if let Some(bit) = t.bit {
-            if area.is_bits() {
-                p.error(
-                    format!("{tkey}.bit"),
-                    "bit only applies to registers; remove it for a coil or discrete input",
-                );
-            } else if ty != DataType::Bool {
-                p.error(
-                    format!("{tkey}.bit"),
-                    "a bit of a register is a bool; set type = \"bool\" or remove bit",
-                );
-            } else if bit > 15 {
-                p.error(
-                    format!("{tkey}.bit"),
-                    format!("{bit} is not a bit of a 16-bit register; use 0 (LSB) ..= 15"),
-                );
-            }
-        }
-        if !scale.is_finite() || scale == 0.0 {
-            p.error(format!("{tkey}.scale"), "must be a finite, non-zero number");
-        }
-        if !offset.is_finite() {
-            p.error(format!("{tkey}.offset"), "must be a finite number");
-        }
-        let tag = TagConfig {
-            name: t.name.as_str().into(),
-            area,
-            address: address.min(65535) as u16,
-            ty,
-            order,
-            bit: t.bit,
-            scale,
-            offset,
-            unit: t.unit,
-        };
-        let end = u64::from(address) + u64::from(tag.span()) - 1;
-        if address > 65535 {
-            p.error(format!("{tkey}.address"), format!("{} is beyond the Modbus address space; addresses are 0-based, 0..=65535 (register 40001 is holding_register address 0)", address));
-            continue;
-        } else if end > 65535 {
-            p.error(
-                format!("{tkey}.address"),
-                format!(
-                    "a {} at {} ends at {end}, beyond 65535; move it or shorten it",
-                    ty.name(),
-                    address
-                ),
-            );
-            continue;
-        }
-        tags.push(tag);
-        tag_keys.push(tkey);
-    }
-    check_overlaps(&tags, &tag_keys, p);
-
-    Some(DeviceConfig {
+    DeviceConfig {
         id: d.id.as_str().into(),
-        protocol: d.protocol,
         address,
-        serial,
-        unit_id,
         poll_interval,
         timeout,
         retries: d.retries,
-        max_gap: d.max_gap,
-        coalesce: d.coalesce,
-        tags,
-        opcua: None,
-        s7: None,
-    })
-}
-
-/// Hands an S7 device's keys to `source::s7::config`; returns the device
-/// id, the validated device and its retries.
-fn validate_s7(
-    d: RawDevice,
-    key: &str,
-    p: &mut Problems,
-) -> (String, crate::source::s7::config::S7Device, u32) {
-    use crate::source::s7::config as s7;
-    let keys = s7::DeviceKeys {
-        rack: d.rack,
-        slot: d.slot,
-        local_tsap: d.local_tsap,
-        remote_tsap: d.remote_tsap,
-        pdu_size: d.pdu_size,
-        max_gap: d.max_gap,
-        coalesce: d.coalesce,
-    };
-    let tags = d
-        .tags
-        .into_iter()
-        .map(|t| s7::TagKeys {
-            foreign: [
-                ("area", t.area.is_some()),
-                ("order", t.order.is_some()),
-                ("bit", t.bit.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(k, set)| set.then_some(k))
-            .collect(),
-            name: t.name,
-            address: t.address.map(|a| match a {
-                RawAddress::Text(s) => Ok(s),
-                RawAddress::Number(n) => Err(n.to_string()),
-            }),
-            ty: t.ty,
-            scale: t.scale,
-            offset: t.offset,
-            unit: t.unit,
-        })
-        .collect();
-    let (dev, problems) = s7::validate(keys, tags, key);
-    for (k, m) in problems {
-        p.error(k, m);
-    }
-    for (ti, t) in dev.tags.iter().enumerate() {
-        if !is_ident(&t.name) {
-            p.error(format!("{key}.tags[{ti}].name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
-        }
-    }
-    (d.id, dev, d.retries)
-}
-
-/// S7 device keys on a Modbus device.
-fn reject_s7_keys(d: &RawDevice, key: &str, p: &mut Problems) {
-    for (k, set) in [
-        ("rack", d.rack.is_some()),
-        ("slot", d.slot.is_some()),
-        ("local_tsap", d.local_tsap.is_some()),
-        ("remote_tsap", d.remote_tsap.is_some()),
-        ("pdu_size", d.pdu_size.is_some()),
-    ] {
-        if set {
-            p.error(
-                format!("{key}.{k}"),
-                format!(
-                    "only applies to protocol = \"s7\" (this device is {}); remove it",
-                    d.protocol.name()
-                ),
-            );
-        }
-    }
-}
-
-/// Units on one bus (a serial port, or one RTU-over-TCP device server) are
-/// polled by one task over one line: they must agree on the line settings
-/// and each needs its own unit id. One TCP address speaks one framing.
-fn check_buses(devices: &[Arc<DeviceConfig>], p: &mut Problems) {
-    let mut first_at_address: HashMap<&str, usize> = HashMap::new();
-    let mut first_on_bus: HashMap<String, usize> = HashMap::new();
-    let mut unit_on_bus: HashMap<(String, u8), usize> = HashMap::new();
-    for (i, d) in devices.iter().enumerate() {
-        if d.address.is_empty() {
-            continue;
-        }
-        if d.protocol != Protocol::ModbusRtu {
-            let first = *first_at_address.entry(&d.address).or_insert(i);
-            let other = &devices[first];
-            if other.protocol != d.protocol {
-                p.error(
-                    format!("devices[{i}].protocol"),
-                    format!(
-                        "{:?} differs from devices[{first}] ({:?}) at the same address {}; one server speaks one framing, so give both the protocol the server speaks",
-                        d.protocol.name(), other.protocol.name(), d.address
-                    ),
-                );
-                continue;
-            }
-        }
-        let Some(bus) = d.bus_key() else {
-            continue;
-        };
-        let first = *first_on_bus.entry(bus.clone()).or_insert(i);
-        if let (Some(mine), Some(theirs)) = (d.serial, devices[first].serial) {
-            let diffs = [
-                (
-                    "baud",
-                    mine.baud != theirs.baud,
-                    mine.baud.to_string(),
-                    theirs.baud.to_string(),
-                ),
-                (
-                    "parity",
-                    mine.parity != theirs.parity,
-                    format!("{:?}", mine.parity),
-                    format!("{:?}", theirs.parity),
-                ),
-                (
-                    "data_bits",
-                    mine.data_bits != theirs.data_bits,
-                    mine.data_bits.to_string(),
-                    theirs.data_bits.to_string(),
-                ),
-                (
-                    "stop_bits",
-                    mine.stop_bits != theirs.stop_bits,
-                    mine.stop_bits.to_string(),
-                    theirs.stop_bits.to_string(),
-                ),
-            ];
-            for (k, differs, a, b) in diffs {
-                if differs {
-                    p.error(
-                        format!("devices[{i}].{k}"),
-                        format!(
-                            "{a} differs from devices[{first}] ({b}) on the same port {}; every unit on one RS-485 bus uses the same line settings, so make them equal (and set the devices to match)",
-                            d.address
-                        ),
-                    );
-                }
-            }
-        }
-        let prev = *unit_on_bus.entry((bus, d.unit_id)).or_insert(i);
-        if prev != i {
-            p.error(
-                format!("devices[{i}].unit_id"),
-                format!(
-                    "{} is already used by devices[{prev}] on the same bus {}; every unit on one bus needs its own station number",
-                    d.unit_id, d.address
-                ),
-            );
-        }
+        protocol,
     }
 }
 
 impl DeviceConfig {
+    /// The Modbus settings of a Modbus device (any framing).
+    pub fn modbus(&self) -> Option<&ModbusConfig> {
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(m) | DeviceProtocol::RtuOverTcp(m) => Some(m),
+            DeviceProtocol::Rtu { modbus, .. } => Some(modbus),
+            DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => None,
+        }
+    }
+
+    /// Mutable Modbus settings, for commands that override them from flags.
+    pub fn modbus_mut(&mut self) -> Option<&mut ModbusConfig> {
+        match &mut self.protocol {
+            DeviceProtocol::ModbusTcp(m) | DeviceProtocol::RtuOverTcp(m) => Some(m),
+            DeviceProtocol::Rtu { modbus, .. } => Some(modbus),
+            DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => None,
+        }
+    }
+
+    /// The line settings of a modbus-rtu device.
+    pub fn serial(&self) -> Option<SerialConfig> {
+        match &self.protocol {
+            DeviceProtocol::Rtu { serial, .. } => Some(*serial),
+            _ => None,
+        }
+    }
+
+    /// The OPC UA settings of an opcua device.
+    pub fn opcua(&self) -> Option<&Arc<opcua::OpcUaDevice>> {
+        match &self.protocol {
+            DeviceProtocol::OpcUa(ua) => Some(ua),
+            _ => None,
+        }
+    }
+
+    /// The S7 settings of an s7 device.
+    pub fn s7(&self) -> Option<&Arc<crate::source::s7::config::S7Device>> {
+        match &self.protocol {
+            DeviceProtocol::S7(s7) => Some(s7),
+            _ => None,
+        }
+    }
+
     /// Every tag name, whatever the protocol, in config order.
     pub fn tag_names(&self) -> Vec<&str> {
-        if let Some(s7) = &self.s7 {
-            return s7.tags.iter().map(|t| &*t.name).collect();
-        }
-        match &self.opcua {
-            Some(ua) => ua.tags.iter().map(|t| &*t.name).collect(),
-            None => self.tags.iter().map(|t| &*t.name).collect(),
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(m)
+            | DeviceProtocol::RtuOverTcp(m)
+            | DeviceProtocol::Rtu { modbus: m, .. } => m.tags.iter().map(|t| &*t.name).collect(),
+            DeviceProtocol::OpcUa(ua) => ua.tags.iter().map(|t| &*t.name).collect(),
+            DeviceProtocol::S7(s7) => s7.tags.iter().map(|t| &*t.name).collect(),
         }
     }
 
@@ -1705,32 +1344,34 @@ impl DeviceConfig {
         use crate::expr::Type;
         use crate::source::modbus::decode::DataType;
         use crate::source::s7::address::S7Type;
-        if let Some(s7) = &self.s7 {
-            return s7
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(m)
+            | DeviceProtocol::RtuOverTcp(m)
+            | DeviceProtocol::Rtu { modbus: m, .. } => m
                 .tags
                 .iter()
                 .find(|t| &*t.name == name)
                 .map(|t| match t.ty {
-                    S7Type::Bool => Type::Bool,
-                    S7Type::String(_) => Type::Str,
+                    DataType::Bool => Type::Bool,
+                    DataType::String(_) => Type::Str,
                     _ => Type::Num,
-                });
-        }
-        if let Some(ua) = &self.opcua {
-            return ua.tag_kind(name).map(|k| match k {
+                }),
+            DeviceProtocol::OpcUa(ua) => ua.tag_kind(name).map(|k| match k {
                 opcua::ValueKind::Num => Type::Num,
                 opcua::ValueKind::Bool => Type::Bool,
                 opcua::ValueKind::Str => Type::Str,
-            });
+            }),
+            DeviceProtocol::S7(s7) => {
+                s7.tags
+                    .iter()
+                    .find(|t| &*t.name == name)
+                    .map(|t| match t.ty {
+                        S7Type::Bool => Type::Bool,
+                        S7Type::String(_) => Type::Str,
+                        _ => Type::Num,
+                    })
+            }
         }
-        self.tags
-            .iter()
-            .find(|t| &*t.name == name)
-            .map(|t| match t.ty {
-                DataType::Bool => Type::Bool,
-                DataType::String(_) => Type::Str,
-                _ => Type::Num,
-            })
     }
 
     /// The bus this device shares with others, if its protocol has one; all
@@ -1738,51 +1379,15 @@ impl DeviceConfig {
     /// named by its resolved path when it exists, so `/dev/ttyUSB0` and its
     /// `/dev/serial/by-id/...` link are seen as one bus.
     pub fn bus_key(&self) -> Option<String> {
-        match self.protocol {
-            Protocol::ModbusTcp | Protocol::Opcua | Protocol::S7 => None,
-            Protocol::ModbusRtu => {
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(_) | DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => None,
+            DeviceProtocol::Rtu { .. } => {
                 let path = std::fs::canonicalize(&self.address)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| self.address.clone());
                 Some(format!("serial:{path}"))
             }
-            Protocol::ModbusRtuOverTcp => Some(format!("tcp:{}", self.address)),
-        }
-    }
-}
-
-/// Two register tags may share registers only if they decode them the same
-/// way, or if one reads a single bit (status words are read both whole and
-/// bit by bit). Anything else is almost always a typo in an address.
-fn check_overlaps(tags: &[TagConfig], keys: &[String], p: &mut Problems) {
-    let mut by_area: BTreeMap<Area, Vec<usize>> = BTreeMap::new();
-    for (i, t) in tags.iter().enumerate() {
-        if !t.area.is_bits() && t.bit.is_none() {
-            by_area.entry(t.area).or_default().push(i);
-        }
-    }
-    for idx in by_area.values_mut() {
-        idx.sort_by_key(|&i| tags[i].address);
-        for (n, &i) in idx.iter().enumerate() {
-            let a = &tags[i];
-            let a_end = u32::from(a.address) + u32::from(a.span());
-            for &j in &idx[n + 1..] {
-                let b = &tags[j];
-                if u32::from(b.address) >= a_end {
-                    break;
-                }
-                if a.ty != b.ty || a.order != b.order || a.address != b.address {
-                    let (first, second) = if i < j { (i, j) } else { (j, i) };
-                    p.error(
-                        format!("{}.address", keys[second]),
-                        format!(
-                            "{:?} ({} at {}) overlaps {} ({:?}, {} at {}); two tags may share registers only at the same address with the same type and order (or as a bit), so check both addresses",
-                            tags[second].name, tags[second].ty.name(), tags[second].address,
-                            keys[first], tags[first].name, tags[first].ty.name(), tags[first].address
-                        ),
-                    );
-                }
-            }
+            DeviceProtocol::RtuOverTcp(_) => Some(format!("tcp:{}", self.address)),
         }
     }
 }
@@ -1806,7 +1411,7 @@ impl Config {
             if &*d.id == id {
                 let d = Arc::make_mut(d);
                 d.address = address.to_string();
-                if let Some(ua) = &mut d.opcua {
+                if let DeviceProtocol::OpcUa(ua) = &mut d.protocol {
                     Arc::make_mut(ua).endpoint = address.to_string();
                 }
             }
@@ -1841,7 +1446,7 @@ impl Config {
     pub fn set_state_dir(&mut self, dir: &Path) {
         self.agent.state_dir = dir.to_path_buf();
         for d in &mut self.devices {
-            if let Some(ua) = &mut Arc::make_mut(d).opcua {
+            if let DeviceProtocol::OpcUa(ua) = &mut Arc::make_mut(d).protocol {
                 Arc::make_mut(ua).pki_dir = dir.join("pki");
             }
         }
@@ -1867,10 +1472,10 @@ impl Config {
                 "device|{}|{}|{}|{}",
                 d.id,
                 d.address,
-                d.unit_id,
+                d.modbus().map_or(0, |m| m.unit_id),
                 d.poll_interval.as_millis()
             );
-            for g in &d.tags {
+            for g in d.modbus().map(|m| &m.tags[..]).unwrap_or_default() {
                 let _ = writeln!(
                     t,
                     "tag|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
@@ -1884,7 +1489,7 @@ impl Config {
                     g.offset
                 );
             }
-            if let Some(ua) = &d.opcua {
+            if let Some(ua) = d.opcua() {
                 let _ = writeln!(
                     t,
                     "opcua|{}|{}|{:?}|{:?}",
@@ -1907,7 +1512,7 @@ impl Config {
                     );
                 }
             }
-            if let Some(s7) = &d.s7 {
+            if let Some(s7) = d.s7() {
                 let _ = writeln!(
                     t,
                     "s7|{:04X}|{:04X}|{}",
@@ -2001,12 +1606,12 @@ unit_id = 3
         let (c, warnings) = load_str(Path::new("t.toml"), &text).expect("valid");
         assert!(warnings.is_empty(), "{warnings:?}");
         let d = &c.devices;
-        assert_eq!(d[0].serial, Some(SerialConfig::default()));
-        assert_eq!(d[0].serial.map(|s| s.describe()), Some("9600 8N1".into()));
+        assert_eq!(d[0].serial(), Some(SerialConfig::default()));
+        assert_eq!(d[0].serial().map(|s| s.describe()), Some("9600 8N1".into()));
         assert_eq!(d[0].address, "/dev/serial/by-id/usb-FTDI-if00-port0");
         assert_eq!(d[0].bus_key(), d[1].bus_key());
-        assert_eq!(d[2].serial, None);
+        assert_eq!(d[2].serial(), None);
         assert_eq!(d[2].bus_key(), Some("tcp:127.0.0.1:4001".into()));
-        assert_eq!(d[2].protocol, Protocol::ModbusRtuOverTcp);
+        assert_eq!(d[2].protocol.kind(), Protocol::ModbusRtuOverTcp);
     }
 }
