@@ -253,7 +253,7 @@ pub async fn run(
         }
     };
     tokio::pin!(end);
-    let signal = crate::cli::stop_signal();
+    let signal = crate::agent::daemon::stop_signal();
     tokio::pin!(signal);
     let mut last_msgs = 0u64;
     loop {

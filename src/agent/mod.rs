@@ -4,6 +4,8 @@
 //! their channel ends, the outbox thread commits whatever is still queued
 //! and exits once nobody can send to it, and only then do we return.
 
+pub mod daemon;
+
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
