@@ -178,7 +178,7 @@ pub async fn run(
         let ids: Vec<String> = cfg
             .devices
             .iter()
-            .filter(|d| d.opcua.is_some())
+            .filter(|d| d.opcua().is_some())
             .map(|d| d.id.to_string())
             .collect();
         for id in ids {
@@ -261,7 +261,7 @@ pub async fn run(
         }
     };
     tokio::pin!(end);
-    let signal = crate::cli::stop_signal();
+    let signal = crate::agent::daemon::stop_signal();
     tokio::pin!(signal);
     let mut last_msgs = 0u64;
     loop {

@@ -241,7 +241,7 @@ impl Exceptions {
         let opcua: Vec<Arc<str>> = config
             .devices
             .iter()
-            .filter(|d| d.opcua.is_some())
+            .filter(|d| d.opcua().is_some())
             .map(|d| d.id.clone())
             .collect();
         let t = &config.telemetry;

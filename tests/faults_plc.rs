@@ -193,6 +193,99 @@ async fn answers_of_another_size_than_asked_are_decode_in_every_area() {
     }
 }
 
+/// An RTU-over-TCP device server that answers every read with `extra`
+/// more (or, negative, fewer) registers or bytes of bits than asked for,
+/// in a frame whose byte count and CRC are right.
+async fn rtu_liar(extra: i16) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                // unit, function, address (2), count (2), CRC (2)
+                let mut req = [0u8; 8];
+                while s.read_exact(&mut req).await.is_ok() {
+                    let (unit, function) = (req[0], req[1]);
+                    let count = u16::from_be_bytes([req[4], req[5]]);
+                    let units = if function <= 2 {
+                        count.div_ceil(8)
+                    } else {
+                        count
+                    };
+                    let n = u16::try_from(i32::from(units) + i32::from(extra)).unwrap_or(0);
+                    let mut reply = vec![unit, function];
+                    if function <= 2 {
+                        reply.push(n as u8);
+                        reply.extend(std::iter::repeat_n(0x55u8, usize::from(n)));
+                    } else {
+                        reply.push((n * 2) as u8);
+                        for _ in 0..n {
+                            reply.extend_from_slice(&7u16.to_be_bytes());
+                        }
+                    }
+                    let crc = zgsz_agent::sim::rtu::crc16(&reply);
+                    reply.extend_from_slice(&crc.to_le_bytes());
+                    if s.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The same over RTU framing (a serial device server): a frame that is
+/// valid in itself but holds more or fewer registers or bits than asked
+/// for is `decode` for every tag, in every area and read function code.
+#[tokio::test]
+async fn rtu_answers_of_another_size_than_asked_are_decode_in_every_area() {
+    use zgsz_agent::source::modbus::{AnyLink, Poller};
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [-1i16, 2] {
+        for area in [
+            "coil",
+            "discrete_input",
+            "input_register",
+            "holding_register",
+        ] {
+            let addr = rtu_liar(extra).await;
+            let tags: String = ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    format!(
+                        "[[devices.tags]]\nname = \"{name}\"\narea = \"{area}\"\naddress = {i}\n"
+                    )
+                })
+                .collect();
+            let dev_cfg = format!("[[devices]]\nid = \"sized\"\nprotocol = \"modbus-rtu-over-tcp\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\nretries = 0\n{tags}");
+            let cfg = config(dir.path(), 1, &dev_cfg, "", "");
+            let dev = cfg.devices[0].clone();
+            let mut link = AnyLink::for_device(&dev);
+            let mut poller = Poller::new(dev, Arc::new(SystemClock));
+            assert_eq!(
+                poller.plan_len(),
+                1,
+                "{area}: the three tags share one request"
+            );
+            let readings = poller.poll(&mut link).await;
+            assert_eq!(readings.len(), 3);
+            for r in readings {
+                assert_eq!(
+                    r.quality,
+                    Quality::Bad(BadReason::Decode),
+                    "{extra:+} on {area}: {r:?}"
+                );
+                assert_eq!(r.value, None, "{extra:+} on {area}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_floor_of_liars_does_not_disturb_an_honest_device() {
     let mut bank = Bank::new(8);

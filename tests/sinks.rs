@@ -30,7 +30,7 @@ async fn compressed_plant(dir: &Path) -> (Config, Arc<dyn Clock>, ShopFloor) {
     }
     // The OPC UA machines need the simulator's certificate; the Modbus
     // machines are enough here.
-    cfg.devices.retain(|d| d.opcua.is_none());
+    cfg.devices.retain(|d| d.opcua().is_none());
     let kept: Vec<String> = cfg.devices.iter().map(|d| d.id.to_string()).collect();
     Arc::make_mut(&mut cfg.plant)
         .equipment

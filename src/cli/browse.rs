@@ -12,7 +12,7 @@ use opcua::types::{
     AttributeId, DataTypeId, NodeClass, NodeId, ObjectId, ReadValueId, TimestampsToReturn,
 };
 
-use crate::config::opcua::{
+use crate::source::opcua::config::{
     check_endpoint, parse_node_id, Identity, NodeRef, OpcUaDevice, SecurityMode, SecurityPolicy,
 };
 use crate::source::opcua::{browse, session, value};

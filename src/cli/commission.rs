@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use crate::config::{self, DeviceConfig, Parity, Protocol, SerialConfig};
+use crate::config::{
+    self, DeviceConfig, DeviceProtocol, ModbusConfig, Parity, Protocol, SerialConfig,
+};
 use crate::source::modbus::commission::{
     choose, parse_area, parse_units, scan as scan_units, snippet, table, Answer, Expect,
     PROBE_TYPES,
@@ -128,6 +130,10 @@ fn usage(msg: &str) -> ExitCode {
 /// A device description built from flags, so `scan` and `probe` use the
 /// same links as `run`.
 fn conn_device(c: &ConnArgs, unit: u8, timeout: Duration) -> Result<DeviceConfig, String> {
+    let modbus = ModbusConfig {
+        unit_id: unit,
+        ..ModbusConfig::default()
+    };
     let (protocol, address, serial) = match (&c.port, &c.host) {
         (Some(port), None) => (
             Protocol::ModbusRtu,
@@ -170,25 +176,23 @@ fn conn_device(c: &ConnArgs, unit: u8, timeout: Duration) -> Result<DeviceConfig
             c.baud
         ));
     }
+    let protocol = match (protocol, serial) {
+        (_, Some(serial)) => DeviceProtocol::Rtu { serial, modbus },
+        (Protocol::ModbusRtuOverTcp, None) => DeviceProtocol::RtuOverTcp(modbus),
+        _ => DeviceProtocol::ModbusTcp(modbus),
+    };
     Ok(DeviceConfig {
         id: "cli".into(),
-        protocol,
         address,
-        serial,
-        unit_id: unit,
         poll_interval: Duration::from_secs(1),
         timeout,
         retries: 0,
-        max_gap: 0,
-        coalesce: false,
-        tags: Vec::new(),
-        opcua: None,
-        s7: None,
+        protocol,
     })
 }
 
 fn describe_link(d: &DeviceConfig) -> String {
-    match d.serial {
+    match d.serial() {
         Some(line) => format!("{} at {}", d.address, line.describe()),
         None => format!("{} ({})", d.address, d.protocol.name()),
     }
@@ -379,7 +383,7 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Ok(usage(&e)),
         },
     };
-    if s7_flags || dev.s7.is_some() {
+    if s7_flags || dev.s7().is_some() {
         return probe_s7(&a, &dev, expect, timeout).await;
     }
     let Some(area) = parse_area(&a.area) else {
@@ -388,10 +392,11 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             a.area
         )));
     };
-    if let Some(u) = a.unit {
-        dev.unit_id = u;
+    if let (Some(u), Some(m)) = (a.unit, dev.modbus_mut()) {
+        m.unit_id = u;
     }
     let dev = Arc::new(dev);
+    let unit = dev.modbus().map_or(0, |m| m.unit_id);
     let mut link = AnyLink::for_device(&dev);
     if let Err(why) = link.ensure(dev.timeout).await {
         eprintln!("error: cannot reach {}: {why}", describe_link(&dev));
@@ -404,14 +409,10 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         tags: Vec::new(),
     };
     let t0 = Instant::now();
-    let data = match link.read(dev.unit_id, &block, dev.timeout).await {
+    let data = match link.read(unit, &block, dev.timeout).await {
         Ok(d) => d,
         Err(f) => {
-            eprintln!(
-                "error: unit {} at {}: {f}",
-                dev.unit_id,
-                describe_link(&dev)
-            );
+            eprintln!("error: unit {} at {}: {f}", unit, describe_link(&dev));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -421,7 +422,7 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         area.name(),
         a.address,
         end,
-        dev.unit_id,
+        unit,
         describe_link(&dev),
         t0.elapsed().as_secs_f64() * 1000.0
     );
@@ -513,21 +514,16 @@ pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A stand-in for an S7 probe given by flags alone: only its timeout is
+/// used, and having no S7 settings it sends `probe_s7` to the flags.
 fn blank_device() -> DeviceConfig {
     DeviceConfig {
         id: "cli".into(),
-        protocol: Protocol::S7,
         address: String::new(),
-        serial: None,
-        unit_id: 0,
         poll_interval: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
         retries: 0,
-        max_gap: 0,
-        coalesce: false,
-        tags: Vec::new(),
-        opcua: None,
-        s7: None,
+        protocol: DeviceProtocol::ModbusTcp(ModbusConfig::default()),
     }
 }
 
@@ -546,7 +542,7 @@ async fn probe_s7(
         )));
     };
     let timeout = timeout.unwrap_or(dev.timeout);
-    let (address, local, remote) = match (&dev.s7, a.rack, a.slot, &a.local_tsap, &a.remote_tsap) {
+    let (address, local, remote) = match (dev.s7(), a.rack, a.slot, &a.local_tsap, &a.remote_tsap) {
         (_, Some(rack), Some(slot), _, _) => {
             (s7_host(a)?, s7cfg::DEFAULT_LOCAL_TSAP, s7cfg::rack_slot_tsap(rack & 7, slot & 31))
         }
@@ -684,11 +680,7 @@ pub async fn read_s7(dev: &Arc<crate::config::DeviceConfig>) -> anyhow::Result<E
         "{:<24} {:<16} {:<11} {:>14} {:<8} quality",
         "tag", "address", "type", "value", "unit"
     );
-    let tags = dev
-        .s7
-        .as_ref()
-        .map(|s| s.tags.as_slice())
-        .unwrap_or_default();
+    let tags = dev.s7().map(|s| s.tags.as_slice()).unwrap_or_default();
     let mut advice: Vec<&str> = Vec::new();
     for (r, t) in readings.iter().zip(tags) {
         let value = r

@@ -20,17 +20,33 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::clock::Clock;
-use crate::config::{DeviceConfig, Protocol};
+use crate::config::{DeviceConfig, DeviceProtocol};
 use crate::reading::Reading;
 
-/// One polling task's worth of devices: a Modbus TCP device on its own, or
-/// every unit of one RTU bus (a serial port or a serial device server),
-/// which must share a task so that requests never interleave on the wire.
+/// One polling task's worth of devices: a Modbus TCP, OPC UA or S7 device
+/// on its own, or every unit of one RTU bus (a serial port or a serial
+/// device server), which must share a task so that requests never
+/// interleave on the wire. A lane has at least one device by construction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lane {
     /// `tcp:<device id>` or `bus:<port or address>`; stable across reloads.
-    pub key: String,
-    pub devices: Vec<Arc<DeviceConfig>>,
+    key: String,
+    /// The first device; its protocol decides the lane's task.
+    head: Arc<DeviceConfig>,
+    /// The other units of a bus, in config order; empty for other lanes.
+    rest: Vec<Arc<DeviceConfig>>,
+}
+
+impl Lane {
+    /// `tcp:<device id>` or `bus:<port or address>`; stable across reloads.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lane's devices, in config order.
+    pub fn devices(&self) -> impl Iterator<Item = &Arc<DeviceConfig>> {
+        std::iter::once(&self.head).chain(&self.rest)
+    }
 }
 
 /// Groups devices into lanes, in config order.
@@ -42,10 +58,11 @@ pub fn lanes(devices: &[Arc<DeviceConfig>]) -> Vec<Lane> {
             None => format!("tcp:{}", d.id),
         };
         match out.iter_mut().find(|l| l.key == key) {
-            Some(lane) => lane.devices.push(d.clone()),
+            Some(lane) => lane.rest.push(d.clone()),
             None => out.push(Lane {
                 key,
-                devices: vec![d.clone()],
+                head: d.clone(),
+                rest: Vec::new(),
             }),
         }
     }
@@ -54,46 +71,34 @@ pub fn lanes(devices: &[Arc<DeviceConfig>]) -> Vec<Lane> {
 
 /// Starts one lane's task; it stops when `shutdown` turns true.
 ///
-/// One arm per protocol, so a new protocol cannot compile without a lane.
-/// A lane that cannot start (only possible if the config loader broke its
-/// own invariants) is logged as an error, not skipped silently.
+/// One arm per protocol, each given its protocol's settings, so a new
+/// protocol cannot compile without a lane and no lane starts without its
+/// settings.
 pub fn spawn_lane(
     lane: &Lane,
     clock: &Arc<dyn Clock>,
     tx: &mpsc::Sender<Vec<Reading>>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let Some(d) = lane.devices.first() else {
-        return not_started(lane, "the lane has no device");
-    };
-    match d.protocol {
-        Protocol::ModbusTcp => {
+    let (d, tx) = (&lane.head, tx.clone());
+    match &d.protocol {
+        DeviceProtocol::ModbusTcp(_) => {
             let dev = modbus::ModbusDevice::new(d.clone(), clock.clone());
-            tokio::spawn(run(dev, tx.clone(), shutdown))
+            tokio::spawn(run(dev, tx, shutdown))
         }
-        Protocol::Opcua => match opcua::UaDevice::new(d.clone(), clock.clone()) {
-            Some(dev) => tokio::spawn(dev.run(tx.clone(), shutdown)),
-            None => not_started(lane, "an opcua device without its OPC UA settings"),
-        },
-        Protocol::S7 => match s7::S7Source::new(d.clone(), clock.clone()) {
-            Some(dev) => tokio::spawn(run(dev, tx.clone(), shutdown)),
-            None => not_started(lane, "an s7 device without its S7 settings"),
-        },
-        Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
-            match modbus::rtu::Bus::group(&lane.devices, clock)
-                .into_iter()
-                .next()
-            {
-                Some(bus) => tokio::spawn(bus.run(tx.clone(), shutdown)),
-                None => not_started(lane, "a bus lane without a bus"),
-            }
+        DeviceProtocol::Rtu { .. } | DeviceProtocol::RtuOverTcp(_) => {
+            let bus = modbus::rtu::Bus::new(d, &lane.rest, clock);
+            tokio::spawn(bus.run(tx, shutdown))
+        }
+        DeviceProtocol::OpcUa(ua) => {
+            let dev = opcua::UaDevice::with(d.clone(), ua.clone(), clock.clone());
+            tokio::spawn(dev.run(tx, shutdown))
+        }
+        DeviceProtocol::S7(s7) => {
+            let dev = s7::S7Source::with(d.clone(), s7.clone(), clock.clone());
+            tokio::spawn(run(dev, tx, shutdown))
         }
     }
-}
-
-fn not_started(lane: &Lane, why: &str) -> JoinHandle<()> {
-    tracing::error!(lane = %lane.key, "Lane not started, its devices are not polled: {why}");
-    tokio::spawn(async {})
 }
 
 /// Starts every lane, all stopping when `shutdown` turns true (for

@@ -47,7 +47,7 @@ use tokio_modbus::client::Context;
 use super::plan::Block;
 use super::{read_on, Data, Failure, Link, Poller};
 use crate::clock::Clock;
-use crate::config::{DeviceConfig, Parity, Protocol, SerialConfig};
+use crate::config::{DeviceConfig, DeviceProtocol, Parity, SerialConfig};
 use crate::reading::Reading;
 
 /// Anything a bus can run over: a serial port or a TCP stream.
@@ -142,10 +142,10 @@ pub enum Endpoint {
 impl Endpoint {
     /// The bus of a modbus-rtu or modbus-rtu-over-tcp device.
     pub fn of(cfg: &DeviceConfig) -> Endpoint {
-        match (cfg.protocol, cfg.serial) {
-            (Protocol::ModbusRtu, line) => Endpoint::Serial {
+        match &cfg.protocol {
+            DeviceProtocol::Rtu { serial, .. } => Endpoint::Serial {
                 path: cfg.address.clone(),
-                line: line.unwrap_or_default(),
+                line: *serial,
             },
             _ => Endpoint::Tcp {
                 address: cfg.address.clone(),
@@ -357,6 +357,21 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// The bus of one lane: `head` and the units that share its line.
+    pub fn new(
+        head: &Arc<DeviceConfig>,
+        rest: &[Arc<DeviceConfig>],
+        clock: &Arc<dyn Clock>,
+    ) -> Bus {
+        Bus {
+            link: BusLink::new(Endpoint::of(head)),
+            units: std::iter::once(head)
+                .chain(rest)
+                .map(|d| Poller::new(d.clone(), clock.clone()))
+                .collect(),
+        }
+    }
+
     /// Groups every modbus-rtu and modbus-rtu-over-tcp device by the bus it
     /// is on, in config order. The config check made sure the devices of a
     /// bus agree on its line settings.

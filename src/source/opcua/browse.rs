@@ -13,7 +13,7 @@ use opcua::types::{
     ObjectId, ReferenceDescription, ReferenceTypeId, StatusCode,
 };
 
-use crate::config::opcua::{split_segment, NodeRef};
+use crate::source::opcua::config::{split_segment, NodeRef};
 
 /// At most this many continuation rounds per node, so a server that keeps
 /// handing out continuation points cannot hold the task forever.

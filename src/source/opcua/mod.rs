@@ -17,6 +17,7 @@
 //! only that tag bad, with the server's status as the reason.
 
 pub mod browse;
+pub mod config;
 pub mod profile;
 pub mod session;
 pub mod value;
@@ -36,10 +37,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::config::opcua::{Deadband, OpcUaDevice, OpcUaTag, TagMode};
 use crate::config::DeviceConfig;
 use crate::loglimit::LogLimiter;
 use crate::reading::{BadReason, Quality, Reading, Value};
+use crate::source::opcua::config::{Deadband, OpcUaDevice, OpcUaTag, TagMode};
 use session::{ConnectError, Connection};
 
 /// Changes held between two cycles per device; beyond this (a server
@@ -100,17 +101,23 @@ pub struct UaDevice {
 }
 
 impl UaDevice {
+    /// `None` unless `cfg` is an OPC UA device.
     pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Option<UaDevice> {
-        let ua = cfg.opcua.clone()?;
+        let ua = cfg.opcua()?.clone();
+        Some(UaDevice::with(cfg, ua, clock))
+    }
+
+    /// The task of `cfg`, whose OPC UA settings are `ua`.
+    pub fn with(cfg: Arc<DeviceConfig>, ua: Arc<OpcUaDevice>, clock: Arc<dyn Clock>) -> UaDevice {
         let n = ua.tags.len();
-        Some(UaDevice {
+        UaDevice {
             cfg,
             ua,
             clock,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             log: LogLimiter::new(Duration::from_secs(60)),
             last: vec![None; n],
-        })
+        }
     }
 
     fn reading(&self, tag: &OpcUaTag, value: Option<Value>, quality: Quality, ts: i64) -> Reading {
@@ -583,7 +590,7 @@ async fn resolve_tags(
     let mut out = Vec::with_capacity(ua.tags.len());
     for tag in &ua.tags {
         out.push(match (&root, &tag.node) {
-            (Err(code), crate::config::opcua::NodeRef::Path(_)) => Err(*code),
+            (Err(code), crate::source::opcua::config::NodeRef::Path(_)) => Err(*code),
             (root, node) => {
                 let r = root.as_ref().ok().and_then(|r| r.as_ref());
                 browse::resolve(session, r, node, timeout).await
@@ -635,7 +642,7 @@ pub async fn read_once(
     cfg: &DeviceConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<Vec<ReadOut>, ConnectError> {
-    let Some(ua) = cfg.opcua.clone() else {
+    let Some(ua) = cfg.opcua().cloned() else {
         return Err(ConnectError::Setup(format!(
             "{} is not an OPC UA device",
             cfg.id
@@ -668,7 +675,7 @@ pub async fn read_once(
             ),
             Ok(id) => {
                 let shown = match &tag.node {
-                    crate::config::opcua::NodeRef::Id(_) => id.to_string(),
+                    crate::source::opcua::config::NodeRef::Id(_) => id.to_string(),
                     path => format!("{path} = {id}"),
                 };
                 let rv = ReadValueId {

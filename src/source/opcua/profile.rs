@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::config::opcua::{NodeRef, OpcUaTag, TagMode, ValueKind};
+use crate::source::opcua::config::{NodeRef, OpcUaTag, TagMode, ValueKind};
 
 fn tag(name: &str, path: &[&str], kind: ValueKind, poll: Duration, optional: bool) -> OpcUaTag {
     OpcUaTag {

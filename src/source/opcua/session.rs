@@ -28,7 +28,7 @@ use opcua::crypto::{CertificateStore, SecurityPolicy as CryptoPolicy, X509};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode};
 use tokio::sync::watch;
 
-use crate::config::opcua::{Identity, OpcUaDevice, SecurityMode, SecurityPolicy};
+use crate::source::opcua::config::{Identity, OpcUaDevice, SecurityMode, SecurityPolicy};
 
 /// Why a connection could not be made; each says what to do.
 #[derive(Debug, thiserror::Error)]

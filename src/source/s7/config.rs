@@ -21,6 +21,7 @@
 //! loader reports them with the file name.
 
 use super::address::{self, Address, S7Type};
+use crate::config::{is_ident, Problems as ConfigProblems, RawAddress, RawDevice};
 
 /// PDU size asked for at Setup Communication unless the config says
 /// otherwise: the largest an S7-1500 grants; smaller PLCs answer with
@@ -298,6 +299,73 @@ fn validate_tag(t: TagKeys, tkey: &str, p: &mut Problems) -> Option<S7Tag> {
         offset,
         unit: t.unit,
     })
+}
+
+/// Validates an S7 device's keys as the config file has them (the tags
+/// are taken out of `d`), adding each problem to `p`.
+pub(crate) fn from_raw(d: &mut RawDevice, key: &str, p: &mut ConfigProblems) -> S7Device {
+    let keys = DeviceKeys {
+        rack: d.rack,
+        slot: d.slot,
+        local_tsap: d.local_tsap.take(),
+        remote_tsap: d.remote_tsap.take(),
+        pdu_size: d.pdu_size,
+        max_gap: d.max_gap,
+        coalesce: d.coalesce,
+    };
+    let tags = std::mem::take(&mut d.tags)
+        .into_iter()
+        .map(|t| TagKeys {
+            foreign: [
+                ("area", t.area.is_some()),
+                ("order", t.order.is_some()),
+                ("bit", t.bit.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect(),
+            name: t.name,
+            address: t.address.map(|a| match a {
+                RawAddress::Text(s) => Ok(s),
+                RawAddress::Number(n) => Err(n.to_string()),
+            }),
+            ty: t.ty,
+            scale: t.scale,
+            offset: t.offset,
+            unit: t.unit,
+        })
+        .collect();
+    let (dev, problems) = validate(keys, tags, key);
+    for (k, m) in problems {
+        p.error(k, m);
+    }
+    for (ti, t) in dev.tags.iter().enumerate() {
+        if !is_ident(&t.name) {
+            p.error(format!("{key}.tags[{ti}].name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
+        }
+    }
+    dev
+}
+
+/// S7 device keys on a Modbus device.
+pub(crate) fn reject_keys(d: &RawDevice, key: &str, p: &mut ConfigProblems) {
+    for (k, set) in [
+        ("rack", d.rack.is_some()),
+        ("slot", d.slot.is_some()),
+        ("local_tsap", d.local_tsap.is_some()),
+        ("remote_tsap", d.remote_tsap.is_some()),
+        ("pdu_size", d.pdu_size.is_some()),
+    ] {
+        if set {
+            p.error(
+                format!("{key}.{k}"),
+                format!(
+                    "only applies to protocol = \"s7\" (this device is {}); remove it",
+                    d.protocol.name()
+                ),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

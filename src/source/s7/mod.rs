@@ -93,8 +93,13 @@ pub struct S7Poller {
 impl S7Poller {
     /// `None` unless `cfg` is an S7 device.
     pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Option<S7Poller> {
-        let s7 = cfg.s7.clone()?;
-        Some(S7Poller {
+        let s7 = cfg.s7()?.clone();
+        Some(S7Poller::with(cfg, s7, clock))
+    }
+
+    /// The poller of `cfg`, whose S7 settings are `s7`.
+    pub fn with(cfg: Arc<DeviceConfig>, s7: Arc<S7Device>, clock: Arc<dyn Clock>) -> S7Poller {
+        S7Poller {
             solo: vec![!s7.coalesce; s7.tags.len()],
             s7,
             cfg,
@@ -106,7 +111,7 @@ impl S7Poller {
             clock,
             last_requests: 0,
             was_down: false,
-        })
+        }
     }
 
     /// Requests sent in the last cycle (including retries).
@@ -471,6 +476,13 @@ impl S7Source {
     /// `None` unless `cfg` is an S7 device.
     pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Option<S7Source> {
         S7Poller::new(cfg, clock).map(|poller| S7Source { poller })
+    }
+
+    /// The task of `cfg`, whose S7 settings are `s7`.
+    pub fn with(cfg: Arc<DeviceConfig>, s7: Arc<S7Device>, clock: Arc<dyn Clock>) -> S7Source {
+        S7Source {
+            poller: S7Poller::with(cfg, s7, clock),
+        }
     }
 
     pub fn poller(&self) -> &S7Poller {

@@ -8,6 +8,9 @@
 //! history can never disagree with the evidence, and windows are computed
 //! from what SQLite holds: a restart or crash mid-window loses nothing.
 
+mod build;
+pub(crate) use build::{build, RawEquipment, RawProcess};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! their channel ends, the outbox thread commits whatever is still queued
 //! and exits once nobody can send to it, and only then do we return.
 
+pub mod daemon;
+
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -251,7 +253,7 @@ impl RunningAgent {
     pub fn device_ids(&self) -> Vec<String> {
         self.devices
             .iter()
-            .flat_map(|t| t.lane.devices.iter().map(|d| d.id.to_string()))
+            .flat_map(|t| t.lane.devices().map(|d| d.id.to_string()))
             .collect()
     }
 
@@ -266,16 +268,11 @@ impl RunningAgent {
         let Some(cycles) = self.cycles.clone() else {
             return changes;
         };
-        let ids = |lane: &Lane| {
-            lane.devices
-                .iter()
-                .map(|d| d.id.to_string())
-                .collect::<Vec<_>>()
-        };
+        let ids = |lane: &Lane| lane.devices().map(|d| d.id.to_string()).collect::<Vec<_>>();
         let mut old: Vec<LaneTask> = std::mem::take(&mut self.devices);
         let mut next = Vec::new();
         for lane in source::lanes(&new.devices) {
-            match old.iter().position(|t| t.lane.key == lane.key) {
+            match old.iter().position(|t| t.lane.key() == lane.key()) {
                 Some(i) if old[i].lane == lane => {
                     changes.unchanged.extend(ids(&lane));
                     next.push(old.swap_remove(i));

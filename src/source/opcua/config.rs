@@ -12,8 +12,10 @@ use std::time::Duration;
 use opcua::types::NodeId;
 use serde::Deserialize;
 
-use super::{duration, resolve, warn_world_readable, Problems, RawDevice, RawTag, Secret};
-use crate::source::opcua::profile;
+use super::profile;
+use crate::config::{
+    duration, is_ident, resolve, warn_world_readable, Problems, RawDevice, RawTag, Secret,
+};
 
 /// Message security policy, named as in the OPC UA specification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -221,7 +223,7 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
 }
 
 /// Validates the OPC UA keys of `d` (protocol = "opcua").
-pub(super) fn validate(
+pub(crate) fn validate(
     d: &mut RawDevice,
     key: &str,
     base: &std::path::Path,
@@ -303,13 +305,13 @@ pub(super) fn validate(
                     let f = resolve(base, f);
                     warn_world_readable(&f, &format!("{key}.password_file"), p);
                     match std::fs::read_to_string(&f) {
-                        Ok(s) => Secret(s.trim_end_matches(['\r', '\n']).to_string()),
+                        Ok(s) => Secret::new(s.trim_end_matches(['\r', '\n'])),
                         Err(e) => {
                             p.error(
                                 format!("{key}.password_file"),
                                 format!("cannot read {}: {e}; create it with only the password inside, mode 0600", f.display()),
                             );
-                            Secret(String::new())
+                            Secret::new(String::new())
                         }
                     }
                 }
@@ -318,7 +320,7 @@ pub(super) fn validate(
                         format!("{key}.password_file"),
                         "is missing; identity = \"username\" needs a file holding the password (mode 0600)",
                     );
-                    Secret(String::new())
+                    Secret::new(String::new())
                 }
             };
             Identity::UserName { user, password }
@@ -452,7 +454,7 @@ fn node_ref(s: &str, key: &str, p: &mut Problems) -> NodeRef {
 }
 
 fn validate_tag(t: RawTag, tkey: &str, poll: Duration, p: &mut Problems) -> Option<OpcUaTag> {
-    if !super::is_ident(&t.name) {
+    if !is_ident(&t.name) {
         p.error(format!("{tkey}.name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));
     }
     not_here(
@@ -583,7 +585,7 @@ fn validate_tag(t: RawTag, tkey: &str, poll: Duration, p: &mut Problems) -> Opti
 }
 
 /// OPC UA keys on a Modbus device or tag are a copy-paste slip too.
-pub(super) fn reject_on_modbus(d: &RawDevice, key: &str, p: &mut Problems) {
+pub(crate) fn reject_on_modbus(d: &RawDevice, key: &str, p: &mut Problems) {
     not_here(
         p,
         key,

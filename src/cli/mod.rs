@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, DeviceProtocol};
 use crate::source::modbus::{AnyLink, Poller};
 
 mod browse;
@@ -222,7 +222,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check { config } => Ok(match load_config(&config) {
             Ok(c) => {
-                let tags: usize = c.devices.iter().map(|d| d.tags.len()).sum();
+                let tags: usize = c
+                    .devices
+                    .iter()
+                    .map(|d| d.modbus().map_or(0, |m| m.tags.len()))
+                    .sum();
                 println!(
                     "{}: OK ({} device(s), {} tag(s))",
                     config.display(),
@@ -238,7 +242,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            run(c).await
+            crate::agent::daemon::run(c).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
             duration,
@@ -310,154 +315,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(c: Config) -> anyhow::Result<ExitCode> {
-    use crate::watchdog::{self, Progress};
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    // Installed before anything starts, so an early SIGHUP is not fatal.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install the SIGHUP handler")?;
-    tracing::info!(config = %c.path.display(), gateway = %c.agent.gateway_id, devices = c.devices.len(), "Starting");
-    crate::clocksync::warn_if_unsynchronized();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let progress = Progress::new();
-    let mut agent = start_agent(&c, &clock, &progress)?;
-    let mut raw = crate::reload::read_raw(&c.path);
-    let mut current = c;
-    watchdog::ready(&format!("Running, {} device(s)", current.devices.len()));
-    let (watchdog_stop, watchdog_rx) = tokio::sync::watch::channel(false);
-    let watchdog_task = watchdog::period()
-        .map(|period| tokio::spawn(watchdog::run(progress.clone(), period, watchdog_rx)));
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = hangup.recv() => {
-                watchdog::reloading();
-                let new_raw = crate::reload::read_raw(&current.path);
-                match reload(agent, &current, raw.as_ref(), new_raw.as_ref(), &clock, &progress).await {
-                    Ok((a, Some(new))) => {
-                        agent = a;
-                        current = new;
-                        raw = new_raw;
-                    }
-                    Ok((a, None)) => agent = a,
-                    Err(e) => {
-                        watchdog::stopping();
-                        return Err(e);
-                    }
-                }
-                watchdog::ready(&format!("Running, {} device(s)", current.devices.len()));
-            }
-        }
-    }
-    watchdog::stopping();
-    tracing::info!("Stopping: flushing readings to the outbox");
-    let _ = watchdog_stop.send(true);
-    if let Some(t) = watchdog_task {
-        let _ = t.await;
-    }
-    agent.stop().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn start_agent(
-    c: &Config,
-    clock: &Arc<dyn Clock>,
-    progress: &Arc<crate::watchdog::Progress>,
-) -> anyhow::Result<crate::agent::RunningAgent> {
-    use crate::agent::StartError;
-    crate::agent::start_with(c, clock.clone(), progress.clone()).map_err(|e| match e {
-        StartError::Buffer(e) => anyhow::Error::new(e).context(format!(
-            "cannot open the outbox in {} (agent.state_dir in {})",
-            c.agent.state_dir.display(),
-            c.path.display()
-        )),
-        StartError::Http(e) => anyhow::Error::new(e).context(format!(
-            "cannot start the HTTP endpoint ([http] in {})",
-            c.path.display()
-        )),
-    })
-}
-
-/// SIGHUP: validates the file again and applies it (see `reload.rs`).
-/// Returns the new config if it was applied, `None` if the old one stays;
-/// an error only if neither the new nor the old config could be started.
-async fn reload(
-    mut agent: crate::agent::RunningAgent,
-    current: &Config,
-    raw: Option<&toml::Table>,
-    new_raw: Option<&toml::Table>,
-    clock: &Arc<dyn Clock>,
-    progress: &Arc<crate::watchdog::Progress>,
-) -> anyhow::Result<(crate::agent::RunningAgent, Option<Config>)> {
-    use crate::reload::Plan;
-    let path = &current.path;
-    let new = match config::load(path) {
-        Ok((new, warnings)) => {
-            for w in warnings {
-                tracing::warn!("{}", w.display(path));
-            }
-            new
-        }
-        Err(e) => {
-            // One line, so the journal keeps every problem at ERROR.
-            let problems = e.to_string().replace('\n', "; ");
-            tracing::error!(config = %path.display(), "Config reload refused, still running the previous config: {problems}");
-            return Ok((agent, None));
-        }
-    };
-    match crate::reload::plan(raw, new_raw, current, &new) {
-        Plan::Unchanged => {
-            tracing::info!(config = %path.display(), "Config reloaded; nothing changed");
-        }
-        Plan::Devices => {
-            let ch = agent.reload_devices(&new).await;
-            tracing::info!(
-                config = %path.display(),
-                added = %ch.added.join(","), removed = %ch.removed.join(","),
-                changed = %ch.changed.join(","), unchanged = %ch.unchanged.join(","),
-                "Config reloaded; changed devices restarted, unchanged devices kept polling"
-            );
-        }
-        Plan::Restart(why) => {
-            tracing::warn!(config = %path.display(), "Config reloaded: {why}; restarting the agent in-process");
-            agent.stop().await;
-            agent = match start_agent(&new, clock, progress) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "Cannot start with the new config; going back to the previous one");
-                    let a = start_agent(current, clock, progress)?;
-                    return Ok((a, None));
-                }
-            };
-        }
-    }
-    Ok((agent, Some(new)))
-}
-
-/// SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed when
-/// this is called, not when the future is first polled, so a signal that
-/// arrives while the agent is still starting is not lost (and does not
-/// kill the process with the default action).
-pub fn stop_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-}
-
 async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
     let Some(dev) = c.devices.iter().find(|d| &*d.id == device) else {
         let ids: Vec<&str> = c.devices.iter().map(|d| &*d.id).collect();
@@ -468,12 +325,13 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    if dev.opcua.is_some() {
-        return read_opcua(dev).await;
-    }
-    if dev.s7.is_some() {
-        return commission::read_s7(dev).await;
-    }
+    let modbus = match &dev.protocol {
+        DeviceProtocol::OpcUa(_) => return read_opcua(dev).await,
+        DeviceProtocol::S7(_) => return commission::read_s7(dev).await,
+        DeviceProtocol::ModbusTcp(m)
+        | DeviceProtocol::RtuOverTcp(m)
+        | DeviceProtocol::Rtu { modbus: m, .. } => m,
+    };
     // The same poll cycle `run` does, over the link the protocol calls for.
     let mut link = AnyLink::for_device(dev);
     let mut d = Poller::new(dev.clone(), Arc::new(SystemClock));
@@ -483,14 +341,14 @@ async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
         dev.id,
         dev.protocol.name(),
         dev.address,
-        dev.unit_id,
+        modbus.unit_id,
         d.last_requests()
     );
     println!(
         "{:<24} {:<18} {:>14} {:<8} quality",
         "tag", "address", "value", "unit"
     );
-    for (r, t) in readings.iter().zip(dev.tags.iter()) {
+    for (r, t) in readings.iter().zip(modbus.tags.iter()) {
         let value = r
             .value
             .as_ref()

@@ -14,6 +14,7 @@
 //! stays up and the affected tags get `exception:<code>`.
 
 pub mod commission;
+pub mod config;
 pub mod decode;
 pub mod plan;
 pub mod rtu;
@@ -30,7 +31,7 @@ use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::config::{DeviceConfig, Protocol, TagConfig};
+use crate::config::{DeviceConfig, DeviceProtocol, ModbusConfig, TagConfig};
 use crate::loglimit::LogLimiter;
 use crate::reading::{BadReason, Quality, Reading, Value};
 use decode::{decode_registers, scaled};
@@ -244,11 +245,16 @@ pub struct Poller {
     clock: Arc<dyn Clock>,
     /// Requests sent in the last cycle, for logs and tests.
     last_requests: usize,
+    /// The device's Modbus settings (unit id and tags), taken out of `cfg`.
+    modbus: ModbusConfig,
 }
 
 impl Poller {
+    /// A device of another protocol has no Modbus settings and so no tags:
+    /// its poller reads nothing (`source::spawn_lane` never builds one).
     pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Poller {
-        let spans: Vec<Span> = cfg
+        let modbus = cfg.modbus().cloned().unwrap_or_default();
+        let spans: Vec<Span> = modbus
             .tags
             .iter()
             .map(|t| Span {
@@ -257,8 +263,8 @@ impl Poller {
                 len: t.span(),
             })
             .collect();
-        let plan = plan::plan(&spans, cfg.max_gap, cfg.coalesce);
-        tracing::info!(device = %cfg.id, tags = cfg.tags.len(), requests = plan.len(), "Poll plan built");
+        let plan = plan::plan(&spans, modbus.max_gap, modbus.coalesce);
+        tracing::info!(device = %cfg.id, tags = modbus.tags.len(), requests = plan.len(), "Poll plan built");
         Poller {
             spans,
             plan,
@@ -267,6 +273,7 @@ impl Poller {
             log: LogLimiter::new(Duration::from_secs(60)),
             clock,
             last_requests: 0,
+            modbus,
             cfg,
         }
     }
@@ -307,7 +314,10 @@ impl Poller {
                 }
             }
             self.last_requests += 1;
-            match link.read(self.cfg.unit_id, block, self.cfg.timeout).await {
+            match link
+                .read(self.modbus.unit_id, block, self.cfg.timeout)
+                .await
+            {
                 Ok(d) => {
                     self.backoff.reset();
                     return Ok(d);
@@ -337,7 +347,7 @@ impl Poller {
 
     fn warn<L: Link>(&mut self, link: &L, kind: &str, msg: &str) {
         if let Some(suppressed) = self.log.check(kind) {
-            tracing::warn!(device = %self.cfg.id, address = %link.endpoint(), unit = self.cfg.unit_id, suppressed, "{msg}");
+            tracing::warn!(device = %self.cfg.id, address = %link.endpoint(), unit = self.modbus.unit_id, suppressed, "{msg}");
         }
     }
 
@@ -365,7 +375,7 @@ impl Poller {
     ) {
         let ts = self.clock.now_ms();
         for &i in &block.tags {
-            let tag = &self.cfg.tags[i];
+            let tag = &self.modbus.tags[i];
             let decoded = match result {
                 Ok(data) => self.decode_tag(tag, block, data),
                 Err(f) => Err(f.reason()),
@@ -390,7 +400,7 @@ impl Poller {
         self.last_requests = 0;
         // Indexed by tag, so readings come out in config order whatever
         // order the plan reads the areas in.
-        let mut out: Vec<Option<Reading>> = vec![None; self.cfg.tags.len()];
+        let mut out: Vec<Option<Reading>> = vec![None; self.modbus.tags.len()];
         let mut i = 0;
         while i < self.plan.len() {
             let block = self.plan[i].clone();
@@ -445,10 +455,10 @@ impl AnyLink {
         match cfg.protocol {
             // OPC UA and S7 devices never get here (`read` dispatches them
             // first).
-            Protocol::ModbusTcp | Protocol::Opcua | Protocol::S7 => {
+            DeviceProtocol::ModbusTcp(_) | DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => {
                 AnyLink::Tcp(TcpLink::new(&cfg.address))
             }
-            Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
+            DeviceProtocol::Rtu { .. } | DeviceProtocol::RtuOverTcp(_) => {
                 AnyLink::Bus(rtu::BusLink::new(rtu::Endpoint::of(cfg)))
             }
         }
@@ -486,7 +496,7 @@ pub struct ModbusDevice {
 
 impl ModbusDevice {
     pub fn new(cfg: Arc<DeviceConfig>, clock: Arc<dyn Clock>) -> Self {
-        debug_assert_eq!(cfg.protocol, Protocol::ModbusTcp);
+        debug_assert!(matches!(cfg.protocol, DeviceProtocol::ModbusTcp(_)));
         ModbusDevice {
             link: TcpLink::new(&cfg.address),
             poller: Poller::new(cfg, clock),

@@ -1,0 +1,495 @@
+//! `[[devices]]`: the keys every device has (id, where it is, how often it
+//! is polled), and the dispatch to its protocol's keys, which are validated
+//! next to the code that uses them (`source::<protocol>::config`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{duration, is_id, opcua, AgentConfig, ModbusConfig, Parity, Problems, SerialConfig};
+use crate::source::modbus::decode::WordOrder;
+use crate::source::modbus::plan::Area;
+
+/// A `[[devices]]` table as written: every protocol's keys in one flat
+/// table, so that a key of another protocol is reported by name with the
+/// fix ("only applies to protocol = ...") rather than as an unknown field.
+/// Each protocol's keys are validated by `source::<protocol>::config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDevice {
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) protocol: Protocol,
+    /// host:port; for modbus-tcp and modbus-rtu-over-tcp only.
+    pub(crate) address: Option<String>,
+    #[serde(default = "default_unit_id")]
+    pub(crate) unit_id: u16,
+    /// Serial port (ideally /dev/serial/by-id/...); modbus-rtu only, as are
+    /// the line settings below (defaults 9600, "N", 8, 1).
+    pub(crate) port: Option<String>,
+    pub(crate) baud: Option<u32>,
+    pub(crate) parity: Option<Parity>,
+    pub(crate) data_bits: Option<u8>,
+    pub(crate) stop_bits: Option<u8>,
+    #[serde(default = "default_poll_interval")]
+    pub(crate) poll_interval: String,
+    #[serde(default = "default_timeout")]
+    pub(crate) timeout: String,
+    #[serde(default = "default_retries")]
+    pub(crate) retries: u32,
+    #[serde(default = "default_max_gap")]
+    pub(crate) max_gap: u16,
+    #[serde(default = "default_true")]
+    pub(crate) coalesce: bool,
+    #[serde(default)]
+    pub(crate) tags: Vec<RawTag>,
+    // OPC UA only (see config/opcua.rs).
+    pub(crate) endpoint: Option<String>,
+    pub(crate) security_policy: Option<opcua::SecurityPolicy>,
+    pub(crate) security_mode: Option<opcua::SecurityMode>,
+    pub(crate) identity: Option<opcua::IdentityKind>,
+    pub(crate) username: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) user_certificate: Option<PathBuf>,
+    pub(crate) user_private_key: Option<PathBuf>,
+    pub(crate) trust_unknown_server_certs: Option<bool>,
+    pub(crate) root: Option<String>,
+    pub(crate) profile: Option<String>,
+    pub(crate) channels: Option<Vec<String>>,
+    // S7 only (see source/s7/config.rs).
+    pub(crate) rack: Option<u8>,
+    pub(crate) slot: Option<u8>,
+    pub(crate) local_tsap: Option<String>,
+    pub(crate) remote_tsap: Option<String>,
+    pub(crate) pdu_size: Option<u16>,
+}
+
+/// A tag address: a number (Modbus, 0-based) or text (S7, `"DB10.DBW2"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawAddress {
+    Number(u32),
+    Text(String),
+}
+
+/// A tag: Modbus keys (area, address, ...) or OPC UA keys (node or path,
+/// mode, ...); which apply depends on the device's protocol.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTag {
+    pub(crate) name: String,
+    pub(crate) area: Option<Area>,
+    pub(crate) address: Option<RawAddress>,
+    #[serde(rename = "type")]
+    pub(crate) ty: Option<String>,
+    pub(crate) order: Option<WordOrder>,
+    pub(crate) bit: Option<u8>,
+    pub(crate) scale: Option<f64>,
+    pub(crate) offset: Option<f64>,
+    pub(crate) unit: Option<String>,
+    pub(crate) node: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) mode: Option<opcua::TagMode>,
+    pub(crate) sampling_interval: Option<String>,
+    pub(crate) publishing_interval: Option<String>,
+    pub(crate) queue_size: Option<u32>,
+    pub(crate) deadband_absolute: Option<f64>,
+    pub(crate) deadband_percent: Option<f64>,
+}
+
+fn default_unit_id() -> u16 {
+    1
+}
+
+fn default_poll_interval() -> String {
+    "1s".into()
+}
+
+fn default_timeout() -> String {
+    "1s".into()
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+fn default_max_gap() -> u16 {
+    8
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Modbus TCP (MBAP framing), one connection per device.
+    #[default]
+    ModbusTcp,
+    /// Modbus RTU on one of the gateway's own serial ports (RS-485).
+    ModbusRtu,
+    /// Raw RTU frames (with CRC) over TCP, for serial device servers that
+    /// forward bytes transparently.
+    ModbusRtuOverTcp,
+    /// OPC UA binary over TCP (opc.tcp://), one session per device.
+    Opcua,
+    /// Siemens S7comm over ISO-on-TCP (port 102), one connection per device.
+    S7,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            Protocol::Opcua => "opcua",
+            Protocol::S7 => "s7",
+        }
+    }
+
+    /// RTU framing on a bus that several units share.
+    pub fn is_bus(self) -> bool {
+        matches!(self, Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp)
+    }
+}
+
+/// A device: what every protocol shares, and its protocol's own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    pub id: Arc<str>,
+    /// Where the device is: `host:port` as written (resolved at every
+    /// connect so DNS changes apply), the serial port for modbus-rtu, or the
+    /// endpoint URL for opcua.
+    pub address: String,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    /// The protocol and the settings only it has, validated by
+    /// `source::<protocol>::config`.
+    pub protocol: DeviceProtocol,
+}
+
+/// One variant per protocol, each holding what only that protocol has, so
+/// that code dispatching on the protocol gets its settings with it and
+/// cannot meet a device that lacks them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceProtocol {
+    /// Modbus TCP (MBAP framing), one connection per device.
+    ModbusTcp(ModbusConfig),
+    /// Modbus RTU on one of the gateway's own serial ports; `address` is
+    /// the port.
+    Rtu {
+        serial: SerialConfig,
+        modbus: ModbusConfig,
+    },
+    /// Raw RTU frames over TCP, through a serial device server.
+    RtuOverTcp(ModbusConfig),
+    /// OPC UA; `address` is the endpoint URL.
+    OpcUa(Arc<opcua::OpcUaDevice>),
+    /// Siemens S7comm over ISO-on-TCP.
+    S7(Arc<crate::source::s7::config::S7Device>),
+}
+
+impl DeviceProtocol {
+    /// The protocol as the config file names it.
+    pub fn kind(&self) -> Protocol {
+        match self {
+            DeviceProtocol::ModbusTcp(_) => Protocol::ModbusTcp,
+            DeviceProtocol::Rtu { .. } => Protocol::ModbusRtu,
+            DeviceProtocol::RtuOverTcp(_) => Protocol::ModbusRtuOverTcp,
+            DeviceProtocol::OpcUa(_) => Protocol::Opcua,
+            DeviceProtocol::S7(_) => Protocol::S7,
+        }
+    }
+
+    /// `protocol = "..."` as written in the config.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+/// The usual TCP port of a protocol, for examples in messages.
+fn default_port(protocol: Protocol) -> u16 {
+    match protocol {
+        Protocol::S7 => 102,
+        Protocol::Opcua => 4840,
+        _ => 502,
+    }
+}
+
+/// Where a TCP device is: `address`, never a serial port or line settings
+/// (modbus-rtu's `port` and line are validated in `source::modbus::config`).
+fn tcp_endpoint(d: &RawDevice, key: &str, p: &mut Problems) -> String {
+    let serial_keys = [
+        ("baud", d.baud.is_some()),
+        ("parity", d.parity.is_some()),
+        ("data_bits", d.data_bits.is_some()),
+        ("stop_bits", d.stop_bits.is_some()),
+    ];
+    let proto = d.protocol.name();
+    if d.port.is_some() {
+        p.error(
+            format!("{key}.port"),
+            format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}); set protocol = \"modbus-rtu\" for a serial port, or remove port and use address = \"host:port\""),
+        );
+    }
+    for (k, set) in serial_keys {
+        if set {
+            let why = if d.protocol == Protocol::ModbusRtuOverTcp {
+                "the device server sets up its own serial line, so configure the line there"
+            } else if d.protocol == Protocol::S7 {
+                "S7 talks over TCP and has no serial line"
+            } else {
+                "Modbus TCP has no serial line"
+            };
+            p.error(
+                format!("{key}.{k}"),
+                format!("only applies to protocol = \"modbus-rtu\" (this device is {proto}): {why}; remove it"),
+            );
+        }
+    }
+    let address = match &d.address {
+        Some(a) => {
+            match a.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => p.error(
+                    format!("{key}.address"),
+                    format!(
+                        "{a:?} must be host:port, e.g. \"127.0.0.1:{}\"",
+                        default_port(d.protocol)
+                    ),
+                ),
+            }
+            a.clone()
+        }
+        None => {
+            p.error(
+                format!("{key}.address"),
+                format!("is missing; a {proto} device needs address = \"host:port\", e.g. \"127.0.0.1:{}\"", default_port(d.protocol)),
+            );
+            String::new()
+        }
+    };
+    address
+}
+
+/// The keys every device has, then its protocol's own keys, validated by
+/// the protocol's module (`source::<protocol>::config`).
+fn validate_device(
+    mut d: RawDevice,
+    key: &str,
+    base: &Path,
+    agent: &AgentConfig,
+    p: &mut Problems,
+) -> DeviceConfig {
+    use crate::source::{modbus, s7};
+    let poll_interval = duration(
+        p,
+        &format!("{key}.poll_interval"),
+        &d.poll_interval,
+        Duration::from_millis(10),
+    );
+    let timeout = duration(
+        p,
+        &format!("{key}.timeout"),
+        &d.timeout,
+        Duration::from_millis(10),
+    );
+    let (address, protocol) = match d.protocol {
+        Protocol::Opcua => {
+            let ua = opcua::validate(
+                &mut d,
+                key,
+                base,
+                (&agent.state_dir, &agent.gateway_id),
+                poll_interval,
+                p,
+            );
+            (ua.endpoint.clone(), DeviceProtocol::OpcUa(Arc::new(ua)))
+        }
+        Protocol::S7 => {
+            opcua::reject_on_modbus(&d, key, p);
+            let address = tcp_endpoint(&d, key, p);
+            let s7 = s7::config::from_raw(&mut d, key, p);
+            (address, DeviceProtocol::S7(Arc::new(s7)))
+        }
+        Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
+            opcua::reject_on_modbus(&d, key, p);
+            let address = tcp_endpoint(&d, key, p);
+            s7::config::reject_keys(&d, key, p);
+            let m = modbus::config::validate(&mut d, key, p);
+            if d.protocol == Protocol::ModbusTcp {
+                (address, DeviceProtocol::ModbusTcp(m))
+            } else {
+                (address, DeviceProtocol::RtuOverTcp(m))
+            }
+        }
+        Protocol::ModbusRtu => {
+            opcua::reject_on_modbus(&d, key, p);
+            let (port, serial) = modbus::config::serial_endpoint(&d, key, p);
+            s7::config::reject_keys(&d, key, p);
+            let modbus = modbus::config::validate(&mut d, key, p);
+            (port, DeviceProtocol::Rtu { serial, modbus })
+        }
+    };
+    DeviceConfig {
+        id: d.id.as_str().into(),
+        address,
+        poll_interval,
+        timeout,
+        retries: d.retries,
+        protocol,
+    }
+}
+
+impl DeviceConfig {
+    /// The Modbus settings of a Modbus device (any framing).
+    pub fn modbus(&self) -> Option<&ModbusConfig> {
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(m) | DeviceProtocol::RtuOverTcp(m) => Some(m),
+            DeviceProtocol::Rtu { modbus, .. } => Some(modbus),
+            DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => None,
+        }
+    }
+
+    /// Mutable Modbus settings, for commands that override them from flags.
+    pub fn modbus_mut(&mut self) -> Option<&mut ModbusConfig> {
+        match &mut self.protocol {
+            DeviceProtocol::ModbusTcp(m) | DeviceProtocol::RtuOverTcp(m) => Some(m),
+            DeviceProtocol::Rtu { modbus, .. } => Some(modbus),
+            DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => None,
+        }
+    }
+
+    /// The line settings of a modbus-rtu device.
+    pub fn serial(&self) -> Option<SerialConfig> {
+        match &self.protocol {
+            DeviceProtocol::Rtu { serial, .. } => Some(*serial),
+            _ => None,
+        }
+    }
+
+    /// The OPC UA settings of an opcua device.
+    pub fn opcua(&self) -> Option<&Arc<opcua::OpcUaDevice>> {
+        match &self.protocol {
+            DeviceProtocol::OpcUa(ua) => Some(ua),
+            _ => None,
+        }
+    }
+
+    /// The S7 settings of an s7 device.
+    pub fn s7(&self) -> Option<&Arc<crate::source::s7::config::S7Device>> {
+        match &self.protocol {
+            DeviceProtocol::S7(s7) => Some(s7),
+            _ => None,
+        }
+    }
+
+    /// Every tag name, whatever the protocol, in config order.
+    pub fn tag_names(&self) -> Vec<&str> {
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(m)
+            | DeviceProtocol::RtuOverTcp(m)
+            | DeviceProtocol::Rtu { modbus: m, .. } => m.tags.iter().map(|t| &*t.name).collect(),
+            DeviceProtocol::OpcUa(ua) => ua.tags.iter().map(|t| &*t.name).collect(),
+            DeviceProtocol::S7(s7) => s7.tags.iter().map(|t| &*t.name).collect(),
+        }
+    }
+
+    /// What a rule may assume a tag holds.
+    pub fn tag_type(&self, name: &str) -> Option<crate::expr::Type> {
+        use crate::expr::Type;
+        use crate::source::modbus::decode::DataType;
+        use crate::source::s7::address::S7Type;
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(m)
+            | DeviceProtocol::RtuOverTcp(m)
+            | DeviceProtocol::Rtu { modbus: m, .. } => m
+                .tags
+                .iter()
+                .find(|t| &*t.name == name)
+                .map(|t| match t.ty {
+                    DataType::Bool => Type::Bool,
+                    DataType::String(_) => Type::Str,
+                    _ => Type::Num,
+                }),
+            DeviceProtocol::OpcUa(ua) => ua.tag_kind(name).map(|k| match k {
+                opcua::ValueKind::Num => Type::Num,
+                opcua::ValueKind::Bool => Type::Bool,
+                opcua::ValueKind::Str => Type::Str,
+            }),
+            DeviceProtocol::S7(s7) => {
+                s7.tags
+                    .iter()
+                    .find(|t| &*t.name == name)
+                    .map(|t| match t.ty {
+                        S7Type::Bool => Type::Bool,
+                        S7Type::String(_) => Type::Str,
+                        _ => Type::Num,
+                    })
+            }
+        }
+    }
+
+    /// The bus this device shares with others, if its protocol has one; all
+    /// devices with the same key are polled by one task. A serial port is
+    /// named by its resolved path when it exists, so `/dev/ttyUSB0` and its
+    /// `/dev/serial/by-id/...` link are seen as one bus.
+    pub fn bus_key(&self) -> Option<String> {
+        match &self.protocol {
+            DeviceProtocol::ModbusTcp(_) | DeviceProtocol::OpcUa(_) | DeviceProtocol::S7(_) => None,
+            DeviceProtocol::Rtu { .. } => {
+                let path = std::fs::canonicalize(&self.address)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| self.address.clone());
+                Some(format!("serial:{path}"))
+            }
+            DeviceProtocol::RtuOverTcp(_) => Some(format!("tcp:{}", self.address)),
+        }
+    }
+}
+
+/// `[[devices]]`: each device, then the checks across devices.
+pub(crate) fn validate_all(
+    raw: Vec<RawDevice>,
+    base: &Path,
+    agent: &AgentConfig,
+    p: &mut Problems,
+) -> Vec<Arc<DeviceConfig>> {
+    let mut devices = Vec::new();
+    let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    for (di, d) in raw.into_iter().enumerate() {
+        let key = format!("devices[{di}]");
+        let first = *seen_ids.entry(d.id.clone()).or_insert(di);
+        if first != di {
+            p.error(
+                format!("{key}.id"),
+                format!(
+                    "{:?} is already used by devices[{first}]; device ids must be unique",
+                    d.id
+                ),
+            );
+        }
+        if !is_id(&d.id) {
+            p.error(
+                format!("{key}.id"),
+                format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", d.id),
+            );
+        }
+        devices.push(Arc::new(validate_device(d, &key, base, agent, p)));
+    }
+    crate::source::modbus::config::check_buses(&devices, p);
+    if devices.is_empty() && !p.has_errors() {
+        p.warn(
+            "devices",
+            "no devices are configured; the agent will only publish its status",
+        );
+    }
+    devices
+}
