@@ -1,6 +1,6 @@
 //! Interoperability with a real, independent broker: mosquitto, started by
-//! the test on a free loopback port. Outside CI a missing mosquitto skips
-//! these tests with a note; with CI=true it fails them.
+//! the test on a free loopback port. Marked `#[ignore = "needs mosquitto"]`:
+//! run with `--include-ignored`, as `.ci/run` does.
 
 mod common;
 
@@ -39,11 +39,10 @@ fn devices(addr: std::net::SocketAddr) -> String {
     format!("[[devices]]\nid = \"plc-1\"\naddress = \"{addr}\"\npoll_interval = \"20ms\"\n{TAGS}")
 }
 
+#[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_through_a_mosquitto_restart_with_nothing_missing() {
-    let Some(mut broker) = Mosquitto::start("") else {
-        return;
-    };
+    let mut broker = Mosquitto::require("");
     let sim = sim().await;
     let proxy = Proxy::start(([127, 0, 0, 1], broker.port).into(), Mode::Forward).await;
     let before = Platform::subscribe(broker.port).await;
@@ -125,11 +124,10 @@ async fn delivers_through_a_mosquitto_restart_with_nothing_missing() {
     );
 }
 
+#[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_retained_and_says_offline_after_a_clean_stop() {
-    let Some(broker) = Mosquitto::start("") else {
-        return;
-    };
+    let broker = Mosquitto::require("");
     let sim = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), broker.port, &devices(sim.addr), "", "");
@@ -170,11 +168,10 @@ async fn status_is_retained_and_says_offline_after_a_clean_stop() {
     assert_schema("status", &status[0]);
 }
 
+#[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_will_says_offline_when_the_agent_vanishes() {
-    let Some(broker) = Mosquitto::start("") else {
-        return;
-    };
+    let broker = Mosquitto::require("");
     let sim = sim().await;
     let proxy = Proxy::start(([127, 0, 0, 1], broker.port).into(), Mode::Forward).await;
     let dir = tempfile::tempdir().unwrap();

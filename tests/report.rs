@@ -674,26 +674,19 @@ async fn closed_windows_carry_a_linked_seal_under_a_compressed_clock() {
     assert_eq!(first.end_ts - first.start_ts, H);
 }
 
-/// Finds Debian's chromium; in CI its absence is a failure.
+/// Finds Debian's chromium.
 fn chromium() -> Option<PathBuf> {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but chromium is not installed; .ci/run must install it");
-        }
-        eprintln!(
-            "NOTE: chromium not installed; the headless rendering check is skipped outside CI"
-        );
-    }
-    found
+        .find(|p| p.exists())
 }
 
+#[ignore = "needs chromium (.ci/run installs it and runs ignored tests)"]
 #[test]
 fn the_demo_plants_report_renders_in_headless_chromium() {
-    let Some(chrome) = chromium() else { return };
+    let chrome =
+        chromium().expect("chromium is installed (apt-get install chromium); .ci/run installs it");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
     let bin = env!("CARGO_BIN_EXE_zgsz-agent");

@@ -1,8 +1,8 @@
 //! Modbus RTU: real serial lines (pty pairs from socat) with tokio-modbus's
 //! RTU server or a raw-frame slave on the far end, RTU over TCP against the
 //! simulator, and the `scan`, `probe` and `read` commands as run by an
-//! engineer. Without socat the serial tests print a NOTE and pass, except
-//! with CI=true, where they fail.
+//! engineer. The serial tests are marked `#[ignore = "needs socat"]`: run
+//! with `--include-ignored`, as `.ci/run` does.
 
 mod common;
 
@@ -124,11 +124,10 @@ fn count(c: &Cycles, id: &str) -> usize {
     c.get(id).map_or(0, Vec::len)
 }
 
+#[ignore = "needs socat (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn units_on_one_serial_bus_share_a_lane_and_keep_their_qualities() {
-    let Some(pty) = common::pty_pair() else {
-        return;
-    };
+    let pty = common::require_pty();
     let sim = SimSerial::start(
         &pty.a.display().to_string(),
         &line(9600),
@@ -194,12 +193,11 @@ fn raw_slave(pty: &zgsz_agent::sim::rtu::SocatPty, baud: u32) -> RawSlave {
     RawSlave::start(port, None)
 }
 
+#[ignore = "needs socat (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_never_interleave_and_the_inter_frame_gap_is_kept() {
     for baud in [9600u32, 115200] {
-        let Some(pty) = common::pty_pair() else {
-            return;
-        };
+        let pty = common::require_pty();
         let slave = raw_slave(&pty, baud);
         for u in [1u8, 2, 3] {
             slave.set_unit(u, unit_bank(u), Behaviour::Answer);
@@ -250,11 +248,10 @@ async fn frames_never_interleave_and_the_inter_frame_gap_is_kept() {
     }
 }
 
+#[ignore = "needs socat (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_unit_backs_off_while_the_live_units_keep_their_rate() {
-    let Some(pty) = common::pty_pair() else {
-        return;
-    };
+    let pty = common::require_pty();
     let slave = raw_slave(&pty, 9600);
     slave.set_unit(1, unit_bank(1), Behaviour::Answer);
     slave.set_unit(3, unit_bank(3), Behaviour::Exception(6));
@@ -310,11 +307,10 @@ async fn a_dead_unit_backs_off_while_the_live_units_keep_their_rate() {
         .all(|r| r.quality == Quality::Bad(BadReason::Exception(6))));
 }
 
+#[ignore = "needs socat (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_crc_is_a_decode_quality_and_the_bus_recovers() {
-    let Some(pty) = common::pty_pair() else {
-        return;
-    };
+    let pty = common::require_pty();
     let slave = raw_slave(&pty, 19200);
     slave.set_unit(1, unit_bank(1), Behaviour::Answer);
     slave.set_unit(2, unit_bank(2), Behaviour::Answer);
@@ -452,11 +448,10 @@ fn units_1_7_42() -> HashMap<u8, Arc<Mutex<Bank>>> {
         .collect()
 }
 
+#[ignore = "needs socat (.ci/run installs it and runs ignored tests)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_units_1_7_and_42_on_a_serial_bus() {
-    let Some(pty) = common::pty_pair() else {
-        return;
-    };
+    let pty = common::require_pty();
     let sim = SimSerial::start(&pty.a.display().to_string(), &line(9600), units_1_7_42()).unwrap();
     // A unit that answers with an exception is there all the same.
     sim.faults.unit_exception.lock().unwrap().insert(7, 2);

@@ -365,8 +365,7 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// `None` when mosquitto is not installed and we are not in CI; in CI
-    /// (CI=true) a missing mosquitto fails the test instead of skipping it.
+    /// `None` when mosquitto is not installed.
     pub fn start(extra_conf: &str) -> Option<Mosquitto> {
         let bin = [
             "/usr/sbin/mosquitto",
@@ -375,13 +374,7 @@ impl Mosquitto {
         ]
         .into_iter()
         .find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but mosquitto is not installed; .ci/run must install it");
-            }
-            eprintln!("NOTE: mosquitto not installed; this test is skipped outside CI");
-            return None;
-        };
+        let bin = bin?;
         // A free port can be taken by another process before mosquitto
         // binds it; try a few.
         for _ in 0..5 {
@@ -528,18 +521,14 @@ pub fn logs() {
     }
 }
 
-/// A pty pair from socat (a serial cable in software). `None` when socat is
-/// not installed and we are not in CI; in CI (CI=true) a missing socat
-/// fails the test instead of skipping it, as with mosquitto.
-pub fn pty_pair() -> Option<zgsz_agent::sim::rtu::SocatPty> {
+/// A pty pair from socat (a serial cable in software), for tests marked
+/// `#[ignore = "needs socat …"]`: they run only when asked for, so a
+/// missing socat is a failure, never a pass.
+pub fn require_pty() -> zgsz_agent::sim::rtu::SocatPty {
     match zgsz_agent::sim::rtu::SocatPty::start() {
-        Ok(p) => Some(p),
+        Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but socat is not installed; .ci/run must install it");
-            }
-            eprintln!("NOTE: socat not installed; this test is skipped outside CI");
-            None
+            panic!("socat is not installed (apt-get install socat); .ci/run installs it")
         }
         Err(e) => panic!("socat failed to make a pty pair: {e}"),
     }
