@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::Value;
 use zgsz_contract::payload::{Envelope, MetricsMessage, StatesMessage, StatusMessage};
 
@@ -35,7 +35,12 @@ pub fn handle(
     topic_name: &str,
     payload: &[u8],
 ) -> Result<Handled, StoreError> {
-    let tx = store.conn.transaction()?;
+    // IMMEDIATE: instances sharing one database file take the write lock
+    // at BEGIN, where the busy timeout waits for it; a deferred transaction
+    // upgrading after another instance's commit would fail at once.
+    let tx = store
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
     let received = now_ms();
     let outcome = match decide(&tx, cfg, topic_name, payload, received)? {
         Ok(h) => h,
@@ -127,7 +132,15 @@ fn decide(
                 return Ok(Err(why));
             }
             let instance = e.instance().unwrap_or_default().to_string();
-            if !insert_message(tx, e, &instance, "states", text, received)? {
+            if !insert_message(
+                tx,
+                e,
+                &instance,
+                "states",
+                text,
+                received,
+                &cfg.mqtt.client_id,
+            )? {
                 return Ok(Ok(Handled::Duplicate));
             }
             for tr in &m.transitions {
@@ -176,7 +189,15 @@ fn decide(
             }
             let Some(seal) = &m.body.seal else {
                 // A snapshot: stored, nothing to verify.
-                insert_message(tx, e, &instance, "metrics", text, received)?;
+                insert_message(
+                    tx,
+                    e,
+                    &instance,
+                    "metrics",
+                    text,
+                    received,
+                    &cfg.mqtt.client_id,
+                )?;
                 return Ok(Ok(Handled::Stored));
             };
             let Some(upto) = m.body.states_upto_seq else {
@@ -201,7 +222,15 @@ fn decide(
                     "chain index {index} of instance {instance} is already held by {other}"
                 )));
             }
-            insert_message(tx, e, &instance, "metrics", text, received)?;
+            insert_message(
+                tx,
+                e,
+                &instance,
+                "metrics",
+                text,
+                received,
+                &cfg.mqtt.client_id,
+            )?;
             let broken = crate::verify::self_contained(&value, &m.body);
             let prev_hash: Option<String> = tx
                 .query_row(
@@ -278,11 +307,12 @@ fn insert_message(
     stream: &str,
     text: &str,
     received: i64,
+    received_by: &str,
 ) -> rusqlite::Result<bool> {
     let n = tx.execute(
-        "INSERT INTO messages (gateway_id, msg_id, instance, seq, stream, created_ts, received_ts, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (gateway_id, msg_id) DO NOTHING",
-        params![e.gateway_id, e.msg_id, instance, e.seq, stream, e.created_ts, received, text],
+        "INSERT INTO messages (gateway_id, msg_id, instance, seq, stream, created_ts, received_ts, payload, received_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (gateway_id, msg_id) DO NOTHING",
+        params![e.gateway_id, e.msg_id, instance, e.seq, stream, e.created_ts, received, text, received_by],
     )?;
     Ok(n == 1)
 }

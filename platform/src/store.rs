@@ -14,9 +14,10 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The migrations, in order; a migration is never edited once released.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE gateways (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE gateways (
         gateway_id TEXT PRIMARY KEY,
         uscc TEXT NOT NULL,
         region_code TEXT NOT NULL,
@@ -77,7 +78,14 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         clock_sync TEXT NOT NULL,
         payload TEXT NOT NULL
     );",
-)];
+    ),
+    // Which receiver instance (its MQTT client id) stored a message: with
+    // several instances on one shared subscription, each does a share.
+    (
+        2,
+        "ALTER TABLE messages ADD COLUMN received_by TEXT NOT NULL DEFAULT ''",
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -197,7 +205,10 @@ impl Store {
             )",
         )?;
         for (version, sql) in MIGRATIONS {
-            let tx = self.conn.transaction()?;
+            // IMMEDIATE: two instances starting at once migrate one at a time.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let done: Option<i64> = tx
                 .query_row(
                     "SELECT version FROM schema_migrations WHERE version = ?1",
@@ -304,6 +315,15 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT topic, reason FROM rejected ORDER BY received_ts, topic")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many messages each receiver instance (MQTT client id) stored.
+    pub fn stored_by(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT received_by, COUNT(*) FROM messages GROUP BY received_by ORDER BY received_by",
+        )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -404,7 +404,7 @@ fn gaps_are_listed_per_instance_and_migrations_apply_once() {
     assert_eq!(gaps, vec![(3, 4), (6, 8)]);
     drop(store);
     let store = Store::open(&dir.path().join("p.db")).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     assert_eq!(store.count("states").unwrap(), 4);
 }
 

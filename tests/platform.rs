@@ -1,0 +1,169 @@
+//! The city's receiver against the real agent: the time-compressed demo
+//! plant publishes through mosquitto, and `zgsz-platform` ingests through a
+//! shared subscription, commits, acknowledges and verifies every seal.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{wait_until, CompressedDemo, Mosquitto};
+use zgsz_platform::config::Config as PlatformConfig;
+use zgsz_platform::store::{Gateway, Store};
+
+/// Starts a receiver instance `client_id` of the group `city` on `db`;
+/// sending on the returned channel stops it.
+fn receiver(
+    db: &std::path::Path,
+    port: u16,
+    client_id: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), zgsz_platform::store::StoreError>>,
+) {
+    let text = format!(
+        "[database]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\nshare_group = \"city\"\nkeepalive_s = 5\n",
+        db.display(),
+    );
+    let cfg = PlatformConfig::parse("platform.toml", &text).expect("receiver config");
+    let store = Store::open(db).expect("receiver database");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(zgsz_platform::ingest::run(cfg, store, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+/// Enrols the demo plant's gateway in the receiver's database at `db`.
+fn enrol(db: &std::path::Path, demo: &CompressedDemo) {
+    let (key, _) =
+        zgsz_agent::signing::GatewayKey::load_or_create(demo.dir.path()).expect("gateway key");
+    Store::open(db)
+        .expect("receiver database")
+        .enrol(&Gateway {
+            gateway_id: demo.cfg.agent.gateway_id.clone(),
+            uscc: demo.cfg.enterprise.uscc.clone(),
+            region_code: demo.cfg.enterprise.region_code.clone(),
+            public_key: key.public_hex(),
+        })
+        .expect("enrol");
+}
+
+/// The chain indices the agent has sealed.
+fn sealed(state_dir: &std::path::Path) -> BTreeSet<i64> {
+    let conn = zgsz_agent::buffer::open_read_only(state_dir).expect("the agent's outbox");
+    let mut st = conn.prepare("SELECT idx FROM chain").expect("chain");
+    let idx = st
+        .query_map([], |r| r.get::<_, i64>(0))
+        .expect("chain rows");
+    idx.map(|i| i.expect("an index")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
+async fn every_seal_of_the_demo_plant_is_stored_once_and_verified() {
+    let broker = Mosquitto::require("");
+    let mut demo = CompressedDemo::start().await;
+    demo.cfg.set_broker("127.0.0.1", broker.port);
+    let state = demo.dir.path().to_path_buf();
+    let city = tempfile::tempdir().unwrap();
+    let db = city.path().join("platform.db");
+    enrol(&db, &demo);
+    let (stop_receiver, receiver) = receiver(&db, broker.port, "city-1");
+
+    let agent = zgsz_agent::agent::start(&demo.cfg, demo.clock.clone()).expect("agent");
+    let reader = Store::open(&db).expect("a second connection");
+    // Ten hours of the plant: about 5 s at 7,200 times real time.
+    wait_until(Duration::from_secs(60), "ten verified hours", || {
+        reader.windows().is_ok_and(|w| {
+            w.iter()
+                .filter(|w| w.kind == "hour" && w.verdict == "verified")
+                .count()
+                >= 10
+        })
+    })
+    .await;
+    agent.stop().await;
+    let sealed = sealed(&state);
+    assert!(sealed.len() >= 10, "the agent sealed {}", sealed.len());
+    // Everything the agent sealed reaches the receiver, and verifies.
+    let done = || {
+        reader.windows().is_ok_and(|w| {
+            w.iter().map(|w| w.index).collect::<BTreeSet<i64>>() == sealed
+                && w.iter().all(|w| w.verdict == "verified")
+        })
+    };
+    wait_until(Duration::from_secs(30), "every seal verified", done).await;
+    let _ = stop_receiver.send(());
+    receiver
+        .await
+        .expect("the receiver task")
+        .expect("the receiver stopped cleanly");
+
+    let windows = reader.windows().expect("windows");
+    assert_eq!(
+        windows.len(),
+        sealed.len(),
+        "a seal stored twice or missing"
+    );
+    for w in &windows {
+        assert_eq!(w.verdict, "verified", "{w:?}");
+        assert!(!w.flags.contains("config_hash_changed"), "{w:?}");
+    }
+    assert!(
+        reader.rejected().expect("rejected").is_empty(),
+        "{:?}",
+        reader.rejected()
+    );
+    assert!(reader.count("states").expect("states") > 0);
+}
+
+/// Two instances on one shared subscription and one database: the broker
+/// splits the messages between them, both do a share, and every seal is
+/// still stored once and verified, its neighbours stored by either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
+async fn two_instances_on_one_shared_subscription_split_the_work_and_count_nothing_twice() {
+    let broker = Mosquitto::require("");
+    let mut demo = CompressedDemo::start().await;
+    demo.cfg.set_broker("127.0.0.1", broker.port);
+    let state = demo.dir.path().to_path_buf();
+    let city = tempfile::tempdir().unwrap();
+    let db = city.path().join("platform.db");
+    enrol(&db, &demo);
+    let instances = [
+        receiver(&db, broker.port, "city-1"),
+        receiver(&db, broker.port, "city-2"),
+    ];
+    let reader = Store::open(&db).expect("a second connection");
+    let agent = zgsz_agent::agent::start(&demo.cfg, demo.clock.clone()).expect("agent");
+    wait_until(Duration::from_secs(60), "twenty stored hours", || {
+        reader
+            .windows()
+            .is_ok_and(|w| w.iter().filter(|w| w.kind == "hour").count() >= 20)
+    })
+    .await;
+    agent.stop().await;
+    let sealed = sealed(&state);
+    wait_until(Duration::from_secs(30), "every seal verified", || {
+        reader.windows().is_ok_and(|w| {
+            w.iter().map(|w| w.index).collect::<BTreeSet<i64>>() == sealed
+                && w.iter().all(|w| w.verdict == "verified")
+        })
+    })
+    .await;
+    for (stop, task) in instances {
+        let _ = stop.send(());
+        task.await
+            .expect("the receiver task")
+            .expect("the receiver stopped cleanly");
+    }
+    assert_eq!(reader.windows().expect("windows").len(), sealed.len());
+    let by = reader.stored_by().expect("stored by");
+    let share = |id: &str| by.iter().find(|(c, _)| c == id).map_or(0, |(_, n)| *n);
+    assert!(
+        share("city-1") > 0 && share("city-2") > 0,
+        "both instances must do a share: {by:?}"
+    );
+    assert!(reader.rejected().expect("rejected").is_empty());
+}
