@@ -49,6 +49,17 @@ fn enrol(db: &std::path::Path, demo: &CompressedDemo) {
         .expect("enrol");
 }
 
+/// Waits until the receiver holds exactly the seals `sealed`, each verified.
+async fn every_seal_verified(reader: &Store, sealed: &BTreeSet<i64>) {
+    wait_until(Duration::from_secs(30), "every seal verified", || {
+        reader.windows().is_ok_and(|w| {
+            w.iter().map(|w| w.index).collect::<BTreeSet<i64>>() == *sealed
+                && w.iter().all(|w| w.verdict == "verified")
+        })
+    })
+    .await;
+}
+
 /// The chain indices the agent has sealed.
 fn sealed(state_dir: &std::path::Path) -> BTreeSet<i64> {
     let conn = zgsz_agent::buffer::open_read_only(state_dir).expect("the agent's outbox");
@@ -87,13 +98,7 @@ async fn every_seal_of_the_demo_plant_is_stored_once_and_verified() {
     let sealed = sealed(&state);
     assert!(sealed.len() >= 10, "the agent sealed {}", sealed.len());
     // Everything the agent sealed reaches the receiver, and verifies.
-    let done = || {
-        reader.windows().is_ok_and(|w| {
-            w.iter().map(|w| w.index).collect::<BTreeSet<i64>>() == sealed
-                && w.iter().all(|w| w.verdict == "verified")
-        })
-    };
-    wait_until(Duration::from_secs(30), "every seal verified", done).await;
+    every_seal_verified(&reader, &sealed).await;
     let _ = stop_receiver.send(());
     receiver
         .await
@@ -145,13 +150,7 @@ async fn two_instances_on_one_shared_subscription_split_the_work_and_count_nothi
     .await;
     agent.stop().await;
     let sealed = sealed(&state);
-    wait_until(Duration::from_secs(30), "every seal verified", || {
-        reader.windows().is_ok_and(|w| {
-            w.iter().map(|w| w.index).collect::<BTreeSet<i64>>() == sealed
-                && w.iter().all(|w| w.verdict == "verified")
-        })
-    })
-    .await;
+    every_seal_verified(&reader, &sealed).await;
     for (stop, task) in instances {
         let _ = stop.send(());
         task.await
