@@ -8,8 +8,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{
-    aggregate, day_start, day_view, explain, format_date, parse_date, DayView, EvidenceReport,
-    HTML_FILE, JSON_FILE, SCHEMA, SIG_FILE,
+    aggregate, config_history, day_start, day_view, explain, format_date, parse_date, DayView,
+    EvidenceReport, HTML_FILE, JSON_FILE, SCHEMA, SIG_FILE,
 };
 use crate::chain::{entry_digest, metrics_lines, sha256_hex, Seal, INDICATORS};
 use crate::metrics::Ratio;
@@ -89,6 +89,14 @@ fn check_day(o: &mut Outcome, date: &str, v: &DayView) {
     for (name, r) in &v.indicators {
         check_ratio(o, &at(&format!("indicator {name}")), r);
     }
+    check_day_equipment(o, &at, v, len);
+    check_day_processes(o, &at, v, len);
+    check_day_indicators(o, &at, v);
+}
+
+/// A day's equipment rows: times add up to the day, ratios from times,
+/// flags from kind and times.
+fn check_day_equipment(o: &mut Outcome, at: &dyn Fn(&str) -> String, v: &DayView, len: u64) {
     for e in &v.equipment {
         let t = &e.time_ms;
         let sum = t.offline + t.idle + t.running_manual + t.running_nc;
@@ -150,6 +158,10 @@ fn check_day(o: &mut Outcome, date: &str, v: &DayView) {
             )));
         }
     }
+}
+
+/// A day's process rows: counts and times from the process's equipment.
+fn check_day_processes(o: &mut Outcome, at: &dyn Fn(&str) -> String, v: &DayView, len: u64) {
     for p in &v.processes {
         let members: Vec<_> = v.equipment.iter().filter(|e| e.process == p.id).collect();
         let count = |f: &dyn Fn(&&super::DayEquipment) -> bool| {
@@ -190,7 +202,10 @@ fn check_day(o: &mut Outcome, date: &str, v: &DayView) {
             &p.utilisation,
         );
     }
-    // The day's indicators from the day's own equipment.
+}
+
+/// The day's indicators from the day's own equipment.
+fn check_day_indicators(o: &mut Outcome, at: &dyn Fn(&str) -> String, v: &DayView) {
     let h = zgsz_contract::headline(
         super::parse_industry(&v.industry),
         &v.processes
@@ -257,7 +272,32 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
         }
     };
 
-    // 1. The signature.
+    check_signature(&mut o, &report, &json, dir, pubkey);
+    check_period(&mut o, &report);
+    check_days(&mut o, &report);
+    check_chain(&mut o, &report);
+    check_figures(&mut o, &report);
+    check_timeline(&mut o, &report);
+    check_html(&mut o, &report, dir);
+    let chain = &report.chain.entries;
+    if o.ok() {
+        o.notes.push(format!(
+            "{} day(s), {} chain entries, every figure re-derived from the daily detail",
+            report.days.len(),
+            chain.len()
+        ));
+    }
+    o
+}
+
+/// 1. The signature, against `pubkey` or the key the report names, and the schema.
+fn check_signature(
+    o: &mut Outcome,
+    report: &EvidenceReport,
+    json: &[u8],
+    dir: &Path,
+    pubkey: Option<[u8; 32]>,
+) {
     let named = signing::parse_public_key(&report.gateway.public_key);
     let key = match (pubkey, &named) {
         (Some(k), Ok(n)) => {
@@ -288,7 +328,7 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
         }
     }
     match (std::fs::read(dir.join(SIG_FILE)), key) {
-        (Ok(sig), Some(k)) => match signing::verify(&k, &json, &sig) {
+        (Ok(sig), Some(k)) => match signing::verify(&k, json, &sig) {
             Ok(()) => o.notes.push(format!(
                 "signature valid (Ed25519, key fingerprint {})",
                 signing::fingerprint(&k)
@@ -305,8 +345,10 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
             report.schema
         ));
     }
+}
 
-    // 2. The period and its days: every day, once, in order.
+/// 2. The period and its days: every day, once, in order.
+fn check_period(o: &mut Outcome, report: &EvidenceReport) {
     let p = &report.period;
     let offset = time::UtcOffset::from_whole_seconds(p.utc_offset_s).ok();
     match (parse_date(&p.from), parse_date(&p.to), offset) {
@@ -383,12 +425,14 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
             p.from, p.to, p.utc_offset_s
         )),
     }
+}
 
-    // 3. Each day on its own, and sealed days against their seal.
+/// 3. Each day on its own, and sealed days against their seal.
+fn check_days(o: &mut Outcome, report: &EvidenceReport) {
     let chain = &report.chain.entries;
     for day in &report.days {
         match day_view(day) {
-            Ok(v) => check_day(&mut o, &day.date, &v),
+            Ok(v) => check_day(o, &day.date, &v),
             Err(e) => {
                 o.bad(e);
                 continue;
@@ -434,8 +478,12 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
             ));
         }
     }
+}
 
-    // 4. The chain: every digest from its parts, every link to the one before.
+/// 4. The chain: every digest from its parts, every link to the one before; the days it seals; the config history.
+fn check_chain(o: &mut Outcome, report: &EvidenceReport) {
+    let p = &report.period;
+    let chain = &report.chain.entries;
     for (i, c) in chain.iter().enumerate() {
         let s = &c.seal;
         if entry_digest(s.index, &s.prev, &s.metrics_sha256, &s.transitions_sha256) != s.digest {
@@ -478,26 +526,13 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
             ));
         }
     }
-    let mut history: Vec<super::ConfigUse> = Vec::new();
-    for e in chain {
-        match history.last_mut() {
-            Some(h) if h.config_hash == e.config_hash => {
-                h.last_end_ts = e.end_ts;
-                h.windows += 1;
-            }
-            _ => history.push(super::ConfigUse {
-                config_hash: e.config_hash.clone(),
-                first_start_ts: e.start_ts,
-                last_end_ts: e.end_ts,
-                windows: 1,
-            }),
-        }
-    }
-    if history != report.config.history {
+    if config_history(chain) != report.config.history {
         o.bad("config.history does not match the config hashes of the chain entries");
     }
+}
 
-    // 5. Every period figure from the days.
+/// 5. Every period figure from the days.
+fn check_figures(o: &mut Outcome, report: &EvidenceReport) {
     match aggregate(&report.plant, &report.enterprise.industry, &report.days) {
         Ok((processes, equipment, headline)) => {
             let mut out = Vec::new();
@@ -517,8 +552,11 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
         }
         Err(e) => o.bad(e),
     }
+}
 
-    // 6. The timeline covers the period without holes.
+/// 6. The timeline covers the period without holes.
+fn check_timeline(o: &mut Outcome, report: &EvidenceReport) {
+    let p = &report.period;
     for row in &report.timeline.equipment {
         let mut cur = p.start_ts;
         for (a, b, state) in &row.segments {
@@ -532,11 +570,13 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
             cur = *b;
         }
     }
+}
 
-    // 7. The HTML is the rendering of this JSON.
+/// 7. The HTML is the rendering of this JSON.
+fn check_html(o: &mut Outcome, report: &EvidenceReport, dir: &Path) {
     match std::fs::read(dir.join(HTML_FILE)) {
         Ok(html) => {
-            if html != super::html::render(&report).as_bytes() {
+            if html != super::html::render(report).as_bytes() {
                 o.bad(format!(
                     "{HTML_FILE} is not the rendering of {JSON_FILE}: one of them was edited"
                 ));
@@ -546,14 +586,6 @@ pub fn verify_dir(dir: &Path, pubkey: Option<[u8; 32]>) -> Outcome {
             .notes
             .push(format!("{HTML_FILE} not present; not compared")),
     }
-    if o.ok() {
-        o.notes.push(format!(
-            "{} day(s), {} chain entries, every figure re-derived from the daily detail",
-            report.days.len(),
-            chain.len()
-        ));
-    }
-    o
 }
 
 /// Serialises anything Serialize into a JSON value for [`diff`].
