@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// The OPC UA keys live with the OPC UA source; this path is kept for callers.
 pub use crate::source::opcua::config as opcua;
 pub mod sink;
-pub use sink::{Carries, MqttConfig, SinkConfig, TopicLayout};
+pub use sink::{Carries, ClientAuth, MqttConfig, SinkConfig, TlsSettings, TopicLayout};
 mod device;
 mod sections;
 pub use device::{DeviceConfig, DeviceProtocol, Protocol};

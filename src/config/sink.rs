@@ -149,13 +149,34 @@ impl SinkConfig {
     }
 }
 
+/// A sink's TLS settings, paths resolved against the config file's folder.
+/// The uplink builds its rustls client config from them (`uplink::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The CA certificates (PEM) the broker's certificate must chain to;
+    /// `None`: the system's CA certificates.
+    pub ca_file: Option<PathBuf>,
+    /// The gateway's own certificate and key, for brokers that require
+    /// mutual TLS; `None`: no client certificate.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A client certificate and its private key (PEM), for mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The gateway's certificate chain (PEM) it presents to the broker.
+    pub cert_file: PathBuf,
+    /// The private key (PEM) of `cert_file`.
+    pub key_file: PathBuf,
+}
+
 /// A sink's MQTT connection.
 #[derive(Clone)]
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
     /// `None` means plaintext (only sensible on loopback).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<TlsSettings>,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub client_id: String,
@@ -293,8 +314,62 @@ fn validate_sink(
     if m.max_inflight == 0 {
         p.error(k("max_inflight"), "must be at least 1");
     }
+    let tls = tls(base, &m, &k, p);
+    let password = password(base, &m, &k, p);
+    let port = connection_checks(&m, &k, p);
+    let mqtt = MqttConfig {
+        host: m.host.clone(),
+        port,
+        tls,
+        username: m.username.clone(),
+        password,
+        client_id: m.client_id.clone().unwrap_or_else(|| {
+            if name == PLATFORM {
+                format!("zgsz-{gateway_id}")
+            } else {
+                format!("zgsz-{gateway_id}-{name}")
+            }
+        }),
+        topic_prefix: m.topic_prefix.clone(),
+        keepalive: {
+            let ka = duration(p, &k("keepalive"), &m.keepalive, Duration::from_secs(5));
+            // MQTT carries keep-alive as 16-bit seconds.
+            if ka > Duration::from_secs(65535) {
+                p.error(
+                    k("keepalive"),
+                    "exceeds MQTT's limit of 65535s; 30s to 120s is usual",
+                );
+            }
+            ka
+        },
+        max_inflight: m.max_inflight,
+        max_message_bytes,
+        status_interval: duration(
+            p,
+            &k("status_interval"),
+            &m.status_interval,
+            Duration::from_secs(1),
+        ),
+    };
+
+    SinkConfig {
+        name,
+        mqtt,
+        carries,
+        layout: m.topic_layout,
+        key: key.to_string(),
+    }
+}
+
+/// `tls` and the keys that need it: the settings, or `None` for plaintext.
+fn tls(
+    base: &Path,
+    m: &RawSink,
+    k: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) -> Option<TlsSettings> {
     let tls = if m.tls {
-        tls_config(base, &m, &k, p)
+        tls_settings(base, m, k, p)
     } else {
         for (k_, v) in [
             ("ca_file", &m.ca_file),
@@ -316,6 +391,17 @@ fn validate_sink(
             "is false but require_tls = true; set tls = true with ca_file",
         );
     }
+    tls
+}
+
+/// The broker password, from `password_env` or `password_file`, with the
+/// checks on both.
+fn password(
+    base: &Path,
+    m: &RawSink,
+    k: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) -> Option<Secret> {
     if m.password_file.is_some() && m.password_env.is_some() {
         p.error(
             k("password_env"),
@@ -361,6 +447,12 @@ fn validate_sink(
             "password_file is set but username is not; MQTT sends a password only with a username",
         );
     }
+    password
+}
+
+/// The broker's port, host and client id, and a warning for plaintext over
+/// the network; returns the port.
+fn connection_checks(m: &RawSink, k: &dyn Fn(&str) -> String, p: &mut Problems) -> u16 {
     let port = m.port.unwrap_or(if m.tls { 8883 } else { 1883 });
     if port == 0 {
         p.error(
@@ -393,48 +485,7 @@ fn validate_sink(
             format!("is false for {:?}: {what} would cross the network in plain text; set tls = true and ca_file", m.host),
         );
     }
-    let mqtt = MqttConfig {
-        host: m.host.clone(),
-        port,
-        tls,
-        username: m.username.clone(),
-        password,
-        client_id: m.client_id.clone().unwrap_or_else(|| {
-            if name == PLATFORM {
-                format!("zgsz-{gateway_id}")
-            } else {
-                format!("zgsz-{gateway_id}-{name}")
-            }
-        }),
-        topic_prefix: m.topic_prefix.clone(),
-        keepalive: {
-            let ka = duration(p, &k("keepalive"), &m.keepalive, Duration::from_secs(5));
-            // MQTT carries keep-alive as 16-bit seconds.
-            if ka > Duration::from_secs(65535) {
-                p.error(
-                    k("keepalive"),
-                    "exceeds MQTT's limit of 65535s; 30s to 120s is usual",
-                );
-            }
-            ka
-        },
-        max_inflight: m.max_inflight,
-        max_message_bytes,
-        status_interval: duration(
-            p,
-            &k("status_interval"),
-            &m.status_interval,
-            Duration::from_secs(1),
-        ),
-    };
-
-    SinkConfig {
-        name,
-        mqtt,
-        carries,
-        layout: m.topic_layout,
-        key: key.to_string(),
-    }
+    port
 }
 
 /// Every device a sink's `telemetry_devices` names is configured: a typo
@@ -512,113 +563,44 @@ fn carries(m: &RawSink, k: &dyn Fn(&str) -> String, p: &mut Problems) -> Carries
     }
 }
 
-fn tls_config(
+/// The TLS settings of a sink, checked by building the client config the
+/// uplink will build (`uplink::tls`), so that `check` refuses what `run`
+/// would.
+fn tls_settings(
     base: &Path,
     m: &RawSink,
     k: &dyn Fn(&str) -> String,
     p: &mut Problems,
-) -> Option<Arc<rustls::ClientConfig>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &m.ca_file {
-        let ca = resolve(base, ca);
-        match std::fs::read(&ca) {
-            Err(e) => {
-                p.error(
-                    k("ca_file"),
-                    format!(
-                        "cannot read {}: {e}; point it at the platform's CA certificate (PEM)",
-                        ca.display()
-                    ),
-                );
-                return None;
-            }
-            Ok(bytes) => {
-                let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-                    .filter_map(Result::ok)
-                    .collect();
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    p.error(k("ca_file"), format!("{} holds no usable PEM certificate; it must contain -----BEGIN CERTIFICATE-----", ca.display()));
-                    return None;
-                }
-            }
-        }
-    } else {
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            p.error(k("ca_file"), "is not set and the system has no CA certificates; set it to the platform's CA certificate (PEM)");
-            return None;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b.with_root_certificates(roots),
-        Err(e) => {
-            p.error(k("tls"), format!("TLS setup failed: {e}"));
-            return None;
-        }
+) -> Option<TlsSettings> {
+    let mut s = TlsSettings {
+        ca_file: m.ca_file.as_ref().map(|f| resolve(base, f)),
+        client_auth: None,
     };
-    match (&m.client_cert_file, &m.client_key_file) {
-        (None, None) => Some(Arc::new(builder.with_no_client_auth())),
+    let pairing = match (&m.client_cert_file, &m.client_key_file) {
+        (None, None) => None,
         (Some(cert), Some(key)) => {
-            let (cert, key) = (resolve(base, cert), resolve(base, key));
-            let certs: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&cert) {
-                Ok(it) => it.filter_map(Result::ok).collect(),
-                Err(e) => {
-                    p.error(
-                        k("client_cert_file"),
-                        format!("cannot read {}: {e}", cert.display()),
-                    );
-                    return None;
-                }
-            };
-            if certs.is_empty() {
-                p.error(
-                    k("client_cert_file"),
-                    format!("{} holds no PEM certificate", cert.display()),
-                );
-                return None;
-            }
-            let key = match PrivateKeyDer::from_pem_file(&key) {
-                Ok(k) => k,
-                Err(e) => {
-                    p.error(
-                        k("client_key_file"),
-                        format!("cannot read a PEM private key from {}: {e}", key.display()),
-                    );
-                    return None;
-                }
-            };
-            match builder.with_client_auth_cert(certs, key) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    p.error(
-                        k("client_key_file"),
-                        format!("does not match client_cert_file: {e}"),
-                    );
-                    None
-                }
-            }
-        }
-        (Some(_), None) => {
-            p.error(
-                k("client_key_file"),
-                "client_cert_file is set, so the matching key file is needed too",
-            );
+            s.client_auth = Some(ClientAuth {
+                cert_file: resolve(base, cert),
+                key_file: resolve(base, key),
+            });
             None
         }
-        (None, Some(_)) => {
-            p.error(
-                k("client_cert_file"),
-                "client_key_file is set, so the matching certificate is needed too",
-            );
-            None
-        }
+        (Some(_), None) => Some((
+            "client_key_file",
+            "client_cert_file is set, so the matching key file is needed too",
+        )),
+        (None, Some(_)) => Some((
+            "client_cert_file",
+            "client_key_file is set, so the matching certificate is needed too",
+        )),
+    };
+    if let Err(e) = crate::uplink::tls::client_config(&s) {
+        p.error(k(e.key()), e.to_string());
+        return None;
     }
+    if let Some((key, why)) = pairing {
+        p.error(k(key), why);
+        return None;
+    }
+    Some(s)
 }

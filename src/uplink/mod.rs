@@ -1,3 +1,4 @@
 //! Northbound: delivery of outbox rows to the platform.
 
 pub mod mqtt;
+pub mod tls;

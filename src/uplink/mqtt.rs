@@ -116,6 +116,9 @@ pub struct MqttUplink {
     sink: Arc<SinkConfig>,
     /// `sink.mqtt`, the connection settings.
     cfg: MqttConfig,
+    /// The rustls client config built from `cfg.tls` (`None`: plaintext),
+    /// or what to fix when it cannot be built.
+    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
     /// Every sink's state, this one's included.
     board: Board,
     topics: Topics,
@@ -176,7 +179,14 @@ impl MqttUplink {
             .trim_end_matches('}')
             .to_string();
         state.send_modify(|s| s.name = sink.name.clone());
+        let tls = match &sink.mqtt.tls {
+            None => Ok(None),
+            Some(t) => super::tls::client_config(t)
+                .map(Some)
+                .map_err(|e| format!("{}.{}: {e}", sink.key, e.key())),
+        };
         MqttUplink {
+            tls,
             topics: Topics::new(&sink.mqtt.topic_prefix, sink.layout, enterprise, gateway_id),
             cfg: sink.mqtt.clone(),
             sink,
@@ -239,7 +249,9 @@ impl MqttUplink {
         serde_json::to_vec(&msg).unwrap_or_default()
     }
 
-    fn options(&self) -> MqttOptions {
+    /// The options of a new connection; `Err`: the TLS client config could
+    /// not be built, and what to fix.
+    fn options(&self) -> Result<MqttOptions, String> {
         let c = &self.cfg;
         let mut o = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
         o.set_keep_alive(c.keepalive);
@@ -265,12 +277,12 @@ impl MqttUplink {
         } else if let Some(u) = &c.username {
             o.set_credentials(u.clone(), String::new());
         }
-        if let Some(tls) = &c.tls {
+        if let Some(tls) = self.tls.clone()? {
             o.set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                rumqttc::TlsConfiguration::Rustls(tls),
             ));
         }
-        o
+        Ok(o)
     }
 
     /// Builds the message for a row: envelope fields, then the row's body.
@@ -321,7 +333,14 @@ impl MqttUplink {
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
-            match self.session(bit, &mut shutdown, &mut backoff).await {
+            let end = match self.options() {
+                Ok(options) => {
+                    self.session(options, bit, &mut shutdown, &mut backoff)
+                        .await
+                }
+                Err(fix) => End::Lost("TLS setup failed".to_string(), Some(fix)),
+            };
+            match end {
                 End::Shutdown => return,
                 End::Lost(why, fix) => {
                     self.record(false, Some(why.clone())).await;
@@ -424,12 +443,13 @@ impl MqttUplink {
 
     async fn session(
         &mut self,
+        options: MqttOptions,
         bit: SinkBit,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> End {
         let window = usize::from(self.cfg.max_inflight);
-        let (client, mut eventloop) = AsyncClient::new(self.options(), window * 2 + 8);
+        let (client, mut eventloop) = AsyncClient::new(options, window * 2 + 8);
         let (ev_tx, mut events) = mpsc::channel(window * 2 + 16);
         let pump = tokio::spawn(async move {
             loop {
