@@ -283,3 +283,80 @@ fn world_readable_password_file_is_warned_about_until_chmod_600() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_tag_count_covers_every_protocol() {
+    // Two Modbus TCP tags, one RTU-over-TCP tag, one OPC UA tag and two S7
+    // tags: six, of which only three are Modbus.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        r#"[agent]
+gateway_id = "gw"
+state_dir = "state"
+[enterprise]
+name = "测试"
+uscc = "91350100M000100Y43"
+region_code = "321003"
+industry = "discrete"
+[mqtt]
+tls = false
+
+[[devices]]
+id = "lathe-01"
+address = "127.0.0.1:5020"
+[[devices.tags]]
+name = "spindle_speed"
+area = "holding_register"
+address = 0
+type = "f32"
+[[devices.tags]]
+name = "mode"
+area = "holding_register"
+address = 2
+type = "u16"
+
+[[devices]]
+id = "mill-02"
+protocol = "modbus-rtu-over-tcp"
+address = "127.0.0.1:5021"
+[[devices.tags]]
+name = "mode"
+area = "holding_register"
+address = 0
+type = "u16"
+
+[[devices]]
+id = "dmg-01"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840"
+[[devices.tags]]
+name = "mode"
+node = "ns=2;s=Channel1.State"
+
+[[devices]]
+id = "press-line"
+protocol = "s7"
+address = "127.0.0.1:102"
+rack = 0
+slot = 1
+[[devices.tags]]
+name = "mode"
+address = "DB10.DBW0"
+type = "int"
+[[devices.tags]]
+name = "line_speed"
+address = "DB10.DBD4"
+type = "real"
+"#,
+    )
+    .expect("write config");
+    let out = check(&cfg);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("OK (4 device(s), 6 tag(s))"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}

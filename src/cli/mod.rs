@@ -222,11 +222,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check { config } => Ok(match load_config(&config) {
             Ok(c) => {
-                let tags: usize = c
-                    .devices
-                    .iter()
-                    .map(|d| d.modbus().map_or(0, |m| m.tags.len()))
-                    .sum();
+                let tags: usize = c.devices.iter().map(|d| d.tag_names().len()).sum();
                 println!(
                     "{}: OK ({} device(s), {} tag(s))",
                     config.display(),
