@@ -270,6 +270,73 @@ pub fn seal_window(
     Ok((report, row, entry))
 }
 
+/// A window's figures recomputed from the outbox database, as `metrics`
+/// shows them.
+#[derive(Debug)]
+pub struct Recomputed {
+    /// The figures, with the window's seal when the chain holds the same.
+    pub report: Report,
+    /// The window had not ended: these are the figures so far.
+    pub partial: bool,
+    /// The window was sealed on the digest chain with other figures (the
+    /// evidence changed since): the index of that chain entry.
+    pub differs_from_seal: Option<u64>,
+}
+
+/// Why a window could not be recomputed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecomputeError {
+    #[error("reading the state history: {0}")]
+    History(#[source] rusqlite::Error),
+    #[error("reading the digest chain: {0}")]
+    Chain(#[source] rusqlite::Error),
+    #[error("encoding the figures: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the canonical lines of the figures: {0}")]
+    Canon(#[from] crate::chain::CanonError),
+}
+
+/// Recomputes the `kind` window containing `at_ms` from the state history
+/// in `conn`, as of `now_ms`: a window not yet ended is cut at `now_ms`; a
+/// closed window the agent sealed gets its seal when the figures
+/// recomputed now are the ones that were sealed.
+pub fn recompute(
+    c: &crate::config::Config,
+    conn: &rusqlite::Connection,
+    kind: WindowKind,
+    at_ms: i64,
+    now_ms: i64,
+) -> Result<Recomputed, RecomputeError> {
+    let offset = c.metrics.utc_offset;
+    let mut w = Window::containing(kind, at_ms, offset);
+    let partial = w.end > now_ms;
+    if partial {
+        w.end = now_ms.max(w.start);
+    }
+    let data = crate::buffer::window_data(conn, w.start, w.end).map_err(RecomputeError::History)?;
+    let mut report = compute(&c.plant, &c.enterprise, &c.hash(), w, offset, &data);
+    let mut differs_from_seal = None;
+    if !partial {
+        let sealed = crate::buffer::chain_entries(conn, w.start, w.start + 1)
+            .map_err(RecomputeError::Chain)?
+            .into_iter()
+            .find(|e| e.kind == kind.name() && e.start_ts == w.start);
+        if let Some(e) = sealed {
+            let lines = crate::chain::metrics_lines(&serde_json::to_value(&report)?)?;
+            if crate::chain::sha256_hex(lines.as_bytes()) == e.seal.metrics_sha256 {
+                report.seal = Some(e.seal);
+            } else {
+                differs_from_seal = Some(e.seal.index);
+            }
+        }
+    }
+    Ok(Recomputed {
+        report,
+        partial,
+        differs_from_seal,
+    })
+}
+
 fn declared_indicators(d: &Declared) -> DeclaredIndicators {
     DeclaredIndicators {
         management: DeclaredIndicator {

@@ -505,17 +505,17 @@ fn pct(r: &crate::metrics::Ratio) -> String {
     }
 }
 
+/// `metrics`: one window's figures, recomputed from the outbox database.
 fn metrics(
     c: &Config,
     window: WindowArg,
     at: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use crate::metrics::{compute, Window, WindowKind};
-    let offset = c.metrics.utc_offset;
+    use crate::metrics::WindowKind;
     let now = SystemClock.now_ms();
     let at_ms = match at {
-        Some(a) => match parse_at(a, offset) {
+        Some(a) => match parse_at(a, c.metrics.utc_offset) {
             Some(t) => t,
             None => {
                 eprintln!("error: --at {a:?}: write a date like 2026-11-28 or a time like 2026-11-28T14:30");
@@ -528,43 +528,28 @@ fn metrics(
         WindowArg::Hour => WindowKind::Hour,
         WindowArg::Day => WindowKind::Day,
     };
-    let mut w = Window::containing(kind, at_ms, offset);
-    let partial = w.end > now;
-    if partial {
-        w.end = now.max(w.start);
-    }
     let conn = crate::buffer::open_read_only(&c.agent.state_dir).with_context(|| {
         format!(
             "no outbox in {} yet; has the agent run with this config?",
             c.agent.state_dir.display()
         )
     })?;
-    let data =
-        crate::buffer::window_data(&conn, w.start, w.end).context("reading the state history")?;
-    let mut report = compute(&c.plant, &c.enterprise, &c.hash(), w, offset, &data);
-    if !partial {
-        // A closed window the agent sealed: show its seal when the figures
-        // recomputed now are the ones that were sealed.
-        let sealed = crate::buffer::chain_entries(&conn, w.start, w.start + 1)
-            .context("reading the digest chain")?
-            .into_iter()
-            .find(|e| e.kind == kind.name() && e.start_ts == w.start);
-        if let Some(e) = sealed {
-            let lines = crate::chain::metrics_lines(&serde_json::to_value(&report)?)?;
-            if crate::chain::sha256_hex(lines.as_bytes()) == e.seal.metrics_sha256 {
-                report.seal = Some(e.seal);
-            } else {
-                eprintln!(
-                    "note: these figures differ from the ones sealed on the digest chain (entry #{}); the evidence changed since",
-                    e.seal.index
-                );
-            }
-        }
+    let r = crate::metrics::recompute(c, &conn, kind, at_ms, now)?;
+    if let Some(index) = r.differs_from_seal {
+        eprintln!(
+            "note: these figures differ from the ones sealed on the digest chain (entry #{index}); the evidence changed since"
+        );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", serde_json::to_string_pretty(&r.report)?);
+    } else {
+        print_metrics(kind, &r.report, r.partial);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The indicators, then a table of processes and one of equipment.
+fn print_metrics(kind: crate::metrics::WindowKind, report: &crate::metrics::Report, partial: bool) {
     let i = &report.indicators;
     println!(
         "{} window {} .. {}{}",
@@ -613,6 +598,11 @@ fn metrics(
         );
     }
     println!();
+    print_equipment(&report.equipment);
+}
+
+/// The equipment table of `metrics`: minutes in each state and the ratios.
+fn print_equipment(equipment: &[crate::metrics::EquipmentMetrics]) {
     println!(
         "{:<12} {:<10} {:<7} {:>9} {:>9} {:>9} {:>9}  {:<22} {:<22} completeness",
         "equipment",
@@ -626,7 +616,7 @@ fn metrics(
         "NC time share"
     );
     let mins = |ms: u64| format!("{:.1}m", ms as f64 / 60_000.0);
-    for e in &report.equipment {
+    for e in equipment {
         println!(
             "{:<12} {:<10} {:<7} {:>9} {:>9} {:>9} {:>9}  {:<22} {:<22} {}{}",
             e.id,
@@ -646,7 +636,6 @@ fn metrics(
             }
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the signed report for `from..=to` into `out`; prints a summary.
