@@ -11,15 +11,22 @@ use crate::model::{Industry, Kind, Ratio, State, StateTimes, WindowKind};
 /// The members every outbox message (telemetry, states, metrics) starts with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// `zgsz.metrics/1`, `zgsz.states/1`, ...
+    /// Tells the platform how to parse the rest: `zgsz.metrics/1`, `zgsz.states/1`, ...
     pub schema: String,
-    /// `<instance>:<seq>`: the de-duplication key.
+    /// `<instance>:<seq>`: the one key a platform de-duplicates resends by.
     pub msg_id: String,
+    /// The outbox row's number, increasing per `instance`, so that a platform can see gaps.
     pub seq: i64,
+    /// When the row was committed to the outbox (UTC ms); kept on a resend.
     pub created_ts: i64,
+    /// The row was committed before this connection came up (queued, replayed or resent), so it is
+    /// back-fill, not a live value.
     pub historical: bool,
+    /// Which gateway sent it (`agent.gateway_id`), also in the topic.
     pub gateway_id: String,
+    /// The enterprise's 统一社会信用代码, so a message identifies its enterprise without the topic.
     pub uscc: String,
+    /// The enterprise's six-digit region code, so the city can sort by district.
     pub region_code: String,
 }
 
@@ -35,8 +42,10 @@ impl Envelope {
 /// A `zgsz.metrics/1` message: the envelope, then the body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsMessage {
+    /// The members every outbox message starts with.
     #[serde(flatten)]
     pub envelope: Envelope,
+    /// The figures of one window.
     #[serde(flatten)]
     pub body: Metrics,
 }
@@ -44,8 +53,11 @@ pub struct MetricsMessage {
 /// A `zgsz.states/1` message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatesMessage {
+    /// The members every outbox message starts with.
     #[serde(flatten)]
     pub envelope: Envelope,
+    /// The state changes committed in one outbox row, in order; the evidence behind the figures and
+    /// their seal.
     pub transitions: Vec<StateTransition>,
 }
 
@@ -55,26 +67,37 @@ pub struct StatesMessage {
 pub struct StateTransition {
     /// Increasing per outbox database; orders transitions that share a `ts`.
     pub id: i64,
+    /// The `[[equipment]]` id whose state changed.
     pub equipment: String,
+    /// The state it entered.
     pub state: State,
+    /// When the state began (UTC ms); `offline` is dated back, so it can be earlier than the
+    /// envelope's `created_ts`.
     pub ts: i64,
 }
 
 /// A `zgsz.status/1` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusMessage {
+    /// Always `zgsz.status/1`, so the platform knows how to parse it.
     pub schema: String,
-    /// `online` or `offline`.
+    /// `online` or `offline` (the Last Will), so the platform knows whether the gateway is up.
     pub state: String,
+    /// Which gateway this is about (`agent.gateway_id`).
     pub gateway_id: String,
+    /// The enterprise's 统一社会信用代码, to identify the gateway's owner without the topic.
     pub uscc: String,
+    /// The enterprise's six-digit region code.
     pub region_code: String,
+    /// The agent's version, so the platform sees which gateways need an update.
     pub agent_version: String,
+    /// When the status was written (UTC ms).
     pub ts: i64,
-    /// Present when online.
+    /// The outbox figures that explain `seq` gaps; present when online, absent by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<OutboxStatus>,
-    /// `synchronized`, `unsynchronized` or `unknown`; present when online.
+    /// Whether the gateway's clock is NTP-synchronised (`synchronized`, `unsynchronized`,
+    /// `unknown`), since every timestamp depends on it; present when online, absent by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_sync: Option<String>,
 }
@@ -83,12 +106,19 @@ pub struct StatusMessage {
 /// to explain `seq` gaps (other members are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxStatus {
+    /// The outbox's random id, the first part of every `msg_id`; a new one starts a new `seq`
+    /// sequence.
     pub instance: String,
+    /// Rows still waiting for a PUBACK, so the platform sees a backlog.
     pub rows: u64,
+    /// The last `seq` committed, so the platform knows what it should have received.
     pub last_seq: i64,
+    /// Rows dropped unsent because the outbox was full: explains `seq` gaps that never fill.
     pub evicted_rows: u64,
+    /// Of `evicted_rows`, the metrics rows; default 0 (agents that do not send it).
     #[serde(default)]
     pub evicted_metrics: u64,
+    /// Of `evicted_rows`, the states rows; default 0 (agents that do not send it).
     #[serde(default)]
     pub evicted_states: u64,
 }
@@ -96,33 +126,52 @@ pub struct OutboxStatus {
 /// The body of a `zgsz.metrics/1` message (the uplink adds the envelope).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metrics {
+    /// `enterprise.industry`: decides the CNC-rate formula (discrete or process).
     pub industry: Industry,
+    /// `enterprise.chain` (产业链), so the city can group enterprises; `""` when not set.
     pub chain: String,
+    /// `enterprise.name`, for people reading the platform's records.
     pub enterprise_name: String,
+    /// The agent's version that computed the figures.
     pub agent_version: String,
+    /// SHA-256 of what in the config shapes the figures: figures with different hashes come from
+    /// different models.
     pub config_hash: String,
+    /// The interval the figures cover.
     pub window: WindowInfo,
+    /// The headline figures of the window.
     pub indicators: Indicators,
+    /// The enterprise's own statements from the config, never measured, kept apart from the
+    /// evidence.
     pub declared: DeclaredIndicators,
+    /// One row per `[[processes]]`, in config order, so the headline can be checked per process.
     pub processes: Vec<ProcessMetrics>,
+    /// One row per `[[equipment]]`, in config order: the detail every figure is summed from.
     pub equipment: Vec<EquipmentMetrics>,
-    /// The window's digest-chain entry: closed (hour, day) windows only.
+    /// The window's digest-chain entry, so the figures can be proven unchanged; closed (hour, day)
+    /// windows only, absent by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<Seal>,
-    /// Closed windows: the outbox's last seq when the state history was
-    /// read. The seal covers exactly the transitions of the `states`
-    /// messages up to this seq, so a platform can rebuild it even when a
-    /// late (back-dated) transition of the window is committed after it.
+    /// Closed windows: the outbox's last seq when the state history was read.
+    /// The seal covers exactly the transitions of the `states` messages up to this seq, so a
+    /// platform can rebuild it even when a late (back-dated) transition of the window is committed
+    /// after it. Absent by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub states_upto_seq: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowInfo {
+    /// `hour`, `day` or `snapshot` (the open day so far), so hours and days are not summed
+    /// together.
     pub kind: WindowKind,
+    /// The start in RFC 3339 with the plant's UTC offset, for people; inclusive.
     pub start: String,
+    /// The end in RFC 3339 with the plant's UTC offset, for people; exclusive.
     pub end: String,
+    /// The same instant as `start` in UTC ms, for machines.
     pub start_ts: i64,
+    /// The same instant as `end` in UTC ms; for a snapshot, when it was computed.
     pub end_ts: i64,
 }
 
@@ -138,6 +187,7 @@ pub struct Indicators {
     pub nc_time_share_key: Ratio,
     /// 设备联网率: equipment with good data ÷ all equipment.
     pub networking_rate: Ratio,
+    /// 设备联网率 of the equipment in key processes, the part the programme's targets look at.
     pub networking_rate_key: Ratio,
     /// Good samples ÷ expected samples, all equipment.
     pub completeness: Ratio,
@@ -161,6 +211,7 @@ impl From<crate::headline::Headline> for Indicators {
 pub struct DeclaredIndicator {
     /// Always `declared`: the enterprise's own statement, not evidence.
     pub source: String,
+    /// The strings of the config's `enterprise.declared` list (e.g. `ERP`); default empty.
     pub items: Vec<String>,
 }
 
@@ -174,34 +225,55 @@ pub struct DeclaredIndicators {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessMetrics {
+    /// The `[[processes]]` id, which equipment rows name as their `process`.
     pub id: String,
+    /// The process's name, for people.
     pub name: String,
+    /// A key process (关键工序): only these count in the CNC rate.
     pub key: bool,
+    /// Equipment in the process: the denominator of the discrete CNC rate.
     pub equipment: u64,
+    /// Of which NC-capable (kind not `manual` or `other`): the declared rate's numerator.
     pub nc_capable: u64,
+    /// Of which control systems (kind `plc` or `dcs`): what the process-industry rate counts.
     pub control_systems: u64,
+    /// Of which verified NC in the window: the verified rate's numerator.
     pub verified_nc: u64,
+    /// Time running under NC ÷ time running, of its equipment.
     pub nc_time_share: Ratio,
+    /// Time running ÷ (window length × equipment): how busy the process was.
     pub utilisation: Ratio,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EquipmentMetrics {
+    /// The `[[equipment]]` id, as in the `states` stream.
     pub id: String,
+    /// The equipment's name, for people.
     pub name: String,
+    /// The `[[processes]]` id it belongs to, to sum it into its process.
     pub process: String,
+    /// `cnc`, `plc`, `dcs`, `robot`, `manual` or `other`: decides whether it is NC-capable and a
+    /// control system.
     pub kind: Kind,
+    /// `kind` is not `manual` or `other`: it counts in the declared CNC rate.
     pub nc_capable: bool,
+    /// The device whose tags its rules read, to trace a figure to its data source.
     pub device: String,
+    /// Milliseconds in each state within the window; they add up to the window length.
     pub time_ms: StateTimes,
-    /// Delivered good data in the window.
+    /// Delivered good data in the window: counts in the networking rate.
     pub networked: bool,
-    /// Was in `running_nc` at some point in the window.
+    /// Was in `running_nc` at some point in the window: the evidence the verified rate needs.
     pub ran_nc: bool,
-    /// Counts in the numerator of the verified CNC rate.
+    /// `nc_capable && networked && ran_nc`: counts in the numerator of the verified CNC rate.
     pub verified_nc: bool,
+    /// Time running ÷ window length.
     pub utilisation: Ratio,
+    /// Time running under NC ÷ time running.
     pub nc_time_share: Ratio,
+    /// Good rule evaluations ÷ those expected at the poll interval: how far the other figures can
+    /// be trusted.
     pub completeness: Ratio,
 }
 

@@ -20,50 +20,92 @@ use crate::source::modbus::plan::Area;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDevice {
+    /// Names the device in equipment rules, telemetry, logs and `read`; required, unique.
     pub(crate) id: String,
+    /// How the device is read (`modbus-tcp`, `modbus-rtu`, `modbus-rtu-over-tcp`, `opcua`, `s7`),
+    /// which decides the other keys; default modbus-tcp.
     #[serde(default)]
     pub(crate) protocol: Protocol,
-    /// host:port; for modbus-tcp and modbus-rtu-over-tcp only.
+    /// Where the device is (`host:port`), for modbus-tcp, modbus-rtu-over-tcp and s7; required for
+    /// them.
     pub(crate) address: Option<String>,
+    /// The Modbus unit (slave) id, which tells units on one bus or gateway apart; default 1.
     #[serde(default = "default_unit_id")]
     pub(crate) unit_id: u16,
-    /// Serial port (ideally /dev/serial/by-id/...); modbus-rtu only, as are
-    /// the line settings below (defaults 9600, "N", 8, 1).
+    /// The serial port (ideally /dev/serial/by-id/..., stable across reboots), for modbus-rtu only;
+    /// required for it.
     pub(crate) port: Option<String>,
+    /// modbus-rtu line speed; must match the unit and every unit on the bus; default 9600.
     pub(crate) baud: Option<u32>,
+    /// modbus-rtu parity ("N", "E", "O"); must match the bus; default "N".
     pub(crate) parity: Option<Parity>,
+    /// modbus-rtu data bits (7 or 8); must match the bus; default 8.
     pub(crate) data_bits: Option<u8>,
+    /// modbus-rtu stop bits (1 or 2); must match the bus; default 1.
     pub(crate) stop_bits: Option<u8>,
+    /// How often the device is read: the resolution of every state and figure; default "1s".
     #[serde(default = "default_poll_interval")]
     pub(crate) poll_interval: String,
+    /// How long one request may take before the link is dropped and rebuilt (a late reply must not
+    /// answer the next request); default "1s".
     #[serde(default = "default_timeout")]
     pub(crate) timeout: String,
+    /// Retries of a failed request before the cycle's readings are bad and the device backs off;
+    /// default 1.
     #[serde(default = "default_retries")]
     pub(crate) retries: u32,
+    /// Unused registers (Modbus) or bytes (S7) one read may span to merge two tags into fewer
+    /// requests; default 8.
     #[serde(default = "default_max_gap")]
     pub(crate) max_gap: u16,
+    /// Merge neighbouring tags into one request; false reads one request per tag, for devices that
+    /// refuse ranges; default true.
     #[serde(default = "default_true")]
     pub(crate) coalesce: bool,
+    /// The values read from the device, each named for rules and telemetry; default none.
     #[serde(default)]
     pub(crate) tags: Vec<RawTag>,
     // OPC UA only (see config/opcua.rs).
+    /// opcua: the server's endpoint URL (`opc.tcp://host:port`); required for it.
     pub(crate) endpoint: Option<String>,
+    /// opcua: how messages are signed and encrypted; default None (plain).
     pub(crate) security_policy: Option<opcua::SecurityPolicy>,
+    /// opcua: Sign or SignAndEncrypt; default SignAndEncrypt with a policy, else None.
     pub(crate) security_mode: Option<opcua::SecurityMode>,
+    /// opcua: how the gateway logs in (anonymous, username, certificate); default anonymous.
     pub(crate) identity: Option<opcua::IdentityKind>,
+    /// opcua: the login name with `identity = "username"`; default none.
     pub(crate) username: Option<String>,
+    /// opcua: a file (mode 0600) holding the login's password, so it stays out of the config;
+    /// default none.
     pub(crate) password_file: Option<PathBuf>,
+    /// opcua: the X.509 user certificate (PEM or DER) with `identity = "certificate"`; default
+    /// none.
     pub(crate) user_certificate: Option<PathBuf>,
+    /// opcua: the private key of `user_certificate`; default none.
     pub(crate) user_private_key: Option<PathBuf>,
+    /// opcua: accept any server certificate (a WARN at every connect), for commissioning only;
+    /// default false.
     pub(crate) trust_unknown_server_certs: Option<bool>,
+    /// opcua: the machine's root node (a browse path from Objects, or a node id) that tag paths and
+    /// profiles start at; default Objects.
     pub(crate) root: Option<String>,
+    /// opcua: a built-in profile (e.g. `opcua-machine-tool`) that adds its tags and gives the
+    /// equipment its rules; default none.
     pub(crate) profile: Option<String>,
+    /// opcua: with a profile, the channels to read; default those the profile finds.
     pub(crate) channels: Option<Vec<String>>,
     // S7 only (see source/s7/config.rs).
+    /// s7: the CPU's rack (with `slot`, or TSAPs instead); default none.
     pub(crate) rack: Option<u8>,
+    /// s7: the CPU's slot (S7-300 2, S7-400 3, S7-1200/1500 1); default none.
     pub(crate) slot: Option<u8>,
+    /// s7: the local TSAP (two hex bytes), for PLCs addressed by TSAPs instead of rack/slot;
+    /// default none.
     pub(crate) local_tsap: Option<String>,
+    /// s7: the remote TSAP (two hex bytes), with `local_tsap`; default none.
     pub(crate) remote_tsap: Option<String>,
+    /// s7: the PDU size asked for (240..=960); the PLC grants its own; default 960.
     pub(crate) pdu_size: Option<u16>,
 }
 
@@ -80,23 +122,46 @@ pub(crate) enum RawAddress {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTag {
+    /// Names the value in rules and telemetry; required, unique per device.
     pub(crate) name: String,
+    /// Modbus: the register table (coil, discrete_input, input_register, holding_register);
+    /// required for Modbus.
     pub(crate) area: Option<Area>,
+    /// Where the value is: a 0-based register number (Modbus) or a STEP 7 address (S7,
+    /// `"DB10.DBW2"`); required for both.
     pub(crate) address: Option<RawAddress>,
+    /// How the raw data decode (Modbus `u16`, `f32`, ...; S7 `int`, `real`, ...); default bool for
+    /// coils and bits, u16 for registers, from the address for S7.
     #[serde(rename = "type")]
     pub(crate) ty: Option<String>,
+    /// Modbus: word and byte order of multi-register values, which vendors differ in; default ABCD.
     pub(crate) order: Option<WordOrder>,
+    /// Modbus: one bit (0..15) of a register, for status words; default none (the whole register).
     pub(crate) bit: Option<u8>,
+    /// Multiplies the raw value into engineering units; default 1.
     pub(crate) scale: Option<f64>,
+    /// Added after `scale`; default 0.
     pub(crate) offset: Option<f64>,
+    /// The engineering unit, for people reading telemetry; default none.
     pub(crate) unit: Option<String>,
+    /// OPC UA: the node id; either it or `path` is required.
     pub(crate) node: Option<String>,
+    /// OPC UA: a browse path from the device's `root`, which survives server restarts that renumber
+    /// nodes; either it or `node`.
     pub(crate) path: Option<String>,
+    /// OPC UA: subscribe (the server reports changes) or poll (a Read every poll interval); default
+    /// subscribe.
     pub(crate) mode: Option<opcua::TagMode>,
+    /// OPC UA: how often the server samples the value; default the publishing interval.
     pub(crate) sampling_interval: Option<String>,
+    /// OPC UA: how often the server sends changes; default the device's poll interval.
     pub(crate) publishing_interval: Option<String>,
+    /// OPC UA: changes between two publishes the server keeps; default 10.
     pub(crate) queue_size: Option<u32>,
+    /// OPC UA: changes smaller than this are not reported, to save traffic on noisy values; default
+    /// none.
     pub(crate) deadband_absolute: Option<f64>,
+    /// OPC UA: the deadband as a percentage of the node's EURange; default none.
     pub(crate) deadband_percent: Option<f64>,
 }
 
@@ -161,16 +226,18 @@ impl Protocol {
 /// A device: what every protocol shares, and its protocol's own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
+    /// Names the device in rules, telemetry and logs.
     pub id: Arc<str>,
-    /// Where the device is: `host:port` as written (resolved at every
-    /// connect so DNS changes apply), the serial port for modbus-rtu, or the
-    /// endpoint URL for opcua.
+    /// Where the device is: `host:port` as written (resolved at every connect so DNS changes
+    /// apply), the serial port for modbus-rtu, or the endpoint URL for opcua.
     pub address: String,
+    /// How often the device is read; default 1 s.
     pub poll_interval: Duration,
+    /// How long one request may take before the connection is dropped; default 1 s.
     pub timeout: Duration,
+    /// Retries of a failed request before backing off; default 1.
     pub retries: u32,
-    /// The protocol and the settings only it has, validated by
-    /// `source::<protocol>::config`.
+    /// The protocol and the settings only it has, validated by `source::<protocol>::config`.
     pub protocol: DeviceProtocol,
 }
 

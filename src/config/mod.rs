@@ -29,26 +29,38 @@ pub(crate) use device::{RawAddress, RawDevice, RawTag};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// `[agent]`: who this gateway is and where it keeps its state; required.
     agent: RawAgent,
+    /// `[enterprise]`: whose figures these are, which every message carries; required.
     enterprise: RawEnterprise,
+    /// `[[devices]]`: the machines and PLCs to read; default none (the agent then only publishes
+    /// status).
     #[serde(default)]
     devices: Vec<RawDevice>,
+    /// `[buffer]`: the outbox's durability and size; defaults as in [`RawBuffer`].
     #[serde(default)]
     buffer: RawBuffer,
-    /// The platform sink, in its short form.
+    /// `[mqtt]`: the city platform's broker, the short form of a sink named `platform`; default
+    /// none.
     mqtt: Option<sink::RawSink>,
-    /// More northbound destinations (or all of them).
+    /// `[[sinks]]`: further northbound destinations (or all of them); default none.
     #[serde(default)]
     sinks: Vec<sink::RawSink>,
+    /// `[[processes]]`: the production processes the CNC rate is counted over; default none.
     #[serde(default)]
     processes: Vec<crate::plant::RawProcess>,
+    /// `[[equipment]]`: what is measured, each with its process, kind and rules; default none.
     #[serde(default)]
     equipment: Vec<crate::plant::RawEquipment>,
+    /// `[metrics]`: how windows align and how often the open day is published; defaults as in
+    /// [`RawMetrics`].
     #[serde(default)]
     metrics: RawMetrics,
+    /// `[http]`: the local Prometheus and health endpoint; default none (no listener).
     #[serde(default)]
     http: Option<RawHttp>,
-    /// What of each cycle is published: every cycle, or by exception.
+    /// `[telemetry]`: which readings of a cycle are published, every cycle or by exception; default
+    /// every cycle.
     #[serde(default)]
     telemetry: crate::telemetry::RawTelemetry,
 }
@@ -57,7 +69,10 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
+    /// Where `/metrics` and `/healthz` listen (`host:port`); required in `[http]`.
     listen: String,
+    /// A non-loopback `listen` exposes plant figures on the network, so it must be asked for;
+    /// default false.
     #[serde(default)]
     allow_remote: bool,
 }
@@ -65,8 +80,10 @@ struct RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
+    /// Hours and days are the plant's, not UTC's: windows align to this offset; default "+08:00".
     #[serde(default = "default_utc_offset")]
     utc_offset: String,
+    /// How often the open day's figures so far are published, for a live view; default "15m".
     #[serde(default = "default_snapshot_interval")]
     snapshot_interval: String,
 }
@@ -92,10 +109,12 @@ fn default_snapshot_interval() -> String {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Declared {
-    /// 经营管理数字化: management systems in use (ERP, MES, SCM, CRM, PLM, ...).
+    /// 经营管理数字化: management systems in use (ERP, MES, SCM, CRM, PLM, ...), as the enterprise
+    /// declares them; default none.
     #[serde(default)]
     pub management: Vec<String>,
-    /// 数字化研发设计工具: design tools in use (CAD, CAE, CAPP, PLM, ...).
+    /// 数字化研发设计工具: design tools in use (CAD, CAE, CAPP, PLM, ...), as the enterprise declares them;
+    /// default none.
     #[serde(default)]
     pub design_tools: Vec<String>,
 }
@@ -103,19 +122,29 @@ pub struct Declared {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
+    /// Names this gateway in topics, messages and reports; required, 1 to 64 letters, digits, '-'
+    /// or '_'.
     gateway_id: String,
+    /// Where the outbox database, the gateway key and the OPC UA PKI live; required (relative to
+    /// the config file).
     state_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEnterprise {
+    /// The registered enterprise name, for people reading the platform and the report; required.
     name: String,
+    /// The 统一社会信用代码 that identifies the enterprise in topics and messages; required.
     uscc: String,
+    /// The six-digit Yangzhou region code the city sorts enterprises by; required.
     region_code: String,
+    /// Discrete or process manufacturing: decides how the CNC rate is counted; required.
     industry: Industry,
+    /// The 产业链 (industrial chain) the city groups enterprises by; default "".
     #[serde(default)]
     chain: String,
+    /// Self-reported indicators, published apart from the measured ones; default none.
     #[serde(default)]
     declared: Declared,
 }
@@ -123,13 +152,18 @@ struct RawEnterprise {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
+    /// Whether a commit survives power loss (`full`, fsync each commit) or only a crash (`normal`);
+    /// default full.
     #[serde(default)]
     synchronous: Synchronous,
+    /// Caps the outbox on the gateway's flash while the broker is away; oldest telemetry is evicted
+    /// first; default "256MiB".
     #[serde(default = "default_max_bytes")]
     max_bytes: ByteSize,
+    /// Caps the outbox's rows as well, for small flash or slow SQLite; default no row limit.
     max_rows: Option<u64>,
-    /// How long the outbox gathers further writes after the first before
-    /// committing them together; "0ms" commits each batch at once.
+    /// How long the outbox gathers further writes after the first before committing them together,
+    /// so one fsync serves many cycles; "0ms" commits each batch at once; default "100ms".
     #[serde(default = "default_commit_window")]
     commit_window: String,
 }
@@ -226,64 +260,84 @@ pub use crate::source::modbus::config::{ModbusConfig, Parity, SerialConfig, TagC
 pub struct Config {
     /// The file this came from, for messages.
     pub path: PathBuf,
+    /// `[agent]`: the gateway's id and state directory.
     pub agent: AgentConfig,
+    /// `[enterprise]`: the identity every message and report carries.
     pub enterprise: Enterprise,
+    /// `[[devices]]`, in file order: what the sources poll.
     pub devices: Vec<Arc<DeviceConfig>>,
+    /// `[buffer]`: the outbox's durability, caps and commit window.
     pub buffer: BufferConfig,
     /// The northbound MQTT destinations, `[mqtt]` first.
     pub sinks: Vec<Arc<SinkConfig>>,
+    /// Processes and equipment with their rules, built and type-checked against the devices' tags.
     pub plant: Arc<crate::plant::PlantModel>,
+    /// `[metrics]`: window alignment and snapshot cadence.
     pub metrics: MetricsConfig,
-    /// `None`: no HTTP endpoint (the default).
+    /// The local `/metrics` and `/healthz` endpoint; `None`: none (the default).
     pub http: Option<HttpConfig>,
-    /// Report every cycle or by exception, per device and tag.
+    /// Report every cycle or by exception, per device and tag; default every cycle.
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The local `/metrics` and `/healthz` endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
-    /// Loopback unless `allow_remote` was set.
+    /// Where the endpoint listens; loopback unless `allow_remote` was set.
     pub listen: std::net::SocketAddr,
 }
 
 /// Window alignment and snapshot cadence of the indicators.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricsConfig {
-    /// Hourly and daily windows start at whole hours / midnight in this offset.
+    /// Hourly and daily windows start at whole hours / midnight in this offset; default +08:00.
     pub utc_offset: time::UtcOffset,
-    /// How often the current partial day is published.
+    /// How often the current partial day is published; default 15 min.
     pub snapshot_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Names this gateway in topics, messages and reports.
     pub gateway_id: String,
+    /// Where the outbox database, the gateway key and the OPC UA PKI live, resolved against the
+    /// config file.
     pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Enterprise {
+    /// The registered enterprise name, for people.
     pub name: String,
+    /// The 统一社会信用代码, checked: it identifies the enterprise in topics and messages.
     pub uscc: String,
+    /// The six-digit Yangzhou region code the city sorts by.
     pub region_code: String,
+    /// Decides how the CNC rate is counted (equipment or processes).
     pub industry: Industry,
+    /// The 产业链 the city groups enterprises by; default "".
     pub chain: String,
+    /// Self-reported indicators, published marked as declared; default none.
     pub declared: Declared,
 }
 
 #[derive(Debug, Clone)]
 pub struct BufferConfig {
+    /// Whether a commit survives power loss or only a process crash; default full.
     pub synchronous: Synchronous,
+    /// The outbox's cap on flash; beyond it the oldest telemetry is evicted (counted); default 256
+    /// MiB.
     pub max_bytes: u64,
+    /// A row cap besides the byte cap; default `None`, no row limit.
     pub max_rows: Option<u64>,
-    /// Largest telemetry message; the buffer cuts rows to this size.
+    /// Largest telemetry message (the smallest sink's `max_message_bytes`); the buffer cuts rows to
+    /// this size. Default 64 KiB.
     pub max_message_bytes: usize,
-    /// With `synchronous = FULL` every commit is an fsync, so a gateway
-    /// whose devices answer at staggered moments would otherwise commit
-    /// (and fsync) once per poll cycle; gathering writes for this long
-    /// shares one commit. It is also the most a `kill -9` can take from
-    /// readings that reached the outbox thread. Zero commits at once.
+    /// With `synchronous = FULL` every commit is an fsync, so a gateway whose devices answer at
+    /// staggered moments would otherwise commit (and fsync) once per poll cycle; gathering writes
+    /// for this long shares one commit.
+    /// It is also the most a `kill -9` can take from readings that reached the outbox thread. Zero
+    /// commits at once; default 100 ms.
     pub commit_window: Duration,
 }
 

@@ -25,57 +25,73 @@ pub const PLATFORM: &str = "platform";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// How logs, `status` and the outbox name this sink. `[mqtt]`: "platform".
+    /// How logs, `status` and the outbox name this sink; default "platform" for `[mqtt]`, required
+    /// in `[[sinks]]`.
     name: Option<String>,
-    /// The streams this sink carries. Default: metrics, states, status;
-    /// telemetry only when listed (raw production data).
+    /// The streams this sink carries; default metrics, states and status, telemetry (raw production
+    /// data) only when listed.
     carries: Option<Vec<Stream>>,
-    /// With `carries` telemetry: only these devices' (default all).
+    /// With `carries` telemetry: only these devices' readings, to keep others' private; default
+    /// all.
     telemetry_devices: Option<Vec<String>>,
-    /// With `carries` telemetry: only these tags (default all).
+    /// With `carries` telemetry: only these tags, to keep others private; default all.
     telemetry_tags: Option<Vec<String>>,
-    /// With `carries` telemetry: `index` (default, `zgsz.telemetry/3`: each
-    /// tag named once per message, the fewest bytes) or `name`
-    /// (`zgsz.telemetry/2`: values keyed by tag name, for consumers that
-    /// cannot look a key up).
+    /// With `carries` telemetry: `index` (`zgsz.telemetry/3`: each tag named once per message, the
+    /// fewest bytes) or `name` (`zgsz.telemetry/2`: values keyed by tag name, for consumers that
+    /// cannot look a key up); default index.
     telemetry_keys: Option<crate::buffer::cycle::TagKeys>,
-    /// `platform`: `{prefix}/{region}/{uscc}/{gateway}/{stream}` (default);
-    /// `gateway`: `{prefix}/{gateway}/{stream}`, for the enterprise's own broker.
+    /// `platform`: `{prefix}/{region}/{uscc}/{gateway}/{stream}`, the city's namespace; `gateway`:
+    /// `{prefix}/{gateway}/{stream}`, for an enterprise's own broker. Default platform.
     #[serde(default)]
     topic_layout: TopicLayout,
-    /// Default 127.0.0.1.
+    /// The broker's host name or address; default 127.0.0.1 (a local broker or bridge).
     #[serde(default = "default_host")]
     host: String,
-    /// Default 8883 with TLS, else 1883.
+    /// The broker's port; default 8883 with TLS, else 1883 (the MQTT conventions).
     port: Option<u16>,
-    /// Default true.
+    /// Encrypts and authenticates the broker connection, which crosses networks the enterprise does
+    /// not own; default true.
     #[serde(default = "default_true")]
     tls: bool,
+    /// The CA certificate (PEM) the broker's certificate must chain to, for a private CA; default
+    /// the system's CA certificates.
     ca_file: Option<PathBuf>,
+    /// The gateway's certificate (PEM), for brokers that authenticate gateways by mutual TLS;
+    /// default none.
     client_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert_file`; required with it, default none.
     client_key_file: Option<PathBuf>,
+    /// The broker account of this gateway, for brokers that authenticate by login; default none
+    /// (anonymous).
     username: Option<String>,
+    /// A file (mode 0600) holding the account's password, so the password stays out of the config;
+    /// default none.
     password_file: Option<PathBuf>,
-    /// Name of an environment variable holding the password (systemd:
-    /// `LoadCredential=` or an `EnvironmentFile=` readable only by root).
+    /// Name of an environment variable holding the password (systemd: `LoadCredential=` or an
+    /// `EnvironmentFile=` readable only by root); default none.
     password_env: Option<String>,
-    /// Refuse to start with `tls = false` (a site policy switch).
+    /// Refuse to start with `tls = false`: a site policy switch that outlives edits to `tls`;
+    /// default false.
     #[serde(default)]
     require_tls: bool,
+    /// The MQTT client id, unique per broker or one connection drops the other; default
+    /// `zgsz-<gateway_id>`, plus `-<name>` for other sinks than `platform`.
     client_id: Option<String>,
-    /// Default "zgsz".
+    /// The first topic level, so one broker can carry several programmes; default "zgsz".
     #[serde(default = "default_topic_prefix")]
     topic_prefix: String,
-    /// Default "30s".
+    /// How soon a dead connection is noticed, by both sides; default "30s".
     #[serde(default = "default_keepalive")]
     keepalive: String,
-    /// Unacknowledged messages in flight; default 32.
+    /// Unacknowledged messages in flight: more hides latency, fewer bounds a resend after a drop;
+    /// default 32.
     #[serde(default = "default_max_inflight")]
     max_inflight: u16,
-    /// Largest message; default 64KiB.
+    /// Largest message the broker takes; telemetry rows are cut to it; default 64KiB.
     #[serde(default = "default_max_message_bytes")]
     max_message_bytes: ByteSize,
-    /// How often the retained status is refreshed; default "60s".
+    /// How often the retained status is refreshed, so the platform sees a live gateway and its
+    /// backlog; default "60s".
     #[serde(default = "default_status_interval")]
     status_interval: String,
 }
@@ -117,10 +133,13 @@ pub enum TopicLayout {
 /// The streams one sink carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Carries {
+    /// The `metrics` stream: the figures of each window.
     pub metrics: bool,
+    /// The `states` stream: equipment state changes, the evidence behind the figures.
     pub states: bool,
+    /// The retained `status` and its Last Will: whether the gateway is up, and its backlog.
     pub status: bool,
-    /// `None`: no telemetry; else which devices and tags.
+    /// `None`: no telemetry (raw production data); else which devices and tags, keyed how.
     pub telemetry: Option<crate::buffer::cycle::Selection>,
 }
 
@@ -129,11 +148,14 @@ pub struct Carries {
 pub struct SinkConfig {
     /// Unique; names the sink in logs, `status` and the outbox.
     pub name: String,
+    /// The connection to its broker.
     pub mqtt: MqttConfig,
+    /// The streams it carries; default metrics, states and status.
     pub carries: Carries,
+    /// Where its topics live; default the platform layout.
     pub layout: TopicLayout,
-    /// Where the sink's keys are in the file (`mqtt`, `sinks[1]`), so that
-    /// a failure at run time can name the keys to check.
+    /// Where the sink's keys are in the file (`mqtt`, `sinks[1]`), so that a failure at run time
+    /// can name the keys to check.
     pub key: String,
 }
 
@@ -173,17 +195,28 @@ pub struct ClientAuth {
 /// A sink's MQTT connection.
 #[derive(Clone)]
 pub struct MqttConfig {
+    /// The broker's host; default 127.0.0.1.
     pub host: String,
+    /// The broker's port; default 8883 with TLS, else 1883.
     pub port: u16,
-    /// `None` means plaintext (only sensible on loopback).
+    /// The TLS settings; `None` means plaintext (only sensible on loopback). Default TLS with the
+    /// system's CA certificates.
     pub tls: Option<TlsSettings>,
+    /// The broker account, for login; default none.
     pub username: Option<String>,
+    /// The account's password, read from its file or variable at load; default none.
     pub password: Option<Secret>,
+    /// Unique per broker; default `zgsz-<gateway_id>` (plus `-<name>` beside the platform).
     pub client_id: String,
+    /// The first topic level; default "zgsz".
     pub topic_prefix: String,
+    /// How soon a dead connection is noticed; default 30 s.
     pub keepalive: Duration,
+    /// Unacknowledged messages in flight; default 32.
     pub max_inflight: u16,
+    /// Largest message to this broker; default 64 KiB.
     pub max_message_bytes: usize,
+    /// How often the retained status is refreshed; default 60 s.
     pub status_interval: Duration,
 }
 

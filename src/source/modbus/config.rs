@@ -28,9 +28,13 @@ pub enum Parity {
 /// The line settings of a serial port; every unit on one port shares them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SerialConfig {
+    /// Line speed in bit/s; every unit on the port must use it; default 9600.
     pub baud: u32,
+    /// Parity bit (N, E, O); must match every unit on the port; default N.
     pub parity: Parity,
+    /// Data bits per character (7 or 8); default 8.
     pub data_bits: u8,
+    /// Stop bits per character (1 or 2); default 1.
     pub stop_bits: u8,
 }
 
@@ -79,14 +83,23 @@ impl SerialConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagConfig {
+    /// Names the value in rules and telemetry; unique per device.
     pub name: Arc<str>,
+    /// The register table it is read from (coils, discrete inputs, input or holding registers).
     pub area: Area,
+    /// The first register (or bit), 0-based as on the wire.
     pub address: u16,
+    /// How the registers decode; default bool for bits, u16 for registers.
     pub ty: DataType,
+    /// Word and byte order of multi-register values, which vendors differ in; default ABCD.
     pub order: WordOrder,
+    /// One bit (0..15) of a register, for status words; default `None`, the whole register.
     pub bit: Option<u8>,
+    /// Multiplies the raw value into engineering units; default 1.
     pub scale: f64,
+    /// Added after `scale`; default 0.
     pub offset: f64,
+    /// The engineering unit, for people reading telemetry; default none.
     pub unit: Option<String>,
 }
 
@@ -104,12 +117,14 @@ impl TagConfig {
 /// A Modbus device's validated settings, whichever the framing.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModbusConfig {
-    /// The unit (station) id the requests are addressed to.
+    /// The unit (station) id the requests are addressed to; default 1.
     pub unit_id: u8,
-    /// Unused registers a merged read may span between two tags.
+    /// Unused registers a merged read may span between two tags, to need fewer requests; default 8.
     pub max_gap: u16,
-    /// Whether tags may be merged into one request at all.
+    /// Whether tags may be merged into one request at all (some devices refuse ranges); default
+    /// true.
     pub coalesce: bool,
+    /// The values read each cycle, in config order.
     pub tags: Vec<TagConfig>,
 }
 

@@ -121,13 +121,24 @@ pub enum ValueKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpcUaTag {
+    /// Names the value in rules and telemetry; unique per device.
     pub name: Arc<str>,
+    /// The node read: an id, or a browse path resolved at every connect (node ids may change when
+    /// the server restarts).
     pub node: NodeRef,
+    /// Subscribe (the server reports changes) or poll (a Read every poll interval, for weak
+    /// servers); default subscribe.
     pub mode: TagMode,
+    /// How often the server samples the value; default the publishing interval.
     pub sampling_interval: Duration,
+    /// How often the server sends changes: tags sharing it share a subscription; default the
+    /// device's poll interval.
     pub publishing_interval: Duration,
+    /// Changes between two publishes the server keeps, so short pulses are not lost; default 10.
     pub queue_size: u32,
+    /// Changes smaller than this are not reported, to save traffic on noisy values; default none.
     pub deadband: Option<Deadband>,
+    /// What the plant rules may assume the value is, checked at load; default number.
     pub kind: ValueKind,
     /// From a profile: a node the standard allows to be absent. Absent,
     /// it is left out (logged once) instead of being reported bad forever.
@@ -138,15 +149,21 @@ pub struct OpcUaTag {
 pub struct OpcUaDevice {
     /// `opc.tcp://host:port/path`, as written.
     pub endpoint: String,
+    /// How messages are signed and encrypted; default None.
     pub policy: SecurityPolicy,
+    /// Sign or SignAndEncrypt; default SignAndEncrypt with a policy, else None.
     pub mode: SecurityMode,
+    /// How the gateway logs in (anonymous, a user name, a user certificate); default anonymous.
     pub identity: Identity,
-    /// Accept any server certificate (logged as a WARN at every connect).
+    /// Accept any server certificate (logged as a WARN at every connect), for commissioning only;
+    /// default false.
     pub trust_unknown_server_certs: bool,
-    /// The machine's root node; paths start here.
+    /// The machine's root node, where tag paths and profiles start; default `None`, the Objects
+    /// folder.
     pub root: Option<NodeRef>,
-    /// The built-in profile whose tags were added, e.g. opcua-machine-tool.
+    /// The built-in profile whose tags were added, e.g. opcua-machine-tool; default none.
     pub profile: Option<String>,
+    /// The values read each cycle, the profile's included.
     pub tags: Vec<OpcUaTag>,
     /// `<state_dir>/pki`: the gateway's certificate and the trust list.
     pub pki_dir: PathBuf,

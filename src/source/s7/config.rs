@@ -34,27 +34,38 @@ pub const DEFAULT_LOCAL_TSAP: u16 = 0x0100;
 /// `address`, shared by every protocol).
 #[derive(Debug, Clone, PartialEq)]
 pub struct S7Device {
+    /// The gateway's TSAP in the connection request; default 01.00 (a PG connection) with
+    /// rack/slot.
     pub local_tsap: u16,
+    /// The PLC's TSAP, which selects the CPU (from rack and slot, or as written).
     pub remote_tsap: u16,
-    /// PDU size asked for (the PLC may grant less).
+    /// PDU size asked for (the PLC may grant less); larger PDUs need fewer requests; default 960.
     pub pdu_size: u16,
-    /// Unused bytes a merged read may span between two tags.
+    /// Unused bytes a merged read may span between two tags, to need fewer items; default 8.
     pub max_gap: u16,
-    /// Tags are merged into ranges (false: one item per tag).
+    /// Tags are merged into ranges (false: one item per tag, for PLCs that refuse ranges); default
+    /// true.
     pub coalesce: bool,
+    /// The values read each cycle, in config order.
     pub tags: Vec<S7Tag>,
 }
 
 /// One validated S7 tag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct S7Tag {
+    /// Names the value in rules and telemetry; unique per device.
     pub name: std::sync::Arc<str>,
     /// The address as written, for messages and `read`.
     pub text: String,
+    /// The parsed address (area, DB, byte, bit) the requests are planned from.
     pub address: Address,
+    /// How the bytes decode; default from the address width (bit bool, B byte, W word, D dword).
     pub ty: S7Type,
+    /// Multiplies the raw value into engineering units; default 1.
     pub scale: f64,
+    /// Added after `scale`; default 0.
     pub offset: f64,
+    /// The engineering unit, for people reading telemetry; default none.
     pub unit: Option<String>,
 }
 
@@ -72,12 +83,19 @@ impl S7Tag {
 /// The device-level S7 keys as written.
 #[derive(Debug, Default)]
 pub struct DeviceKeys {
+    /// The CPU's rack, with `slot` (or TSAPs instead); default none.
     pub rack: Option<u8>,
+    /// The CPU's slot: S7-300 2, S7-400 3, S7-1200/1500 1; default none.
     pub slot: Option<u8>,
+    /// Local TSAP (two hex bytes), for PLCs addressed by TSAPs instead of rack/slot; default none.
     pub local_tsap: Option<String>,
+    /// Remote TSAP (two hex bytes), with `local_tsap`; default none.
     pub remote_tsap: Option<String>,
+    /// The PDU size to ask for, 240..=960; default none (960).
     pub pdu_size: Option<u16>,
+    /// Unused bytes one read may span between two tags; default 8.
     pub max_gap: u16,
+    /// Merge tags into ranges (false: one item per tag); default true.
     pub coalesce: bool,
 }
 
@@ -85,13 +103,20 @@ pub struct DeviceKeys {
 /// were set (each is an error on an S7 tag).
 #[derive(Debug, Default)]
 pub struct TagKeys {
+    /// Names the value in rules and telemetry.
     pub name: String,
     /// The address text; `Err` holds what was written instead (a number).
     pub address: Option<Result<String, String>>,
+    /// The type as written; default from the address.
     pub ty: Option<String>,
+    /// Multiplies the raw value; default 1.
     pub scale: Option<f64>,
+    /// Added after `scale`; default 0.
     pub offset: Option<f64>,
+    /// The engineering unit; default none.
     pub unit: Option<String>,
+    /// Keys of other protocols that were set, each an error on an S7 tag, so the message names
+    /// them.
     pub foreign: Vec<&'static str>,
 }
 
