@@ -132,7 +132,7 @@ pub(crate) fn build(
                     nc_text = Some(nc);
                     run_text = Some(run);
                 }
-                Err(why) => p.error(format!("{key}.profile"), why),
+                Err(why) => p.error(format!("{key}.profile"), why.to_string()),
             }
         }
         let nc_active_given = r.nc_active.is_some();
