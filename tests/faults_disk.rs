@@ -1,6 +1,12 @@
 //! Disk pressure: a small outbox with the broker away, a disk that fills
 //! up, and a state directory the agent cannot use.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -293,6 +293,10 @@ impl Outbox {
 
     /// [`Outbox::commit`], also appending digest-chain entries: a sealed
     /// metrics row and its entry are committed together or not at all.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one transaction written step by step (history, rows, acks, cap, counters) with running totals the steps share; not split yet"
+    )]
     pub fn commit_sealed(
         &mut self,
         rows: &[NewRow],
@@ -702,7 +706,10 @@ fn states_body(states: &[(i64, &crate::plant::Transition)]) -> Vec<u8> {
         })
         .collect();
     let mut body = b"\"transitions\":".to_vec();
-    // Serialising plain strings and numbers into a Vec cannot fail.
+    #[allow(
+        clippy::expect_used,
+        reason = "serialising plain strings and numbers into a Vec cannot fail"
+    )]
     serde_json::to_writer(&mut body, &items).expect("serialising transitions into memory");
     body
 }

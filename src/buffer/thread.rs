@@ -256,6 +256,10 @@ pub fn spawn_with_progress(
         .saturating_sub(ENVELOPE_RESERVE)
         .max(256);
     let length = cfg.commit_window;
+    #[allow(
+        clippy::expect_used,
+        reason = "as with std::thread::spawn: an agent that cannot start a thread at start-up cannot run"
+    )]
     let thread = std::thread::Builder::new()
         .name("outbox".into())
         .spawn(move || {
@@ -451,7 +455,10 @@ impl Thread {
 
     /// Commits, retrying while the disk is full or the write fails: a
     /// restart would lose the readings held here, not fix the disk.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of one commit, passed through to Outbox::commit_sealed as they are"
+    )]
     async fn commit(
         &mut self,
         outbox: &mut Outbox,

@@ -521,6 +521,10 @@ fn pct(r: &crate::metrics::Ratio) -> String {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a CLI command: compute one window and print each of its tables in turn; not split yet"
+)]
 fn metrics(
     c: &Config,
     window: WindowArg,

@@ -419,6 +419,10 @@ pub(crate) fn parse_industry(industry: &str) -> Industry {
 }
 
 /// The period tables and the headline, from the days and the plant model.
+#[allow(
+    clippy::too_many_lines,
+    reason = "src/report is being split in a change of its own; revisit there"
+)]
 pub fn aggregate(
     plant: &Plant,
     industry: &str,
@@ -726,6 +730,10 @@ fn subtract(start: i64, end: i64, cut: &[(i64, i64)]) -> Vec<(i64, i64)> {
 
 /// Builds the report for days `from..=to` from the state directory of
 /// `cfg`, as of `now_ms`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "src/report is being split in a change of its own; revisit there"
+)]
 pub fn build(
     cfg: &Config,
     key: &GatewayKey,
