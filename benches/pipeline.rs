@@ -5,6 +5,12 @@
 //!     cargo bench --bench pipeline
 //!     cargo bench --bench pipeline -- outbox     # one group
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a measuring tool run by hand: a panic with its message is the right way to stop"
+)]
+
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;

@@ -46,6 +46,12 @@
 //! Results are printed as one table and appended to BENCHMARKS.md with the
 //! machine description and the command (unless `--no-record`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a measuring tool run by hand: a panic with its message is the right way to stop"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1118,6 +1124,10 @@ fn num(x: f64) -> String {
 /// Bytes in a MiB: RSS is reported in MiB, the goals are in MB.
 const MIB: f64 = 1024.0 * 1024.0;
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "writes the results table row by row, in the order it is read"
+)]
 fn table(a: &Args, r: &Results, broker: &str) -> String {
     let mut rows: Vec<[String; 3]> = Vec::new();
     let mut row = |what: String, key: &str, goal: &str, ok: Option<bool>| {
@@ -1385,6 +1395,10 @@ fn machine() -> String {
 }
 
 #[tokio::main]
+#[allow(
+    clippy::too_many_lines,
+    reason = "the load test's steps in the order they run: start, load, measure, report"
+)]
 async fn main() {
     let a = parse_args();
     if let Some(bin) = &a.agent {

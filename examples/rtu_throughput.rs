@@ -25,6 +25,12 @@
 //! the answer), with 3.5 characters as the gap at or below 19200 baud and
 //! 1.75 ms above.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a measuring tool run by hand: a panic with its message is the right way to stop"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -17,6 +17,12 @@
 //!   string(16) mixed), 40 bytes apart, so ranges do not merge across gaps;
 //! * `one item per tag`: the 50-DB layout with `coalesce = false`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a measuring tool run by hand: a panic with its message is the right way to stop"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

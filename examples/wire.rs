@@ -10,6 +10,12 @@
 //! Bytes on the wire are MQTT PUBLISH packets (fixed header, topic, packet
 //! id, payload), without TCP/TLS framing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a measuring tool run by hand: a panic with its message is the right way to stop"
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 

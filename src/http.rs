@@ -220,6 +220,7 @@ async fn route(head: &str, state: &HttpState) -> Response {
                 "mqtt_connected": uplink.iter().all(|u| u.connected),
                 "sinks": uplink.iter().map(|u| serde_json::json!({"name": u.name, "connected": u.connected})).collect::<Vec<_>>(),
                 "outbox_rows": s.rows,
+                "disk_full": s.disk_full,
                 "clock_sync": sync,
             })
             .to_string()
@@ -231,6 +232,10 @@ async fn route(head: &str, state: &HttpState) -> Response {
 }
 
 /// Prometheus text exposition of the outbox, uplink and device figures.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one declaration per exposed metric, in exposition order: a flat list reads best"
+)]
 pub fn render_metrics(s: &Stats, sinks: &[UplinkState], sync: ClockSync, now_ms: i64) -> String {
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -265,7 +270,7 @@ pub fn render_metrics(s: &Stats, sinks: &[UplinkState], sync: ClockSync, now_ms:
     metric(
         "zgsz_outbox_disk_full",
         "gauge",
-        "1 while the outbox cannot be written because the disk is full.",
+        "1 for 10 minutes after an outbox write failed for want of disk space.",
         &one(if s.disk_full { 1.0 } else { 0.0 }),
     );
     let age = match s.oldest_unsent_ts {

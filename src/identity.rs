@@ -27,14 +27,24 @@ fn value_of(c: u8) -> Option<u32> {
     ALPHABET.iter().position(|&a| a == c).map(|p| p as u32)
 }
 
-/// Checks a USCC. `Err` explains a format problem in words for the operator.
-pub fn check_uscc(code: &str) -> Result<UsccCheck, String> {
+/// A USCC that is not well-formed; says in words what is wrong.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UsccError {
+    #[error("must be 18 characters, found {0}")]
+    Length(usize),
+    #[error(
+        "character {position} ({found:?}) is not allowed there; a USCC uses digits and the capitals \
+         A-H J-N P Q R T U W X Y (no I, O, S, V, Z)"
+    )]
+    Character { position: usize, found: char },
+}
+
+/// Checks a USCC: `Err` for a format problem, a wrong check character is
+/// `Ok(BadCheckChar)` (see the module note).
+pub fn check_uscc(code: &str) -> Result<UsccCheck, UsccError> {
     let bytes = code.as_bytes();
     if bytes.len() != 18 {
-        return Err(format!(
-            "must be 18 characters, found {}",
-            code.chars().count()
-        ));
+        return Err(UsccError::Length(code.chars().count()));
     }
     for (i, &b) in bytes.iter().enumerate() {
         let ok = match i {
@@ -43,12 +53,10 @@ pub fn check_uscc(code: &str) -> Result<UsccCheck, String> {
             _ => value_of(b).is_some(),
         };
         if !ok {
-            return Err(format!(
-                "character {} ({:?}) is not allowed there; a USCC uses digits and the capitals \
-                 A-H J-N P Q R T U W X Y (no I, O, S, V, Z)",
-                i + 1,
-                char::from(b)
-            ));
+            return Err(UsccError::Character {
+                position: i + 1,
+                found: char::from(b),
+            });
         }
     }
     let sum: u32 = bytes[..17]

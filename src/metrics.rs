@@ -97,42 +97,8 @@ pub fn compute(
         .equipment
         .iter()
         .map(|e| {
-            let mut times = StateTimes::default();
-            let mut state = data.initial.get(&*e.id).copied().unwrap_or(State::Offline);
-            let mut cursor = window.start;
-            let mut ran_nc = state == State::RunningNc;
-            for &(ts, s) in by_eq.get(&*e.id).map(Vec::as_slice).unwrap_or(&[]) {
-                let ts = ts.clamp(window.start, window.end);
-                times.add(state, (ts - cursor).max(0) as u64);
-                state = s;
-                cursor = ts;
-                ran_nc |= s == State::RunningNc && ts < window.end;
-            }
-            times.add(state, (window.end - cursor).max(0) as u64);
-            let ran_nc = ran_nc && times.running_nc > 0;
-            let (good, _total) = data.samples.get(&*e.id).copied().unwrap_or((0, 0));
-            let networked = good > 0 || times.offline < len;
-            let interval = e.poll_interval.as_millis().max(1) as u64;
-            let expected = (len + interval / 2) / interval;
-            EquipmentMetrics {
-                id: e.id.to_string(),
-                name: e.name.clone(),
-                process: model.processes[e.process].id.clone(),
-                kind: e.kind,
-                nc_capable: e.kind.nc_capable(),
-                device: e.device.to_string(),
-                networked,
-                ran_nc,
-                verified_nc: e.kind.nc_capable() && networked && ran_nc,
-                utilisation: Ratio::new(times.running(), len, "the window has no length"),
-                nc_time_share: Ratio::new(
-                    times.running_nc,
-                    times.running(),
-                    "the equipment did not run in this window",
-                ),
-                completeness: Ratio::new(good, expected, "no samples were expected in this window"),
-                time_ms: times,
-            }
+            let transitions = by_eq.get(&*e.id).map_or(&[][..], Vec::as_slice);
+            equipment_metrics(model, e, window, data, transitions)
         })
         .collect();
 
@@ -219,6 +185,72 @@ pub fn compute(
     }
 }
 
+/// One equipment's figures for `window`, from its state before the window
+/// (`data.initial`) and its `transitions` inside it.
+fn equipment_metrics(
+    model: &PlantModel,
+    e: &crate::plant::Equipment,
+    window: Window,
+    data: &WindowData,
+    transitions: &[(i64, State)],
+) -> EquipmentMetrics {
+    let len = window.len_ms().max(0) as u64;
+    let mut times = StateTimes::default();
+    let mut state = data.initial.get(&*e.id).copied().unwrap_or(State::Offline);
+    let mut cursor = window.start;
+    let mut ran_nc = state == State::RunningNc;
+    for &(ts, s) in transitions {
+        let ts = ts.clamp(window.start, window.end);
+        times.add(state, (ts - cursor).max(0) as u64);
+        state = s;
+        cursor = ts;
+        ran_nc |= s == State::RunningNc && ts < window.end;
+    }
+    times.add(state, (window.end - cursor).max(0) as u64);
+    let ran_nc = ran_nc && times.running_nc > 0;
+    let (good, _total) = data.samples.get(&*e.id).copied().unwrap_or((0, 0));
+    let networked = good > 0 || times.offline < len;
+    let interval = e.poll_interval.as_millis().max(1) as u64;
+    let expected = (len + interval / 2) / interval;
+    EquipmentMetrics {
+        id: e.id.to_string(),
+        name: e.name.clone(),
+        process: model.processes[e.process].id.clone(),
+        kind: e.kind,
+        nc_capable: e.kind.nc_capable(),
+        device: e.device.to_string(),
+        networked,
+        ran_nc,
+        verified_nc: e.kind.nc_capable() && networked && ran_nc,
+        utilisation: Ratio::new(times.running(), len, "the window has no length"),
+        nc_time_share: Ratio::new(
+            times.running_nc,
+            times.running(),
+            "the equipment did not run in this window",
+        ),
+        completeness: Ratio::new(good, expected, "no samples were expected in this window"),
+        time_ms: times,
+    }
+}
+
+/// Why a closed window could not be sealed into the digest chain.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot encode the report: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot write the report's canonical lines: {0}")]
+    Canonical(#[from] crate::chain::CanonError),
+}
+
+/// Why the scheduler could not publish a window's metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error(transparent)]
+    Buffer(#[from] crate::buffer::BufferError),
+}
+
 /// Computes a window and builds its outbox row. A closed window (hour,
 /// day) is sealed onto the digest chain after `head` (the last entry's
 /// index and digest); the returned entry must be committed with the row.
@@ -236,13 +268,13 @@ pub fn seal_window(
         crate::buffer::NewRow,
         Option<crate::chain::ChainEntry>,
     ),
-    String,
+    SealError,
 > {
     let mut report = compute(model, enterprise, config_hash, window, offset, data);
     let mut entry = None;
     if window.kind != WindowKind::Snapshot {
-        let value = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-        let lines = crate::chain::metrics_lines(&value).map_err(|e| e.to_string())?;
+        let value = serde_json::to_value(&report)?;
+        let lines = crate::chain::metrics_lines(&value)?;
         let ids: Vec<&str> = model.equipment.iter().map(|e| &*e.id).collect();
         let history = crate::chain::transitions_lines(&ids, window.start, window.end, data);
         let seal = crate::chain::seal(head, &lines, &history);
@@ -387,12 +419,8 @@ impl Scheduler {
         window: Window,
         meta: Vec<(String, i64)>,
         head: &mut Option<(u64, String)>,
-    ) -> Result<(), String> {
-        let data = self
-            .buffer
-            .window_data(window.start, window.end)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), PublishError> {
+        let data = self.buffer.window_data(window.start, window.end).await?;
         let (report, row, entry) = seal_window(
             &self.model,
             &self.enterprise,
@@ -412,18 +440,11 @@ impl Scheduler {
         match entry {
             Some(entry) => {
                 let next = (entry.seal.index, entry.seal.digest.clone());
-                self.buffer
-                    .append_sealed(row, meta, entry)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.buffer.append_sealed(row, meta, entry).await?;
                 *head = Some(next);
                 Ok(())
             }
-            None => self
-                .buffer
-                .append(row, meta)
-                .await
-                .map_err(|e| e.to_string()),
+            None => Ok(self.buffer.append(row, meta).await?),
         }
     }
 

@@ -127,7 +127,10 @@ impl Reading {
             reason,
             ts: self.ts,
         };
-        // Serialising plain strings and numbers into a Vec cannot fail.
+        #[allow(
+            clippy::expect_used,
+            reason = "serialising plain strings and numbers into a Vec cannot fail"
+        )]
         serde_json::to_writer(out, &wire).expect("serialising a reading into memory");
     }
 }

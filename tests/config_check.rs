@@ -15,6 +15,12 @@
 //! Whatever the `.expect` says, stderr must name the file, a failing check
 //! must print nothing on stdout, and a passing one must print `FILE: OK`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -2,6 +2,12 @@
 //! the first to the last arrives at least once, nothing is missing, and no
 //! value is altered. See docs/delivery.md for the contract.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

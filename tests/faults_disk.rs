@@ -1,6 +1,12 @@
 //! Disk pressure: a small outbox with the broker away, a disk that fills
 //! up, and a state directory the agent cannot use.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -8,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{config, Mode, Platform, Proxy};
-use zgsz_agent::buffer::{encode_readings, Batch, Kind, NewRow, Outbox};
+use zgsz_agent::buffer::{
+    encode_readings, Batch, BufferError, Kind, NewRow, Outbox, Publish, DISK_FULL_HOLD_MS,
+};
 use zgsz_agent::clock::SystemClock;
 use zgsz_agent::reading::{Quality, Reading, Value};
 use zgsz_agent::sim::{Bank, SimDevice};
@@ -76,8 +84,10 @@ fn eviction_takes_oldest_telemetry_first_and_counts_every_reading() {
     );
 }
 
-/// SQLite reporting a full disk (emulated with max_page_count): the
-/// commit fails cleanly, room is made by counted eviction, and it succeeds.
+/// SQLite reporting a full disk (SQLITE_FULL, made real with a small
+/// max_page_count): the commit fails with the disk-full kind, room is made
+/// by counted eviction, the commit succeeds, and `status` shows the full
+/// disk until it is 10 minutes old.
 #[test]
 fn a_full_disk_is_reported_and_survived() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,13 +107,118 @@ fn a_full_disk_is_reported_and_survived() {
         }
     }
     let err = err.expect("the capped database fills up");
-    assert!(err.is_disk_full(), "reported as a full disk: {err}");
-    o.evict_for_space(64).unwrap();
+    assert!(
+        matches!(err, BufferError::DiskFull { .. }),
+        "reported as a full disk: {err:?}"
+    );
+    assert!(o.stats().unwrap().disk_full_ts.is_none());
+    o.evict_for_space(64, 2_000).unwrap();
     let rows = encode_readings(&(0..50).map(reading).collect::<Vec<_>>(), 4096);
-    o.commit(&rows, &Batch::default(), &[], &[], 0)
+    o.commit(&rows, &Batch::default(), &[], &[], 3_000)
         .expect("room was made");
     let s = o.stats().unwrap();
     assert!(s.evicted_rows >= 1 && s.evicted_readings >= 1);
+    assert!(
+        s.disk_full,
+        "a commit right after does not hide the full disk"
+    );
+    assert_eq!(s.disk_full_ts, Some(2_000));
+    o.commit(&[], &Batch::default(), &[], &[], 2_000 + DISK_FULL_HOLD_MS)
+        .unwrap();
+    let s = o.stats().unwrap();
+    assert!(
+        !s.disk_full,
+        "cleared once the last failure is 10 minutes old"
+    );
+    assert_eq!(s.disk_full_ts, Some(2_000), "when it last happened stays");
+}
+
+/// The outbox thread on a disk that fills up: the agent's own commit loop
+/// hits SQLITE_FULL, evicts and carries on, and the full disk reaches the
+/// outbox client's status, the stored figures and `zgsz-agent status`.
+#[tokio::test]
+async fn a_full_disk_reaches_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, "", "", "");
+    let outbox = Outbox::open(dir.path(), &cfg.buffer, &cfg.routes()).unwrap();
+    let pages: i64 = zgsz_agent::buffer::open_read_only(dir.path())
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    outbox.set_max_pages(pages as u64 + 40).unwrap();
+    let h = zgsz_agent::buffer::spawn(outbox, &cfg.buffer, Arc::new(SystemClock));
+    let mut full = None;
+    for round in 0..2_000 {
+        let batch = Batch {
+            readings: (0..50).map(|i| reading(round * 50 + i)).collect(),
+            publish: Publish::All,
+            ..Default::default()
+        };
+        h.readings.send(batch).await.unwrap();
+        if round % 20 == 19 {
+            let s = h.client.stats().await.unwrap();
+            if s.disk_full {
+                full = Some(s);
+                break;
+            }
+        }
+    }
+    let s = full.expect("the capped outbox fills the disk and status says so");
+    assert!(s.disk_full_ts.is_some());
+    assert!(s.evicted_readings > 0, "room was made by counted eviction");
+    let appended = s.appended_readings;
+    // Still taking readings.
+    h.readings
+        .send(Batch {
+            readings: vec![reading(0)],
+            publish: Publish::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    common::wait_for_stats(&h.client, Duration::from_secs(20), "the next commit", |s| {
+        s.appended_readings > appended
+    })
+    .await;
+    drop(h.readings);
+    h.client.close().await;
+    tokio::task::spawn_blocking(move || h.thread.join().unwrap())
+        .await
+        .unwrap();
+
+    // Offline, as `zgsz-agent status` reads it.
+    let s = zgsz_agent::buffer::read_stats(dir.path()).unwrap();
+    assert!(s.disk_full && s.disk_full_ts.is_some(), "{s:?}");
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[agent]\ngateway_id = \"gw\"\nstate_dir = \"{}\"\n[enterprise]\nname = \"测试\"\nuscc = \"{}\"\nregion_code = \"321003\"\nindustry = \"discrete\"\n[mqtt]\ntls = false\n",
+            dir.path().display(),
+            common::USCC
+        ),
+    )
+    .unwrap();
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-agent"));
+        cmd.args(["status", "--config"]).arg(&file);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = status(false);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("disk full"))
+        .unwrap_or_else(|| panic!("no disk full line in:\n{text}"));
+    assert!(line.contains("YES"), "{line}");
+    assert!(line.contains(&dir.path().display().to_string()), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(v["disk_full"], true);
+    assert!(v["disk_full_ts"].is_i64());
 }
 
 /// The whole agent with a 1 MiB outbox and no broker: it keeps polling,

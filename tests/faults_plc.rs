@@ -1,6 +1,12 @@
 //! PLCs that lie, stall, reset or talk garbage, and a clock that steps
 //! backwards. Qualities must be right, other devices unaffected, no panic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,12 @@
 //! `[http]`: Prometheus `/metrics` and `/healthz` over loopback, and the
 //! responder's limits (methods, unknown paths, oversized and slow requests).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -8,6 +8,12 @@
 //! that appends its arguments to a file, so the test sees exactly what
 //! would reach syslog.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -1,6 +1,12 @@
 //! The indicators against hand-computed fixtures, window edges read back
 //! from a real SQLite outbox, and the demo plant end to end.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -384,6 +390,10 @@ fn a_restart_mid_window_counts_the_unobserved_gap_as_offline() {
 
 #[cfg(feature = "opcua-sim")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "an end-to-end scenario, read top to bottom as it happens"
+)]
 async fn demo_plant_end_to_end_verified_rate_follows_a_switch_to_manual() {
     use std::time::Duration;
     use zgsz_agent::sim::{MachineKind, ModeOverride, ShopFloor};

@@ -2,6 +2,12 @@
 //! the test on a free loopback port. Marked `#[ignore = "needs mosquitto"]`:
 //! run with `--include-ignored`, as `.ci/run` does.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

@@ -3,6 +3,12 @@
 //! server restarts, bad nodes, and the machine-tool profile into the
 //! CNC-rate metrics. Everything binds 127.0.0.1.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use common::opcua::{config, good, options, Collector, WAIT};

@@ -2,6 +2,12 @@
 //! it restarts the server on the same port, which another test starting a
 //! server on a free port at that moment could take.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use common::opcua::{config, options, Collector, WAIT};

@@ -1,6 +1,12 @@
 //! The whole spine against real parts: a tokio-modbus server on loopback,
 //! the SQLite outbox in a temp dir, and an MQTT broker (embedded rumqttd).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,12 @@
 //! plant publishes through mosquitto, and `zgsz-platform` ingests through a
 //! shared subscription, commits, acknowledges and verifies every seal.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

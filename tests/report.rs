@@ -3,6 +3,12 @@
 //! live scheduler writes it under a time-compressed clock; the demo plant's
 //! report opened in headless Chromium.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,12 @@
 //! engineer. The serial tests are marked `#[ignore = "needs socat"]`: run
 //! with `--include-ignored`, as `.ci/run` does.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;

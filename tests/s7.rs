@@ -5,6 +5,12 @@
 //! points `ZGSZ_SNAP7_PYTHON` at its interpreter; elsewhere they are
 //! ignored (run them with `cargo test --test s7 -- --include-ignored`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;

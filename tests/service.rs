@@ -3,6 +3,12 @@
 //! SIGHUP reloads (a changed device restarts, an unchanged one keeps its
 //! connection, a bad file changes nothing), and SIGTERM.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -2,6 +2,12 @@
 //! one outbox with a cursor per sink; a sink that is down holds back only
 //! itself. Checked from the receivers' side, on real brokers.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -167,6 +173,10 @@ async fn the_states_stream_alone_rebuilds_every_seal() {
 /// that both have every seq they carry, nothing missing or altered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
+#[allow(
+    clippy::too_many_lines,
+    reason = "an end-to-end scenario, read top to bottom as it happens"
+)]
 async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platform_nothing() {
     let city = Mosquitto::require("");
     let mut factory = Mosquitto::require("");

@@ -2,6 +2,12 @@
 //! certificates, against mosquitto configured to require them. The
 //! certificates are generated here, for 127.0.0.1.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 mod common;
 
 use std::collections::HashMap;

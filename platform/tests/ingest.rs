@@ -1,6 +1,12 @@
 //! The receiver's decisions on hand-built message streams: storage,
 //! de-duplication, reordering, the chain verdicts and the rejections.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
 use serde_json::{json, Value};
 use zgsz_contract::chain::{metrics_lines, seal, sha256_hex, transitions_lines, GENESIS};
 use zgsz_contract::payload::{

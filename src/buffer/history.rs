@@ -8,7 +8,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{BufferError, DeviceHealth, SinkStats, Stats, DB_FILE, ROW_OVERHEAD};
+use super::outbox::DISK_FULL_TS;
+use super::{
+    BufferError, DeviceHealth, SinkStats, Stats, DB_FILE, DISK_FULL_HOLD_MS, ROW_OVERHEAD,
+};
 use crate::chain::{ChainEntry, Seal};
 use crate::plant::{State, WindowData};
 
@@ -38,7 +41,13 @@ pub fn read_stats(state_dir: &Path) -> Result<Stats, BufferError> {
     };
     let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(open_err)?;
-    query_stats(&conn).map_err(open_err)
+    let mut s = query_stats(&conn).map_err(open_err)?;
+    // Offline there is no commit to clear it: judged by the wall clock.
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    s.disk_full = s
+        .disk_full_ts
+        .is_some_and(|t| t <= now && now - t < DISK_FULL_HOLD_MS);
+    Ok(s)
 }
 
 pub(super) fn query_stats(conn: &Connection) -> rusqlite::Result<Stats> {
@@ -78,6 +87,7 @@ pub(super) fn query_stats(conn: &Connection) -> rusqlite::Result<Stats> {
         evicted_metrics: counter("evicted_metrics")? as u64,
         evicted_states: counter("evicted_states")? as u64,
         disk_full: false,
+        disk_full_ts: Some(counter(DISK_FULL_TS)?).filter(|&t| t > 0),
         sinks: sink_stats(conn)?,
         devices: load_devices(conn)?.into_values().collect(),
     })

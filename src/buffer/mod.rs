@@ -85,6 +85,12 @@ pub struct Batch {
 /// so a cap in bytes is roughly a cap on the file's data pages.
 const ROW_OVERHEAD: u64 = 32;
 
+/// How long `status` shows `disk_full` after a write last failed for want
+/// of space. Freed pages are reused before the file grows again, so a full
+/// disk fails only every so many commits; a flag cleared by the next good
+/// commit would hardly ever be seen.
+pub const DISK_FULL_HOLD_MS: i64 = 10 * 60 * 1000;
+
 /// Room kept in every message for the envelope the uplink adds.
 pub const ENVELOPE_RESERVE: usize = 1024;
 
@@ -261,15 +267,19 @@ pub struct Stats {
     pub evicted_readings: u64,
     pub evicted_metrics: u64,
     pub evicted_states: u64,
-    /// The outbox could not be written because the disk is full; cleared
-    /// by the next successful commit.
+    /// A write to the outbox failed for want of disk space less than
+    /// [`DISK_FULL_HOLD_MS`] ago: the disk, not `buffer.max_bytes`, is what
+    /// bounds the outbox, and the oldest telemetry is being evicted.
     pub disk_full: bool,
+    /// When a write to the outbox last failed for want of disk space.
+    pub disk_full_ts: Option<i64>,
     pub sinks: Vec<SinkStats>,
     /// Left out of the status sent to a sink that carries no telemetry.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceHealth>,
 }
 
+/// Why the outbox (or the thread that owns it) could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
     #[error("cannot create the state directory {path}: {source}")]
@@ -284,16 +294,72 @@ pub enum BufferError {
     },
     #[error("the outbox has room for at most 63 sinks")]
     TooManySinks,
+    /// The file system holding the outbox has no room left: SQLite's
+    /// SQLITE_FULL (a write that failed with ENOSPC, or the database at
+    /// its `max_page_count`), or ENOSPC / EDQUOT from the file system.
+    /// Its own kind: an operator must free space, and `status` shows it.
+    #[error("the disk holding the outbox is full: {source}")]
+    DiskFull {
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("outbox write failed: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
     /// The outbox thread has stopped (the agent is shutting down).
     #[error("outbox stopped")]
     Stopped,
 }
 
+/// SQLite errors become [`BufferError::Sql`], except a full disk, which is
+/// [`BufferError::DiskFull`] wherever it happens.
+impl From<rusqlite::Error> for BufferError {
+    fn from(e: rusqlite::Error) -> BufferError {
+        if sqlite_full(&e) {
+            BufferError::DiskFull {
+                source: Box::new(e),
+            }
+        } else {
+            BufferError::Sql(e)
+        }
+    }
+}
+
 impl BufferError {
     /// The disk (or the file system's quota) is full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, BufferError::Sql(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+        matches!(self, BufferError::DiskFull { .. })
     }
+
+    /// An error opening the database in `path`, unless it is a full disk.
+    fn open(path: &std::path::Path, source: rusqlite::Error) -> BufferError {
+        if sqlite_full(&source) {
+            return source.into();
+        }
+        BufferError::Open {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// An error creating the state directory `path`, unless it is a full
+    /// disk (ENOSPC, or EDQUOT for a user over quota).
+    fn state_dir(path: &std::path::Path, source: std::io::Error) -> BufferError {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            return BufferError::DiskFull {
+                source: Box::new(source),
+            };
+        }
+        BufferError::StateDir {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// SQLITE_FULL: what SQLite returns when a write fails with ENOSPC, or
+/// when the database reached its `max_page_count`.
+fn sqlite_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }

@@ -3,14 +3,14 @@
 //! committed in the same transactions. Used from the outbox thread only.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::history::{load_devices, query_stats};
 use super::{
     cycle, Batch, BufferError, DeviceHealth, Kind, NewRow, Restored, Route, Row, SinkBit, Stats,
-    ROW_OVERHEAD,
+    DISK_FULL_HOLD_MS, ROW_OVERHEAD,
 };
 use crate::chain::ChainEntry;
 use crate::config::{BufferConfig, Synchronous};
@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 ";
 
+/// The counter holding when a write last failed for want of disk space.
+pub(super) const DISK_FULL_TS: &str = "disk_full_ts";
+
 /// The outbox file name inside the state directory.
 pub const DB_FILE: &str = "outbox.sqlite";
 
@@ -95,8 +98,14 @@ pub struct Outbox {
     routes: Vec<(SinkBit, Route)>,
     /// The names telemetry rows refer to (`names`), see [`cycle`].
     dict: cycle::Dictionary,
-    /// The last write failed for want of space; shown in `status`.
-    pub(super) disk_full: bool,
+    /// A write failed for want of disk space less than
+    /// [`DISK_FULL_HOLD_MS`] before the last commit; shown in `status`.
+    disk_full: bool,
+    /// When a write last failed for want of disk space; stored as the
+    /// `disk_full_ts` counter so that `status` shows it offline too.
+    disk_full_ts: Option<i64>,
+    /// The state directory, which the disk-full ERROR names.
+    dir: PathBuf,
     /// Commits since open; evidence older than [`RETENTION_MS`] is pruned
     /// every [`PRUNE_EVERY`] commits.
     commits: u64,
@@ -165,15 +174,9 @@ impl Outbox {
         cfg: &BufferConfig,
         routes: &[Route],
     ) -> Result<Outbox, BufferError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| BufferError::StateDir {
-            path: state_dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(state_dir).map_err(|e| BufferError::state_dir(state_dir, e))?;
         let path = state_dir.join(DB_FILE);
-        let open_err = |source| BufferError::Open {
-            path: path.display().to_string(),
-            source,
-        };
+        let open_err = |source| BufferError::open(&path, source);
         let conn = Connection::open(&path).map_err(open_err)?;
         let sync = match cfg.synchronous {
             Synchronous::Full => "FULL",
@@ -234,6 +237,8 @@ impl Outbox {
         let devices = load_devices(&conn).map_err(open_err)?;
         let dict = load_names(&conn).map_err(open_err)?;
         Ok(Outbox {
+            disk_full_ts: counters.get(DISK_FULL_TS).copied(),
+            dir: state_dir.to_path_buf(),
             conn,
             bytes: bytes as u64 + rows as u64 * ROW_OVERHEAD,
             rows: rows as u64,
@@ -252,6 +257,11 @@ impl Outbox {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// The state directory the outbox lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The bit of the sink called `name` in `pending`.
@@ -283,6 +293,10 @@ impl Outbox {
 
     /// [`Outbox::commit`], also appending digest-chain entries: a sealed
     /// metrics row and its entry are committed together or not at all.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one transaction written step by step (history, rows, acks, cap, counters) with running totals the steps share; not split yet"
+    )]
     pub fn commit_sealed(
         &mut self,
         rows: &[NewRow],
@@ -344,6 +358,10 @@ impl Outbox {
             to: Some(states_to),
         });
         let mut counters = self.counters.clone();
+        if let Some(t) = self.disk_full_ts {
+            // Written here too in case the eviction that noted it failed.
+            counters.insert(DISK_FULL_TS.into(), t);
+        }
         let mut added_bytes = 0u64;
         let mut added_rows = 0u64;
         {
@@ -436,7 +454,12 @@ impl Outbox {
         self.counters = counters;
         self.rows = rows_now;
         self.bytes = bytes_now;
-        self.disk_full = false;
+        if self
+            .disk_full_ts
+            .is_none_or(|t| now_ms < t || now_ms - t >= DISK_FULL_HOLD_MS)
+        {
+            self.disk_full = false;
+        }
         if alive_written.is_some() {
             self.last_alive = alive_written;
         }
@@ -542,6 +565,7 @@ impl Outbox {
     pub fn stats(&self) -> Result<Stats, BufferError> {
         let mut s = query_stats(&self.conn)?;
         s.disk_full = self.disk_full;
+        s.disk_full_ts = self.disk_full_ts;
         Ok(s)
     }
 
@@ -550,12 +574,15 @@ impl Outbox {
         &self.conn
     }
 
-    /// Frees room after the disk filled up: drops the oldest telemetry rows
-    /// (counted like any eviction) so that the next commit can succeed.
-    pub fn evict_for_space(&mut self, rows: u64) -> Result<Evicted, BufferError> {
+    /// Frees room after the disk filled up at `now_ms`: drops the oldest
+    /// telemetry rows (counted like any eviction) so that the next commit
+    /// can succeed, and notes the full disk for `status`.
+    pub fn evict_for_space(&mut self, rows: u64, now_ms: i64) -> Result<Evicted, BufferError> {
         self.disk_full = true;
+        self.disk_full_ts = Some(now_ms);
         let tx = self.conn.transaction()?;
         let mut counters = self.counters.clone();
+        counters.insert(DISK_FULL_TS.into(), now_ms);
         let mut rows_now = self.rows;
         let mut bytes_now = self.bytes;
         let target_rows = rows_now.saturating_sub(rows);
@@ -679,7 +706,10 @@ fn states_body(states: &[(i64, &crate::plant::Transition)]) -> Vec<u8> {
         })
         .collect();
     let mut body = b"\"transitions\":".to_vec();
-    // Serialising plain strings and numbers into a Vec cannot fail.
+    #[allow(
+        clippy::expect_used,
+        reason = "serialising plain strings and numbers into a Vec cannot fail"
+    )]
     serde_json::to_writer(&mut body, &items).expect("serialising transitions into memory");
     body
 }

@@ -256,6 +256,10 @@ pub fn spawn_with_progress(
         .saturating_sub(ENVELOPE_RESERVE)
         .max(256);
     let length = cfg.commit_window;
+    #[allow(
+        clippy::expect_used,
+        reason = "as with std::thread::spawn: an agent that cannot start a thread at start-up cannot run"
+    )]
     let thread = std::thread::Builder::new()
         .name("outbox".into())
         .spawn(move || {
@@ -382,9 +386,25 @@ impl Thread {
         }
     }
 
+    /// A full disk is its own kind: the operator must free space, and the
+    /// outbox makes room meanwhile by evicting the oldest telemetry. It
+    /// recurs every time the reused pages run out, so it is logged at most
+    /// once a minute; `status` shows it as `disk_full`.
+    fn disk_full(&mut self, outbox: &mut Outbox, e: &BufferError, readings: usize, attempt: u32) {
+        if let Some(suppressed) = self.log.check("disk_full") {
+            tracing::error!(
+                state_dir = %outbox.dir().display(), error = %e, readings, attempt, suppressed,
+                "Disk full: the outbox cannot grow, so its oldest telemetry is evicted to make room; free space on the state_dir's file system or lower buffer.max_bytes"
+            );
+        }
+        if let Err(e) = outbox.evict_for_space(64, self.clock.now_ms()) {
+            tracing::error!(error = %e, "Cannot free space in the outbox; holding the readings in memory and retrying");
+        }
+    }
+
     /// Commits what a window gathered, then answers the queries that
     /// waited for it. Returns what the cap evicted.
-    async fn process(&self, outbox: &mut Outbox, p: Pending, running: bool) -> Option<Evicted> {
+    async fn process(&mut self, outbox: &mut Outbox, p: Pending, running: bool) -> Option<Evicted> {
         let mut rows = outbox.encode_telemetry(&p.batches, self.max_body);
         let mut batch = Batch::default();
         for b in p.batches {
@@ -435,9 +455,12 @@ impl Thread {
 
     /// Commits, retrying while the disk is full or the write fails: a
     /// restart would lose the readings held here, not fix the disk.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of one commit, passed through to Outbox::commit_sealed as they are"
+    )]
     async fn commit(
-        &self,
+        &mut self,
         outbox: &mut Outbox,
         rows: &[NewRow],
         batch: &Batch,
@@ -454,15 +477,13 @@ impl Thread {
                     attempt += 1;
                     // Retrying a failed write is progress.
                     self.progress.outbox_beat();
-                    let full = e.is_disk_full();
-                    tracing::error!(
-                        error = %e, readings = batch.readings.len(), attempt, disk_full = full,
-                        "Cannot write to the outbox; holding the readings in memory and retrying"
-                    );
-                    if full {
-                        if let Err(e) = outbox.evict_for_space(64) {
-                            tracing::error!(error = %e, "Cannot free space in the outbox");
-                        }
+                    if e.is_disk_full() {
+                        self.disk_full(outbox, &e, batch.readings.len(), attempt);
+                    } else {
+                        tracing::error!(
+                            error = %e, readings = batch.readings.len(), attempt,
+                            "Cannot write to the outbox; holding the readings in memory and retrying"
+                        );
                     }
                     // While shutting down there is no one left to wait for.
                     if !running && attempt >= 5 {

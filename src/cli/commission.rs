@@ -332,6 +332,10 @@ fn humantime(d: Duration) -> String {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a CLI command read top to bottom: check the options, open the link, read, print; not split yet"
+)]
 pub async fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     if u32::from(a.address) + u32::from(a.count) > 65536 {
         return Ok(usage(&format!(

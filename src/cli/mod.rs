@@ -456,6 +456,18 @@ fn status(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
         s.evicted_rows, s.evicted_readings, s.evicted_metrics
     );
     println!(
+        "disk full         {}",
+        match s.disk_full_ts {
+            None => "never".to_string(),
+            Some(t) if s.disk_full => format!(
+                "YES, a write failed {}: the outbox evicts its oldest telemetry to make room; free space on the file system of {} or lower buffer.max_bytes",
+                age(Some(t)),
+                c.agent.state_dir.display()
+            ),
+            Some(t) => format!("no (last {})", age(Some(t))),
+        }
+    );
+    println!(
         "{:<20} {:>10} {:>10} {:<14} {:<14} last error",
         "device", "good", "bad", "last good", "last bad"
     );

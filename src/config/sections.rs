@@ -194,14 +194,21 @@ pub(super) fn http(h: RawHttp, p: &mut Problems) -> Option<HttpConfig> {
 /// fine (systemd's StateDirectory= creates it; otherwise `run` says
 /// clearly that it cannot). Checked without creating anything, so `check`
 /// has no side effects.
-fn check_state_dir(dir: &Path) -> Result<(), String> {
+fn check_state_dir(dir: &Path) -> Result<(), StateDirProblem> {
     match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => Err("is not a directory; point state_dir at a directory".into()),
-        Ok(_) if !writable(dir) => {
-            Err("is not writable by this user; the outbox lives here, so give the agent's user write access".into())
-        }
+        Ok(m) if !m.is_dir() => Err(StateDirProblem::NotADirectory),
+        Ok(_) if !writable(dir) => Err(StateDirProblem::NotWritable),
         _ => Ok(()),
     }
+}
+
+/// Why the outbox cannot live in `agent.state_dir`.
+#[derive(Debug, thiserror::Error)]
+enum StateDirProblem {
+    #[error("is not a directory; point state_dir at a directory")]
+    NotADirectory,
+    #[error("is not writable by this user; the outbox lives here, so give the agent's user write access")]
+    NotWritable,
 }
 
 /// access(2) with W_OK: honours the effective user, groups and read-only mounts.

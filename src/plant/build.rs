@@ -35,10 +35,10 @@ pub(crate) struct RawEquipment {
 /// Builds the plant model from `[[processes]]` and `[[equipment]]`:
 /// profiles expanded, rules parsed and type-checked against the tags of
 /// the equipment's device. Every problem is added to `p`.
-// One pass in file order (processes, then equipment with their rules), so
-// problems are reported in the order of the file; the parts share the id
-// indexes built along the way.
-#[allow(clippy::too_many_lines)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one pass in file order (processes, then equipment with their rules), so problems come out in the order of the file; the parts share the id indexes built along the way"
+)]
 pub(crate) fn build(
     processes: Vec<RawProcess>,
     equipment: Vec<RawEquipment>,
@@ -132,7 +132,7 @@ pub(crate) fn build(
                     nc_text = Some(nc);
                     run_text = Some(run);
                 }
-                Err(why) => p.error(format!("{key}.profile"), why),
+                Err(why) => p.error(format!("{key}.profile"), why.to_string()),
             }
         }
         let nc_active_given = r.nc_active.is_some();

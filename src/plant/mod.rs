@@ -74,17 +74,29 @@ pub struct Sample {
     pub good: bool,
 }
 
+/// Why a built-in profile's rules cannot be used on a device.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("profile {profile:?} needs a tag named {tag:?} on the device")]
+    MissingTag { profile: String, tag: &'static str },
+    #[error("profile {0:?} needs at least one tag named channel_state or channel_state_<n>")]
+    NoChannel(String),
+    #[error("unknown profile {0:?}; use opcua-machine-tool, opcua-machinery or mtconnect-like")]
+    Unknown(String),
+}
+
 /// Built-in rules for standard machines, so they need no hand-written
 /// expressions. Returns (nc_active, running) rule texts over the device's
 /// tag names; see docs/plant.md for the register/node encodings.
-pub fn profile_rules(profile: &str, tags: &[&str]) -> Result<(String, String), String> {
-    let need = |name: &str| {
-        if tags.contains(&name) {
+pub fn profile_rules(profile: &str, tags: &[&str]) -> Result<(String, String), ProfileError> {
+    let need = |tag: &'static str| {
+        if tags.contains(&tag) {
             Ok(())
         } else {
-            Err(format!(
-                "profile {profile:?} needs a tag named {name:?} on the device"
-            ))
+            Err(ProfileError::MissingTag {
+                profile: profile.to_string(),
+                tag,
+            })
         }
     };
     match profile {
@@ -102,7 +114,7 @@ pub fn profile_rules(profile: &str, tags: &[&str]) -> Result<(String, String), S
                 })
                 .collect();
             if channels.is_empty() {
-                return Err(format!("profile {profile:?} needs at least one tag named channel_state or channel_state_<n>"));
+                return Err(ProfileError::NoChannel(profile.to_string()));
             }
             let running = channels
                 .iter()
@@ -132,9 +144,7 @@ pub fn profile_rules(profile: &str, tags: &[&str]) -> Result<(String, String), S
                 "execution == 1".into(),
             ))
         }
-        other => Err(format!(
-            "unknown profile {other:?}; use opcua-machine-tool, opcua-machinery or mtconnect-like"
-        )),
+        other => Err(ProfileError::Unknown(other.to_string())),
     }
 }
 
@@ -421,9 +431,13 @@ mod tests {
 
     #[test]
     fn profiles_need_their_tags() {
-        assert!(profile_rules("mtconnect-like", &["execution"])
-            .unwrap_err()
-            .contains("controller_mode"));
+        assert_eq!(
+            profile_rules("mtconnect-like", &["execution"]),
+            Err(ProfileError::MissingTag {
+                profile: "mtconnect-like".into(),
+                tag: "controller_mode"
+            })
+        );
         let (nc, run) = profile_rules(
             "opcua-machine-tool",
             &["operation_mode", "channel_state", "channel_state_2"],

@@ -114,7 +114,7 @@ pub struct SimDevice {
 impl SimDevice {
     /// Starts a server on 127.0.0.1 with an ephemeral port.
     pub async fn start(units: HashMap<u8, Arc<Mutex<Bank>>>) -> std::io::Result<SimDevice> {
-        Self::start_on("127.0.0.1:0".parse().expect("literal address"), units).await
+        Self::start_on(([127, 0, 0, 1], 0).into(), units).await
     }
 
     /// Starts a server on a given address (tests restart a device on its old port).

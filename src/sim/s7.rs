@@ -177,7 +177,7 @@ pub struct SimS7 {
 impl SimS7 {
     /// Starts a CPU with PDU size `pdu` on 127.0.0.1 and an ephemeral port.
     pub async fn start(memory: Memory, pdu: u16) -> std::io::Result<SimS7> {
-        Self::start_on("127.0.0.1:0".parse().expect("literal address"), memory, pdu).await
+        Self::start_on(([127, 0, 0, 1], 0).into(), memory, pdu).await
     }
 
     /// Starts a CPU on a given address (tests restart a PLC on its port).

@@ -157,7 +157,10 @@ type Sent = Option<i64>;
 
 impl MqttUplink {
     /// A sink's session; `state` is its entry on the `board`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each argument is a separate part of the agent a session talks to"
+    )]
     pub fn new(
         sink: Arc<SinkConfig>,
         enterprise: &Enterprise,
@@ -441,6 +444,10 @@ impl MqttUplink {
         End::Lost(why, fix)
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one MQTT session's event loop: connect, then one select over publishes, acks, status and shutdown; not split yet"
+    )]
     async fn session(
         &mut self,
         options: MqttOptions,

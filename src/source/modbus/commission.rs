@@ -34,7 +34,10 @@ pub struct Found {
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("cannot reach {endpoint}: {why}")]
-    Link { endpoint: String, why: String },
+    Link {
+        endpoint: String,
+        why: super::ConnectError,
+    },
 }
 
 /// Exceptions with which a TCP gateway says "no device behind me answers
@@ -43,30 +46,39 @@ fn is_gateway_miss(code: u8) -> bool {
     code == 0x0A || code == 0x0B
 }
 
+/// A unit-id list that `scan --units` cannot use.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnitsError {
+    #[error("{0:?} is not a unit id; use 1..=247")]
+    NotAUnit(String),
+    #[error("{0:?} runs backwards; write e.g. 1-247")]
+    Backwards(String),
+    #[error("no unit ids given; write e.g. 1-247 or 1,7,42")]
+    Empty,
+}
+
 /// Parses "1-247", "1,7,42" or "1-10,42" into unit ids (1..=247 each).
-pub fn parse_units(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_units(s: &str) -> Result<Vec<u8>, UnitsError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = match part.split_once('-') {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let parse = |x: &str| -> Result<u8, String> {
-            match x.parse::<u8>() {
-                Ok(u @ 1..=247) => Ok(u),
-                _ => Err(format!("{x:?} is not a unit id; use 1..=247")),
-            }
+        let parse = |x: &str| match x.parse::<u8>() {
+            Ok(u @ 1..=247) => Ok(u),
+            _ => Err(UnitsError::NotAUnit(x.to_string())),
         };
         let (a, b) = (parse(a)?, parse(b)?);
         if a > b {
-            return Err(format!("{part:?} runs backwards; write e.g. 1-247"));
+            return Err(UnitsError::Backwards(part.to_string()));
         }
         out.extend(a..=b);
     }
     out.sort_unstable();
     out.dedup();
     if out.is_empty() {
-        return Err("no unit ids given; write e.g. 1-247 or 1,7,42".into());
+        return Err(UnitsError::Empty);
     }
     Ok(out)
 }

@@ -190,9 +190,10 @@ pub(crate) fn serial_endpoint(
 }
 
 /// The keys every Modbus framing shares: unit id, plan and tags.
-// Most of the length is one problem message per way a tag can be wrong,
-// checked in the order the keys are read so problems come out in that order.
-#[allow(clippy::too_many_lines)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "mostly one problem message per way a tag can be wrong, checked in the order the keys are read so problems come out in that order"
+)]
 pub(crate) fn validate(d: &mut RawDevice, key: &str, p: &mut Problems) -> ModbusConfig {
     // 0 is broadcast (no answer ever comes); 248..=254 are reserved; 255 is
     // the usual "don't care" id of Modbus TCP devices, and means nothing on

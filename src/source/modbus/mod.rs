@@ -73,13 +73,33 @@ impl Failure {
     }
 }
 
+/// Why a link could not be brought up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect did not finish within the device's timeout.
+    #[error("connect timed out")]
+    Timeout,
+    /// Refused, reset or unreachable.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The serial port `port` would not open with its line settings.
+    #[error("cannot open {port}: {source}")]
+    Serial {
+        port: String,
+        source: std::io::Error,
+    },
+}
+
 /// What carries requests to a unit.
 pub trait Link: Send {
     /// Where the link goes (host:port or serial port), for messages.
     fn endpoint(&self) -> &str;
     /// Connects (or opens the port) unless already up. `Ok(true)` means a
     /// new connection was made just now.
-    fn ensure(&mut self, timeout: Duration) -> impl Future<Output = Result<bool, String>> + Send;
+    fn ensure(
+        &mut self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, ConnectError>> + Send;
     /// One block read from `unit`. On any failure other than an exception,
     /// the link resets itself so that a late reply cannot answer the next
     /// request.
@@ -190,7 +210,7 @@ impl Link for TcpLink {
         &self.address
     }
 
-    async fn ensure(&mut self, limit: Duration) -> Result<bool, String> {
+    async fn ensure(&mut self, limit: Duration) -> Result<bool, ConnectError> {
         if self.conn.is_some() {
             return Ok(false);
         }
@@ -205,8 +225,8 @@ impl Link for TcpLink {
                 self.conn = Some(ctx);
                 Ok(true)
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("connect timed out".into()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ConnectError::Timeout),
         }
     }
 
@@ -309,7 +329,7 @@ impl Poller {
                 }
                 Err(why) => {
                     self.warn(link, "connect", &format!("Connect failed: {why}"));
-                    last = Failure::Disconnected(why);
+                    last = Failure::Disconnected(why.to_string());
                     continue;
                 }
             }
@@ -473,7 +493,7 @@ impl Link for AnyLink {
         }
     }
 
-    async fn ensure(&mut self, timeout: Duration) -> Result<bool, String> {
+    async fn ensure(&mut self, timeout: Duration) -> Result<bool, ConnectError> {
         match self {
             AnyLink::Tcp(l) => l.ensure(timeout).await,
             AnyLink::Bus(l) => l.ensure(timeout).await,

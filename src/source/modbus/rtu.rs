@@ -45,7 +45,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::Context;
 
 use super::plan::Block;
-use super::{read_on, Data, Failure, Link, Poller};
+use super::{read_on, ConnectError, Data, Failure, Link, Poller};
 use crate::clock::Clock;
 use crate::config::{DeviceConfig, DeviceProtocol, Parity, SerialConfig};
 use crate::reading::Reading;
@@ -274,7 +274,7 @@ impl Link for BusLink {
         &self.name
     }
 
-    async fn ensure(&mut self, limit: Duration) -> Result<bool, String> {
+    async fn ensure(&mut self, limit: Duration) -> Result<bool, ConnectError> {
         if self.port.is_some() {
             if self.ctx.is_none() {
                 self.attach();
@@ -284,7 +284,12 @@ impl Link for BusLink {
         let port: Box<dyn Port> = match &self.endpoint {
             Endpoint::Serial { path, line } => match open_serial(path, line) {
                 Ok(s) => Box::new(s),
-                Err(e) => return Err(format!("cannot open {path}: {e}")),
+                Err(source) => {
+                    return Err(ConnectError::Serial {
+                        port: path.clone(),
+                        source,
+                    })
+                }
             },
             Endpoint::Tcp { address } => {
                 let attempt = async {
@@ -294,8 +299,8 @@ impl Link for BusLink {
                 };
                 match timeout(limit, attempt).await {
                     Ok(Ok(s)) => Box::new(s),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("connect timed out".into()),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(ConnectError::Timeout),
                 }
             }
         };

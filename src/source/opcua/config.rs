@@ -211,12 +211,21 @@ pub fn split_segment(seg: &str) -> (Option<u16>, &str) {
     }
 }
 
+/// An endpoint URL that is not `opc.tcp://host[:port][/path]`.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0:?} must start with opc.tcp://, e.g. \"opc.tcp://192.168.10.21:4840\"")]
+    Scheme(String),
+    #[error("{0:?} has no host; write e.g. \"opc.tcp://192.168.10.21:4840\"")]
+    NoHost(String),
+    #[error("{url:?}: {port:?} is not a port; OPC UA servers usually listen on 4840")]
+    Port { url: String, port: String },
+}
+
 /// Checks `opc.tcp://host[:port][/path]`.
-pub fn check_endpoint(url: &str) -> Result<(), String> {
+pub fn check_endpoint(url: &str) -> Result<(), EndpointError> {
     let Some(rest) = url.strip_prefix("opc.tcp://") else {
-        return Err(format!(
-            "{url:?} must start with opc.tcp://, e.g. \"opc.tcp://192.168.10.21:4840\""
-        ));
+        return Err(EndpointError::Scheme(url.to_string()));
     };
     let hostport = rest.split('/').next().unwrap_or_default();
     let (host, port) = match hostport.rsplit_once(':') {
@@ -225,21 +234,24 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
         None => (hostport, None),
     };
     if host.is_empty() {
-        return Err(format!(
-            "{url:?} has no host; write e.g. \"opc.tcp://192.168.10.21:4840\""
-        ));
+        return Err(EndpointError::NoHost(url.to_string()));
     }
     if let Some(p) = port {
         if !p.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(format!(
-                "{url:?}: {p:?} is not a port; OPC UA servers usually listen on 4840"
-            ));
+            return Err(EndpointError::Port {
+                url: url.to_string(),
+                port: p.to_string(),
+            });
         }
     }
     Ok(())
 }
 
 /// Validates the OPC UA keys of `d` (protocol = "opcua").
+#[allow(
+    clippy::too_many_lines,
+    reason = "checks every key of one OPC UA device in file order into one list of problems; not split yet"
+)]
 pub(crate) fn validate(
     d: &mut RawDevice,
     key: &str,
@@ -265,7 +277,7 @@ pub(crate) fn validate(
     let endpoint = match &d.endpoint {
         Some(url) => {
             if let Err(why) = check_endpoint(url) {
-                p.error(format!("{key}.endpoint"), why);
+                p.error(format!("{key}.endpoint"), why.to_string());
             }
             url.clone()
         }
@@ -419,7 +431,7 @@ pub(crate) fn validate(
                     }
                 }
             }
-            Err(why) => p.error(format!("{key}.profile"), why),
+            Err(why) => p.error(format!("{key}.profile"), why.to_string()),
         }
     } else if d.channels.is_some() {
         p.error(
@@ -470,6 +482,10 @@ fn node_ref(s: &str, key: &str, p: &mut Problems) -> NodeRef {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "checks every key of one OPC UA tag in file order into one list of problems; not split yet"
+)]
 fn validate_tag(t: RawTag, tkey: &str, poll: Duration, p: &mut Problems) -> Option<OpcUaTag> {
     if !is_ident(&t.name) {
         p.error(format!("{tkey}.name"), format!("{:?} must start with a letter or '_' and use only letters, digits and '_' (it is used in expressions)", t.name));

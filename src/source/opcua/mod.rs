@@ -84,6 +84,19 @@ enum Slot {
     Absent,
 }
 
+/// Why a service call on a running session ended it; the session is
+/// then rebuilt.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error("{what} failed: {error}")]
+    Failed {
+        what: &'static str,
+        error: opcua::types::Error,
+    },
+}
+
 /// How a session ended.
 enum Ended {
     Shutdown,
@@ -287,7 +300,7 @@ impl UaDevice {
 
         let pending = Arc::new(Mutex::new(Pending::default()));
         if let Err(why) = self.subscribe(conn, &mut slots, &pending).await {
-            return Ended::Lost(why);
+            return Ended::Lost(why.to_string());
         }
         conn.publish_expected();
         let polled: Vec<(usize, NodeId)> = self
@@ -343,7 +356,7 @@ impl UaDevice {
             }
             let mut cycle = match self.read_polled(conn, &polled).await {
                 Ok(r) => r,
-                Err(why) => return Ended::Lost(why),
+                Err(why) => return Ended::Lost(why.to_string()),
             };
             self.drain(&pending, &slots, started, &mut cycle);
             if cycle.is_empty() {
@@ -363,7 +376,7 @@ impl UaDevice {
         conn: &Connection,
         slots: &mut [Slot],
         pending: &Arc<Mutex<Pending>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CallError> {
         let timeout = self.cfg.timeout;
         let mut groups: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
         for (i, t) in self.ua.tags.iter().enumerate() {
@@ -414,8 +427,13 @@ impl UaDevice {
             )
             .await
             {
-                Err(_) => return Err("creating a subscription timed out".into()),
-                Ok(Err(e)) => return Err(format!("creating a subscription failed: {e}")),
+                Err(_) => return Err(CallError::Timeout("creating a subscription")),
+                Ok(Err(error)) => {
+                    return Err(CallError::Failed {
+                        what: "creating a subscription",
+                        error,
+                    })
+                }
                 Ok(Ok(id)) => id,
             };
             for slice in members.chunks(PER_CALL) {
@@ -433,8 +451,13 @@ impl UaDevice {
                 )
                 .await
                 {
-                    Err(_) => return Err("creating monitored items timed out".into()),
-                    Ok(Err(e)) => return Err(format!("creating monitored items failed: {e}")),
+                    Err(_) => return Err(CallError::Timeout("creating monitored items")),
+                    Ok(Err(error)) => {
+                        return Err(CallError::Failed {
+                            what: "creating monitored items",
+                            error,
+                        })
+                    }
                     Ok(Ok(r)) => r,
                 };
                 for (n, &i) in slice.iter().enumerate() {
@@ -458,7 +481,7 @@ impl UaDevice {
         &mut self,
         conn: &Connection,
         polled: &[(usize, NodeId)],
-    ) -> Result<Vec<Reading>, String> {
+    ) -> Result<Vec<Reading>, CallError> {
         let mut values = Vec::with_capacity(polled.len());
         for slice in polled.chunks(PER_CALL) {
             let ids: Vec<ReadValueId> = slice
@@ -475,8 +498,13 @@ impl UaDevice {
             )
             .await
             {
-                Err(_) => return Err("read timed out".into()),
-                Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                Err(_) => return Err(CallError::Timeout("read")),
+                Ok(Err(error)) => {
+                    return Err(CallError::Failed {
+                        what: "read",
+                        error,
+                    })
+                }
                 // A server answering fewer results than asked breaks the
                 // protocol; pad so every tag still gets a (bad) reading.
                 Ok(Ok(mut v)) => {

@@ -26,6 +26,17 @@ fn tag(name: &str, path: &[&str], kind: ValueKind, poll: Duration, optional: boo
     }
 }
 
+/// A profile an opcua device cannot use as written.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile {0:?} for an opcua device; use \"opcua-machine-tool\" (OPC 40501), or list the tags")]
+    Unknown(String),
+    #[error("channels is empty; list the channel objects under Monitoring, e.g. [\"Channel1\", \"Channel2\"], or remove it")]
+    NoChannels,
+    #[error("channels[{index}] = {name:?} must be one browse name, e.g. \"Channel1\"")]
+    Channel { index: usize, name: String },
+}
+
 /// The tags profile `name` adds. `channels` names the machine's channel
 /// objects (their browse names under Monitoring); without it, the first
 /// channel found is used, which is right for the usual one-channel machine.
@@ -33,11 +44,9 @@ pub fn tags(
     name: &str,
     channels: Option<&[String]>,
     poll: Duration,
-) -> Result<Vec<OpcUaTag>, String> {
+) -> Result<Vec<OpcUaTag>, ProfileError> {
     if name != "opcua-machine-tool" {
-        return Err(format!(
-            "unknown profile {name:?} for an opcua device; use \"opcua-machine-tool\" (OPC 40501), or list the tags"
-        ));
+        return Err(ProfileError::Unknown(name.to_string()));
     }
     let mut out = vec![tag(
         "operation_mode",
@@ -63,17 +72,14 @@ pub fn tags(
                 true,
             ));
         }
-        Some([]) => {
-            return Err(
-                "channels is empty; list the channel objects under Monitoring, e.g. [\"Channel1\", \"Channel2\"], or remove it".into(),
-            )
-        }
+        Some([]) => return Err(ProfileError::NoChannels),
         Some(list) => {
             for (i, ch) in list.iter().enumerate() {
                 if ch.is_empty() || ch.contains('/') {
-                    return Err(format!(
-                        "channels[{i}] = {ch:?} must be one browse name, e.g. \"Channel1\""
-                    ));
+                    return Err(ProfileError::Channel {
+                        index: i,
+                        name: ch.clone(),
+                    });
                 }
                 let n = i + 1;
                 out.push(tag(

@@ -182,7 +182,7 @@ impl S7Type {
     /// Whether an address of `width` can hold this type: a bool needs a
     /// bit address; byte, word and double-word types their own width;
     /// lreal and string start at any byte address.
-    pub fn fits(self, width: Width) -> Result<(), String> {
+    pub fn fits(self, width: Width) -> Result<(), WrongWidth> {
         let ok = match self {
             S7Type::Bool => matches!(width, Width::Bit(_)),
             S7Type::Byte => width == Width::Byte,
@@ -202,8 +202,21 @@ impl S7Type {
             }
             S7Type::Lreal | S7Type::String(_) => "a byte address of its first byte (DB10.DBB20)",
         };
-        Err(format!("a {} needs {want}", self.name()))
+        Err(WrongWidth {
+            ty: self.name(),
+            want,
+        })
     }
+}
+
+/// A type read from an address of the wrong width.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a {ty} needs {want}")]
+pub struct WrongWidth {
+    /// The type's name, as the config writes it.
+    pub ty: String,
+    /// The kind of address it needs, with examples.
+    pub want: &'static str,
 }
 
 #[cfg(test)]
