@@ -5,15 +5,26 @@
 //! subscription with a persistent session and manual acks, and acks a
 //! message only after `handle` has committed it, so a receiver that dies
 //! loses nothing: the broker sends the unacknowledged message again.
+//!
+//! Several instances may write to one database at once. Everything a
+//! message's decision reads and writes belongs to its gateway (registry
+//! entry, status, messages, transitions, windows), so the transaction
+//! first takes its gateway's lock ([`Tx::lock`]): the transactions of one
+//! gateway run one after the other, whichever instance runs them, and the
+//! chain verification, which reads a window's neighbours and the states
+//! messages, always sees every message of that gateway committed before
+//! it. Without the lock, two instances storing neighbouring windows at
+//! once would each miss the other's uncommitted one and both leave their
+//! window pending. Different gateways do not wait for each other.
 
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::Value;
 use zgsz_contract::payload::{Envelope, MetricsMessage, StatesMessage, StatusMessage};
 
 use crate::config::Config;
+use crate::store::db::{args, Tx};
 use crate::store::{gateway, now_ms, Store, StoreError};
 use crate::topic::{self, Stream};
 
@@ -29,37 +40,34 @@ pub enum Handled {
 }
 
 /// Decides and commits one message.
-pub fn handle(
+pub async fn handle(
     store: &mut Store,
     cfg: &Config,
     topic_name: &str,
     payload: &[u8],
 ) -> Result<Handled, StoreError> {
-    // IMMEDIATE: instances sharing one database file take the write lock
-    // at BEGIN, where the busy timeout waits for it; a deferred transaction
-    // upgrading after another instance's commit would fail at once.
-    let tx = store
-        .conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = store.begin(true).await?;
     let received = now_ms();
-    let outcome = match decide(&tx, cfg, topic_name, payload, received)? {
+    let outcome = match decide(&mut tx, cfg, topic_name, payload, received).await? {
         Ok(h) => h,
         Err(reason) => {
+            let text = String::from_utf8_lossy(payload);
             tx.execute(
                 "INSERT INTO rejected (received_ts, topic, reason, payload) VALUES (?1, ?2, ?3, ?4)",
-                params![received, topic_name, reason, String::from_utf8_lossy(payload)],
-            )?;
+                args![received, topic_name, &reason, text.as_ref()],
+            )
+            .await?;
             Handled::Rejected(reason)
         }
     };
-    tx.commit()?;
+    tx.commit().await?;
     Ok(outcome)
 }
 
 /// `Ok(Err(reason))`: reject. The checks run in the order a forger would
 /// have to get past them: topic, registry, payload, identity, chain.
-fn decide(
-    tx: &Transaction,
+async fn decide(
+    tx: &mut Tx<'_>,
     cfg: &Config,
     topic_name: &str,
     payload: &[u8],
@@ -70,7 +78,9 @@ fn decide(
             "not a gateway topic of metrics, states or status".into()
         ));
     };
-    let Some(g) = gateway(tx, t.gateway_id)? else {
+    // Serialises the transactions of this gateway (see the module note).
+    tx.lock(t.gateway_id).await?;
+    let Some(g) = gateway(tx, t.gateway_id).await? else {
         return Ok(Err(format!(
             "unknown gateway {}: not enrolled",
             t.gateway_id
@@ -110,14 +120,15 @@ fn decide(
                  ON CONFLICT (gateway_id) DO UPDATE SET received_ts = excluded.received_ts,
                    state = excluded.state, clock_sync = excluded.clock_sync,
                    payload = excluded.payload",
-                params![
+                args![
                     t.gateway_id,
                     received,
-                    s.state,
+                    &s.state,
                     s.clock_sync.as_deref().unwrap_or(""),
                     text
                 ],
-            )?;
+            )
+            .await?;
             Ok(Ok(Handled::Stored))
         }
         Stream::States => {
@@ -140,25 +151,28 @@ fn decide(
                 text,
                 received,
                 &cfg.mqtt.client_id,
-            )? {
+            )
+            .await?
+            {
                 return Ok(Ok(Handled::Duplicate));
             }
             for tr in &m.transitions {
                 tx.execute(
                     "INSERT INTO transitions (gateway_id, instance, id, seq, equipment, state, ts)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                    params![
+                    args![
                         t.gateway_id,
-                        instance,
+                        &instance,
                         tr.id,
                         e.seq,
-                        tr.equipment,
+                        &tr.equipment,
                         tr.state.name(),
                         tr.ts
                     ],
-                )?;
+                )
+                .await?;
             }
-            crate::verify::settle(tx, t.gateway_id, &instance)?;
+            crate::verify::settle(tx, t.gateway_id, &instance).await?;
             Ok(Ok(Handled::Stored))
         }
         Stream::Metrics => {
@@ -177,13 +191,12 @@ fn decide(
                 return Ok(Err(why));
             }
             let instance = e.instance().unwrap_or_default().to_string();
-            let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
-                    params![t.gateway_id, e.msg_id],
-                    |r| r.get(0),
+            let exists = tx
+                .query_opt(
+                    "SELECT msg_id FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
+                    args![t.gateway_id, &e.msg_id],
                 )
-                .optional()?;
+                .await?;
             if exists.is_some() {
                 return Ok(Ok(Handled::Duplicate));
             }
@@ -197,7 +210,8 @@ fn decide(
                     text,
                     received,
                     &cfg.mqtt.client_id,
-                )?;
+                )
+                .await?;
                 return Ok(Ok(Handled::Stored));
             };
             let Some(upto) = m.body.states_upto_seq else {
@@ -210,14 +224,14 @@ fn decide(
                     "malformed metrics payload: seal.index out of range".into()
                 ));
             };
-            let holder: Option<String> = tx
-                .query_row(
+            let holder = tx
+                .query_opt(
                     "SELECT msg_id FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                    params![t.gateway_id, instance, index],
-                    |r| r.get(0),
+                    args![t.gateway_id, &instance, index],
                 )
-                .optional()?;
+                .await?;
             if let Some(other) = holder {
+                let other = other.text(0)?;
                 return Ok(Err(format!(
                     "chain index {index} of instance {instance} is already held by {other}"
                 )));
@@ -230,22 +244,29 @@ fn decide(
                 text,
                 received,
                 &cfg.mqtt.client_id,
-            )?;
+            )
+            .await?;
             let broken = crate::verify::self_contained(&value, &m.body);
-            let prev_hash: Option<String> = tx
-                .query_row(
+            let prev_hash = match tx
+                .query_opt(
                     "SELECT config_hash FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                    params![t.gateway_id, instance, index - 1],
-                    |r| r.get(0),
+                    args![t.gateway_id, &instance, index - 1],
                 )
-                .optional()?;
-            let clock: Option<String> = tx
-                .query_row(
+                .await?
+            {
+                Some(r) => Some(r.text(0)?),
+                None => None,
+            };
+            let clock = match tx
+                .query_opt(
                     "SELECT clock_sync FROM status WHERE gateway_id = ?1",
-                    [t.gateway_id],
-                    |r| r.get(0),
+                    args![t.gateway_id],
                 )
-                .optional()?;
+                .await?
+            {
+                Some(r) => Some(r.text(0)?),
+                None => None,
+            };
             let flags = crate::verify::flags(
                 &m.body,
                 prev_hash.as_deref(),
@@ -257,30 +278,31 @@ fn decide(
                    end_ts, config_hash, states_upto_seq, prev, digest, metrics_sha256,
                    transitions_sha256, verdict, reason, flags)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                params![
+                args![
                     t.gateway_id,
-                    instance,
+                    &instance,
                     index,
-                    e.msg_id,
+                    &e.msg_id,
                     m.body.window.kind.name(),
                     m.body.window.start_ts,
                     m.body.window.end_ts,
-                    m.body.config_hash,
+                    &m.body.config_hash,
                     upto,
-                    seal.prev,
-                    seal.digest,
-                    seal.metrics_sha256,
-                    seal.transitions_sha256,
+                    &seal.prev,
+                    &seal.digest,
+                    &seal.metrics_sha256,
+                    &seal.transitions_sha256,
                     if broken.is_some() {
                         "broken"
                     } else {
                         "pending"
                     },
-                    broken.unwrap_or_default(),
-                    flags
+                    broken.as_deref().unwrap_or_default(),
+                    &flags
                 ],
-            )?;
-            crate::verify::settle(tx, t.gateway_id, &instance)?;
+            )
+            .await?;
+            crate::verify::settle(tx, t.gateway_id, &instance).await?;
             Ok(Ok(Handled::Stored))
         }
     }
@@ -300,20 +322,32 @@ fn check_envelope(e: &Envelope, schema: &str) -> Result<(), String> {
 }
 
 /// Inserts the message; `false` when its msg_id is already stored.
-fn insert_message(
-    tx: &Transaction,
+async fn insert_message(
+    tx: &mut Tx<'_>,
     e: &Envelope,
     instance: &str,
     stream: &str,
     text: &str,
     received: i64,
     received_by: &str,
-) -> rusqlite::Result<bool> {
-    let n = tx.execute(
-        "INSERT INTO messages (gateway_id, msg_id, instance, seq, stream, created_ts, received_ts, payload, received_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (gateway_id, msg_id) DO NOTHING",
-        params![e.gateway_id, e.msg_id, instance, e.seq, stream, e.created_ts, received, text, received_by],
-    )?;
+) -> Result<bool, StoreError> {
+    let n = tx
+        .execute(
+            "INSERT INTO messages (gateway_id, msg_id, instance, seq, stream, created_ts, received_ts, payload, received_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (gateway_id, msg_id) DO NOTHING",
+            args![
+                &e.gateway_id,
+                &e.msg_id,
+                instance,
+                e.seq,
+                stream,
+                e.created_ts,
+                received,
+                text,
+                received_by
+            ],
+        )
+        .await?;
     Ok(n == 1)
 }
 
@@ -353,7 +387,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let outcome = handle(&mut store, &cfg, &p.topic, &p.payload)?;
+                let outcome = handle(&mut store, &cfg, &p.topic, &p.payload).await?;
                 match &outcome {
                     Handled::Rejected(reason) => {
                         tracing::warn!(topic = %p.topic, %reason, "Rejected a message")
