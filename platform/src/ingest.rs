@@ -6,6 +6,12 @@
 //! message only after `handle` has committed it, so a receiver that dies
 //! loses nothing: the broker sends the unacknowledged message again.
 //!
+//! When the database is away (PostgreSQL restarting, a broken connection,
+//! SQLite busy past its timeout), [`handle_retrying`] tries the same
+//! message again with a growing pause, reconnecting, until it commits; the
+//! message is not acknowledged before, and nothing after it is read in the
+//! meantime.
+//!
 //! Several instances may write to one database at once. Everything a
 //! message's decision reads and writes belongs to its gateway (registry
 //! entry, status, messages, transitions, windows), so the transaction
@@ -27,6 +33,11 @@ use crate::config::Config;
 use crate::store::db::{args, Tx};
 use crate::store::{gateway, now_ms, Store, StoreError};
 use crate::topic::{self, Stream};
+
+/// The first pause before a database retry; it doubles up to
+/// [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +73,46 @@ pub async fn handle(
     };
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// [`handle`], trying again after a transient database error (see
+/// [`StoreError::is_transient`]) with a pause that doubles from 100 ms to
+/// 5 s, until the message is committed or the error is one that would
+/// repeat. Each try is a new transaction, on a new connection if the old
+/// one broke; a try that failed committed nothing.
+pub async fn handle_retrying(
+    store: &mut Store,
+    cfg: &Config,
+    topic_name: &str,
+    payload: &[u8],
+) -> Result<Handled, StoreError> {
+    let mut pause = FIRST_RETRY_PAUSE;
+    let mut failures = 0u32;
+    loop {
+        match handle(store, cfg, topic_name, payload).await {
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                // The first failure and then every tenth: an outage of
+                // minutes must not flood the log.
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(
+                        error = %e,
+                        failures,
+                        pause_ms = pause.as_millis() as u64,
+                        "Database unavailable; the message stays unacknowledged, retrying"
+                    );
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+            outcome => {
+                if failures > 0 && outcome.is_ok() {
+                    tracing::info!(failures, "Database back; the message is committed");
+                }
+                return outcome;
+            }
+        }
+    }
 }
 
 /// `Ok(Err(reason))`: reject. The checks run in the order a forger would
@@ -351,9 +402,10 @@ async fn insert_message(
     Ok(n == 1)
 }
 
-/// Subscribes and ingests until `shutdown` resolves. A database error
-/// stops the receiver without acking the message (the broker resends it
-/// to this session after a restart).
+/// Subscribes and ingests until `shutdown` resolves. A transient database
+/// error is retried ([`handle_retrying`]); any other stops the receiver
+/// without acking the message (the broker resends it to this session after
+/// a restart).
 pub async fn run(
     cfg: Config,
     mut store: Store,
@@ -387,7 +439,12 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let outcome = handle(&mut store, &cfg, &p.topic, &p.payload).await?;
+                // Shutdown while the database is away: stop without the
+                // ack; an open transaction rolls back when dropped.
+                let outcome = tokio::select! {
+                    () = &mut shutdown => break,
+                    h = handle_retrying(&mut store, &cfg, &p.topic, &p.payload) => h?,
+                };
                 match &outcome {
                     Handled::Rejected(reason) => {
                         tracing::warn!(topic = %p.topic, %reason, "Rejected a message")
