@@ -4,7 +4,6 @@
 //! enrolled gateway's topic of the stream its first byte picks.
 #![no_main]
 use std::cell::RefCell;
-use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use zgsz_platform::config::Config;
@@ -14,22 +13,32 @@ use zgsz_platform::store::{Gateway, Store};
 const USCC: &str = "91321003MA1XXXXX0A";
 
 thread_local! {
-    static RECEIVER: RefCell<(Store, Config)> = RefCell::new({
+    // The store is async (one code path for SQLite and PostgreSQL); on
+    // SQLite nothing in it ever waits, so a current-thread runtime runs it.
+    static RECEIVER: RefCell<(tokio::runtime::Runtime, Store, Config)> = RefCell::new({
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
         let cfg = Config::parse(
             "fuzz.toml",
             "[database]\npath = \":memory:\"\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"fuzz\"\n",
         )
         .expect("the fuzz config is valid");
-        let mut store = Store::open(Path::new(":memory:")).expect("an in-memory database");
-        store
-            .enrol(&Gateway {
-                gateway_id: "gw-1".into(),
-                uscc: USCC.into(),
-                region_code: "321003".into(),
-                public_key: "ab".repeat(32),
-            })
-            .expect("enrol");
-        (store, cfg)
+        let store = rt.block_on(async {
+            let mut store = Store::sqlite(":memory:").await.expect("an in-memory database");
+            store
+                .enrol(&Gateway {
+                    gateway_id: "gw-1".into(),
+                    uscc: USCC.into(),
+                    region_code: "321003".into(),
+                    public_key: "ab".repeat(32),
+                })
+                .await
+                .expect("enrol");
+            store
+        });
+        (rt, store, cfg)
     });
 }
 
@@ -42,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     RECEIVER.with(|r| {
-        let (store, cfg) = &mut *r.borrow_mut();
-        let _ = handle(store, cfg, &topic, payload);
+        let (rt, store, cfg) = &mut *r.borrow_mut();
+        let _ = rt.block_on(handle(store, cfg, &topic, payload));
     });
 });

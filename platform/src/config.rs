@@ -15,11 +15,78 @@ pub struct Config {
     pub verify: Verify,
 }
 
+/// Exactly one of `path` and `url`: the key set is the backend chosen.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
-    /// The SQLite file; relative paths are relative to the config file.
-    pub path: PathBuf,
+    /// SQLite: the database file; a relative path is relative to the
+    /// config file. For one instance (or several on one host).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL: a connection URL, e.g.
+    /// `postgresql://zgsz@/zgsz?host=/run/postgresql`. For several
+    /// instances sharing the load.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// The storage backend `[database]` selects, as the store opens it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite { path: PathBuf },
+    Postgres { url: String },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.describe())
+    }
+}
+
+impl Backend {
+    /// For `check` and logs: the backend and where, without a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sqlite { path } => format!("SQLite {}", path.display()),
+            Backend::Postgres { url } => match url.parse::<tokio_postgres::Config>() {
+                Ok(c) => {
+                    let hosts: Vec<String> = c
+                        .get_hosts()
+                        .iter()
+                        .map(|h| match h {
+                            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                        })
+                        .collect();
+                    format!(
+                        "PostgreSQL database {} on {} as {}",
+                        c.get_dbname().unwrap_or("(the user's name)"),
+                        if hosts.is_empty() {
+                            "(no host)".into()
+                        } else {
+                            hosts.join(", ")
+                        },
+                        c.get_user().unwrap_or("(the OS user)")
+                    )
+                }
+                Err(_) => "PostgreSQL (an invalid url)".into(),
+            },
+        }
+    }
+}
+
+impl Database {
+    /// The backend; [`Config::parse`] has checked that exactly one key is
+    /// set.
+    pub fn backend(&self) -> Backend {
+        match (&self.path, &self.url) {
+            (_, Some(url)) => Backend::Postgres { url: url.clone() },
+            (Some(path), None) => Backend::Sqlite { path: path.clone() },
+            (None, None) => Backend::Sqlite {
+                path: PathBuf::new(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,9 +174,11 @@ impl Config {
             source,
         })?;
         let mut cfg = Config::parse(&name, &text)?;
-        if cfg.database.path.is_relative() {
-            if let Some(dir) = file.parent() {
-                cfg.database.path = dir.join(&cfg.database.path);
+        if let Some(path) = &mut cfg.database.path {
+            if path.is_relative() {
+                if let Some(dir) = file.parent() {
+                    *path = dir.join(&*path);
+                }
             }
         }
         Ok(cfg)
@@ -199,10 +268,54 @@ impl Config {
                 format!("{g} is not a fraction; use a value from 0 to 1, e.g. 0.2"),
             );
         }
-        if self.database.path.as_os_str().is_empty() {
-            return bad("database.path", "is empty; name the SQLite file".into());
+        self.validate_database(file)
+    }
+
+    fn validate_database(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                key: key.into(),
+                problem,
+            })
+        };
+        match (&self.database.path, &self.database.url) {
+            (Some(_), Some(_)) => bad(
+                "database.url",
+                "and database.path are both set; keep path for SQLite or url for PostgreSQL, not both".into(),
+            ),
+            (None, None) => bad(
+                "database",
+                "sets no backend; set path = \"platform.db\" (SQLite) or url = \"postgresql://zgsz@/zgsz?host=/run/postgresql\" (PostgreSQL)".into(),
+            ),
+            (Some(path), None) if path.as_os_str().is_empty() => {
+                bad("database.path", "is empty; name the SQLite file".into())
+            }
+            (Some(_), None) => Ok(()),
+            (None, Some(url)) => {
+                if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+                    return bad(
+                        "database.url",
+                        "must be a postgresql:// URL, e.g. \"postgresql://zgsz@/zgsz?host=/run/postgresql\" (for SQLite, set path instead)".into(),
+                    );
+                }
+                match url.parse::<tokio_postgres::Config>() {
+                    Ok(c) if c.get_hosts().is_empty() => bad(
+                        "database.url",
+                        "names no host; add one, e.g. postgresql://zgsz@db.example/zgsz, or a socket directory: postgresql://zgsz@/zgsz?host=/run/postgresql".into(),
+                    ),
+                    Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => bad(
+                        "database.url",
+                        "asks for sslmode=require, but the receiver has no TLS to PostgreSQL yet; drop sslmode and keep the connection on a trusted network or a Unix socket".into(),
+                    ),
+                    Ok(_) => Ok(()),
+                    Err(e) => bad(
+                        "database.url",
+                        format!("{e}; use e.g. \"postgresql://zgsz@/zgsz?host=/run/postgresql\""),
+                    ),
+                }
+            }
         }
-        Ok(())
     }
 
     /// The shared-subscription filters of the three streams.
@@ -244,6 +357,31 @@ client_id = "zgsz-platform-1"
             "$share/zgsz-platform/zgsz/+/+/+/metrics".to_string()
         );
         assert_eq!(c.verify.max_declared_verified_gap, 0.2);
+        assert_eq!(
+            c.database.backend(),
+            Backend::Sqlite {
+                path: "platform.db".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_url_key_selects_postgresql() {
+        let c = Config::parse(
+            "p.toml",
+            &GOOD.replace(
+                "path = \"platform.db\"",
+                "url = \"postgresql://zgsz:secret@/zgsz?host=/run/postgresql\"",
+            ),
+        )
+        .unwrap();
+        let b = c.database.backend();
+        assert!(matches!(b, Backend::Postgres { .. }), "{b:?}");
+        assert_eq!(
+            b.describe(),
+            "PostgreSQL database zgsz on /run/postgresql as zgsz",
+            "no password"
+        );
     }
 
     #[test]
@@ -270,6 +408,31 @@ client_id = "zgsz-platform-1"
             e.contains("verify.max_declared_verified_gap: 2 is not a fraction"),
             "{e}"
         );
+        let e = err(&GOOD.replace("path = \"platform.db\"", ""));
+        assert!(
+            e.starts_with("p.toml: database: sets no backend; set path"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "path = \"platform.db\"",
+            "path = \"p.db\"\nurl = \"postgresql:///zgsz\"",
+        ));
+        assert!(
+            e.starts_with("p.toml: database.url: and database.path are both set"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("path = \"platform.db\"", "url = \"mysql://x/y\""));
+        assert!(
+            e.starts_with("p.toml: database.url: must be a postgresql:// URL"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("path = \"platform.db\"", "url = \"postgresql:///zgsz\""));
+        assert!(e.starts_with("p.toml: database.url: names no host"), "{e}");
+        let e = err(&GOOD.replace(
+            "path = \"platform.db\"",
+            "url = \"postgresql://db.example/zgsz?sslmode=require\"",
+        ));
+        assert!(e.contains("sslmode=require"), "{e}");
         let e = err(&format!("{GOOD}username = \"u\"\n"));
         assert!(
             e.contains("mqtt.password: username and password go together"),

@@ -1,8 +1,8 @@
 //! zgsz-platform: the city platform's receiver for zgsz gateways.
 //!
 //! Data flows one way: [`ingest`] (MQTT, a shared subscription) →
-//! [`store`] (SQLite: registry, de-duplicated messages, the digest chain and
-//! its verdicts) → the `gaps` report. The payload types, canonical lines and
+//! [`store`] (SQLite or PostgreSQL: registry, de-duplicated messages, the
+//! digest chain and its verdicts) → the `gaps` report. The payload types, canonical lines and
 //! headline arithmetic come from `zgsz-contract`, the crate the gateway
 //! uses too.
 

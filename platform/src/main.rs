@@ -21,7 +21,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate the config (everything `run` checks before it connects).
+    /// Validate the config (everything `run` checks before it connects) and
+    /// name the storage backend it selects.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -63,16 +64,24 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check { config } => {
-            let cfg = Config::load(&config)?;
-            println!(
-                "{}: OK (database {}, subscribing to {})",
-                config.display(),
-                cfg.database.path.display(),
-                cfg.filters().join(", ")
-            );
-        }
+    if let Command::Check { config } = &cli.command {
+        // No database connection: `check` validates, it does not connect.
+        let cfg = Config::load(config)?;
+        println!(
+            "{}: OK (database: {}; subscribing to {})",
+            config.display(),
+            cfg.database.backend().describe(),
+            cfg.filters().join(", ")
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(command(cli.command))
+}
+
+async fn command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { .. } => {}
         Command::Enrol {
             config,
             gateway_id,
@@ -80,18 +89,20 @@ fn main() -> anyhow::Result<()> {
             region_code,
             public_key,
         } => {
-            let mut store = open(&config)?;
-            store.enrol(&Gateway {
-                gateway_id: gateway_id.clone(),
-                uscc,
-                region_code,
-                public_key: public_key.trim().to_ascii_lowercase(),
-            })?;
+            let (_, mut store) = open(&config).await?;
+            store
+                .enrol(&Gateway {
+                    gateway_id: gateway_id.clone(),
+                    uscc,
+                    region_code,
+                    public_key: public_key.trim().to_ascii_lowercase(),
+                })
+                .await?;
             println!("enrolled {gateway_id}");
         }
         Command::Gaps { config } => {
-            let store = open(&config)?;
-            let gaps = store.gaps()?;
+            let (_, mut store) = open(&config).await?;
+            let gaps = store.gaps().await?;
             if gaps.is_empty() {
                 println!("no gaps");
             }
@@ -100,8 +111,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Windows { config } => {
-            let store = open(&config)?;
-            for w in store.windows()? {
+            let (_, mut store) = open(&config).await?;
+            for w in store.windows().await? {
                 println!(
                     "{} {} #{} {} {} {} {} {}",
                     w.gateway_id,
@@ -116,20 +127,21 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run { config } => {
-            let cfg = Config::load(&config)?;
-            let store = Store::open(&cfg.database.path)
-                .with_context(|| format!("opening {}", cfg.database.path.display()))?;
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(zgsz_platform::ingest::run(cfg, store, shutdown()))?;
+            let (cfg, store) = open(&config).await?;
+            tracing::info!(database = %cfg.database.backend().describe(), "Database open");
+            zgsz_platform::ingest::run(cfg, store, shutdown()).await?;
         }
     }
     Ok(())
 }
 
-fn open(config: &std::path::Path) -> anyhow::Result<Store> {
+async fn open(config: &std::path::Path) -> anyhow::Result<(Config, Store)> {
     let cfg = Config::load(config)?;
-    Store::open(&cfg.database.path)
-        .with_context(|| format!("opening {}", cfg.database.path.display()))
+    let backend = cfg.database.backend();
+    let store = Store::open(&backend)
+        .await
+        .with_context(|| format!("opening {}", backend.describe()))?;
+    Ok((cfg, store))
 }
 
 async fn shutdown() {

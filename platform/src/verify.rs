@@ -11,11 +11,13 @@
 //! messages up to `states_upto_seq` rebuild it. Until then the window is
 //! `pending`, re-examined after every message of its gateway's instance.
 
-use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 use zgsz_contract::chain::{entry_digest, metrics_lines, sha256_hex, transitions_lines, GENESIS};
 use zgsz_contract::payload::Metrics;
 use zgsz_contract::{Ratio, State};
+
+use crate::store::db::{args, Tx};
+use crate::store::StoreError;
 
 /// Checks what the payload proves by itself; `Some(reason)` is a break.
 pub fn self_contained(value: &Value, body: &Metrics) -> Option<String> {
@@ -107,67 +109,61 @@ pub fn flags(
 }
 
 /// Re-examines every pending window of (gateway, instance).
-pub(crate) fn settle(tx: &Transaction, gateway: &str, instance: &str) -> rusqlite::Result<()> {
-    let pending: Vec<i64> = {
-        let mut stmt = tx.prepare(
+pub(crate) async fn settle(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    instance: &str,
+) -> Result<(), StoreError> {
+    let pending = tx
+        .query(
             "SELECT chain_index FROM windows
              WHERE gateway_id = ?1 AND instance = ?2 AND verdict = 'pending'
              ORDER BY chain_index",
-        )?;
-        let rows = stmt.query_map([gateway, instance], |r| r.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    for index in pending {
-        let (verdict, reason) = examine(tx, gateway, instance, index)?;
+            args![gateway, instance],
+        )
+        .await?;
+    for row in pending {
+        let index = row.int(0)?;
+        let (verdict, reason) = examine(tx, gateway, instance, index).await?;
         tx.execute(
             "UPDATE windows SET verdict = ?1, reason = ?2
              WHERE gateway_id = ?3 AND instance = ?4 AND chain_index = ?5",
-            params![verdict, reason, gateway, instance, index],
-        )?;
+            args![verdict, &reason, gateway, instance, index],
+        )
+        .await?;
     }
     Ok(())
 }
 
 /// The verdict of one window whose self-contained checks passed.
-fn examine(
-    tx: &Transaction,
+async fn examine(
+    tx: &mut Tx<'_>,
     gateway: &str,
     instance: &str,
     index: i64,
-) -> rusqlite::Result<(&'static str, String)> {
-    let (msg_id, prev, transitions_sha256, upto, start, end): (
-        String,
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-    ) = tx.query_row(
-        "SELECT msg_id, prev, transitions_sha256, states_upto_seq, start_ts, end_ts FROM windows
+) -> Result<(&'static str, String), StoreError> {
+    let Some(w) = tx
+        .query_opt(
+            "SELECT msg_id, prev, transitions_sha256, states_upto_seq, start_ts, end_ts FROM windows
              WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-        params![gateway, instance, index],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        },
-    )?;
+            args![gateway, instance, index],
+        )
+        .await?
+    else {
+        return Ok(("pending", format!("chain index {index} is not stored")));
+    };
+    let (msg_id, prev, transitions_sha256) = (w.text(0)?, w.text(1)?, w.text(2)?);
+    let (upto, start, end) = (w.int(3)?, w.int(4)?, w.int(5)?);
     if index > 1 {
-        let before: Option<String> = tx
-            .query_row(
+        let before = tx
+            .query_opt(
                 "SELECT digest FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                params![gateway, instance, index - 1],
-                |r| r.get(0),
+                args![gateway, instance, index - 1],
             )
-            .optional()?;
+            .await?;
         match before {
             None => return Ok(("pending", format!("waiting for chain index {}", index - 1))),
-            Some(d) if d != prev => {
+            Some(d) if d.text(0)? != prev => {
                 return Ok((
                     "broken",
                     format!(
@@ -180,11 +176,16 @@ fn examine(
         }
     }
     // The equipment list, in the payload's order.
-    let payload: String = tx.query_row(
-        "SELECT payload FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
-        params![gateway, msg_id],
-        |r| r.get(0),
-    )?;
+    let payload = match tx
+        .query_opt(
+            "SELECT payload FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
+            args![gateway, &msg_id],
+        )
+        .await?
+    {
+        Some(r) => r.text(0)?,
+        None => String::new(),
+    };
     let equipment: Vec<String> = serde_json::from_str::<Value>(&payload)
         .ok()
         .and_then(|v| {
@@ -195,16 +196,18 @@ fn examine(
             })
         })
         .unwrap_or_default();
-    let mut stmt = tx.prepare(
-        "SELECT equipment, state, ts FROM transitions
-         WHERE gateway_id = ?1 AND instance = ?2 AND seq <= ?3 AND ts < ?4
-         ORDER BY ts, id",
-    )?;
-    let rows: Vec<(String, String, i64)> = stmt
-        .query_map(params![gateway, instance, upto, end], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows = tx
+        .query(
+            "SELECT equipment, state, ts FROM transitions
+             WHERE gateway_id = ?1 AND instance = ?2 AND seq <= ?3 AND ts < ?4
+             ORDER BY ts, id",
+            args![gateway, instance, upto, end],
+        )
+        .await?;
+    let rows: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
+        .collect::<Result<_, StoreError>>()?;
     let state = |s: &str| State::parse(s).unwrap_or(State::Offline);
     let initial = |id: &str| {
         rows.iter()

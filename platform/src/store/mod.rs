@@ -1,0 +1,490 @@
+//! Storage: the gateway registry, the de-duplicated messages, the state
+//! transitions, the sealed windows with their verdicts, and what was
+//! rejected; in SQLite (one instance, nothing to install) or PostgreSQL
+//! (several instances sharing the load), chosen by `database.path` or
+//! `database.url`.
+//!
+//! Both backends run the same SQL (see [`db`] for the common dialect and
+//! the one place it differs) and the same numbered migrations, recorded in
+//! `schema_migrations`. De-duplication is the primary key
+//! `(gateway_id, msg_id)` of `messages`, not an in-memory set: several
+//! receiver instances share one database.
+
+pub(crate) mod db;
+
+use std::path::PathBuf;
+
+use crate::config::Backend;
+use db::{args, Conn, Tx};
+
+/// The migrations, in order; a migration is never edited once released.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE gateways (
+        gateway_id TEXT PRIMARY KEY,
+        uscc TEXT NOT NULL,
+        region_code TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        enrolled_ts BIGINT NOT NULL
+    );
+    CREATE TABLE messages (
+        gateway_id TEXT NOT NULL,
+        msg_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        stream TEXT NOT NULL,
+        created_ts BIGINT NOT NULL,
+        received_ts BIGINT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (gateway_id, msg_id)
+    );
+    CREATE INDEX messages_by_seq ON messages (gateway_id, instance, seq);
+    CREATE TABLE transitions (
+        gateway_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        equipment TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        PRIMARY KEY (gateway_id, instance, id)
+    );
+    CREATE TABLE windows (
+        gateway_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        chain_index BIGINT NOT NULL,
+        msg_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        start_ts BIGINT NOT NULL,
+        end_ts BIGINT NOT NULL,
+        config_hash TEXT NOT NULL,
+        states_upto_seq BIGINT NOT NULL,
+        prev TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        metrics_sha256 TEXT NOT NULL,
+        transitions_sha256 TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        PRIMARY KEY (gateway_id, instance, chain_index)
+    );
+    CREATE TABLE rejected (
+        received_ts BIGINT NOT NULL,
+        topic TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE TABLE status (
+        gateway_id TEXT PRIMARY KEY,
+        received_ts BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        clock_sync TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );",
+    ),
+    // Which receiver instance (its MQTT client id) stored a message: with
+    // several instances on one shared subscription, each does a share.
+    (
+        2,
+        "ALTER TABLE messages ADD COLUMN received_by TEXT NOT NULL DEFAULT ''",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL: no answer within the timeout; the connection is replaced")]
+    Timeout,
+    #[error("PostgreSQL: not connected")]
+    NotConnected,
+    #[error("database: unexpected value: {0}")]
+    Decode(String),
+    #[error("gateway {0} is already enrolled")]
+    AlreadyEnrolled(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A registered gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub gateway_id: String,
+    /// 统一社会信用代码, 18 characters.
+    pub uscc: String,
+    /// GB/T 2260, 6 digits.
+    pub region_code: String,
+    /// Ed25519 public key, 64 lowercase hex, as `zgsz-agent identity`
+    /// prints it.
+    pub public_key: String,
+}
+
+impl Gateway {
+    /// Checks the forms docs/mqtt.md gives for the topic parts and the key.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let bad = |s: String| Err(StoreError::Invalid(s));
+        if self.gateway_id.is_empty()
+            || !self
+                .gateway_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad(format!(
+                "gateway id {:?}: use [A-Za-z0-9_-]+, as agent.gateway_id",
+                self.gateway_id
+            ));
+        }
+        if self.uscc.len() != 18 || !self.uscc.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return bad(format!(
+                "USCC {:?}: the 18-character 统一社会信用代码, as enterprise.uscc",
+                self.uscc
+            ));
+        }
+        if self.region_code.len() != 6 || !self.region_code.chars().all(|c| c.is_ascii_digit()) {
+            return bad(format!(
+                "region code {:?}: 6 digits (GB/T 2260), as enterprise.region_code",
+                self.region_code
+            ));
+        }
+        if self.public_key.len() != 64
+            || !self
+                .public_key
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            return bad(
+                "public key: 64 lowercase hex characters, the `public key` line of `zgsz-agent identity`"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A seq range of one (gateway, instance) that was never received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub gateway_id: String,
+    pub instance: String,
+    /// First missing seq.
+    pub from: i64,
+    /// Last missing seq.
+    pub to: i64,
+}
+
+/// One sealed window as stored, with its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRow {
+    pub gateway_id: String,
+    pub instance: String,
+    pub index: i64,
+    pub msg_id: String,
+    pub kind: String,
+    pub start_ts: i64,
+    /// `pending`, `verified` or `broken`.
+    pub verdict: String,
+    pub reason: String,
+    /// Comma-separated: `config_hash_changed`, `clock_unsynchronized`,
+    /// `declared_verified_gap`.
+    pub flags: String,
+}
+
+pub struct Store {
+    /// The backend's connection; every statement goes through its
+    /// transactions.
+    pub(crate) conn: Conn,
+}
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) the database and applies
+    /// the migrations it has not had yet.
+    pub async fn open(backend: &Backend) -> Result<Store, StoreError> {
+        let conn = match backend {
+            Backend::Sqlite { path } => Conn::open_sqlite(path)?,
+            Backend::Postgres { url } => Conn::open_postgres(url).await?,
+        };
+        let mut store = Store { conn };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens the SQLite database at `path`.
+    pub async fn sqlite(path: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        Store::open(&Backend::Sqlite { path: path.into() }).await
+    }
+
+    /// `SQLite` or `PostgreSQL`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.conn.dialect() {
+            db::Dialect::Sqlite => "SQLite",
+            db::Dialect::Postgres => "PostgreSQL",
+        }
+    }
+
+    /// Begins a transaction (reconnecting to PostgreSQL if it broke).
+    pub(crate) async fn begin(&mut self, write: bool) -> Result<Tx<'_>, StoreError> {
+        self.conn.begin(write).await
+    }
+
+    /// One migration per transaction, each under a lock, so that instances
+    /// starting together migrate one after the other and each version is
+    /// applied once. On PostgreSQL DDL is transactional, and even the
+    /// `CREATE TABLE IF NOT EXISTS` of the bookkeeping table runs under
+    /// the lock: run concurrently it can fail on the catalogue's unique
+    /// keys.
+    async fn migrate(&mut self) -> Result<(), StoreError> {
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.begin(true).await?;
+            tx.lock("zgsz-platform schema_migrations").await?;
+            tx.batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY,
+                    applied_ts BIGINT NOT NULL
+                )",
+            )
+            .await?;
+            let done = tx
+                .query_opt(
+                    "SELECT version FROM schema_migrations WHERE version = ?1",
+                    args![*version],
+                )
+                .await?;
+            if done.is_none() {
+                tx.batch(sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_ts) VALUES (?1, ?2)",
+                    args![*version, now_ms()],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The highest migration applied.
+    pub async fn schema_version(&mut self) -> Result<i64, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let row = tx
+            .query_opt(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                args![],
+            )
+            .await?;
+        tx.commit().await?;
+        row.map_or(Ok(0), |r| r.int(0))
+    }
+
+    /// Registers a gateway; an id already enrolled is an error, not an
+    /// update (a key change is a decision, not a side effect).
+    pub async fn enrol(&mut self, g: &Gateway) -> Result<(), StoreError> {
+        g.validate()?;
+        let mut tx = self.begin(true).await?;
+        let n = tx
+            .execute(
+                "INSERT INTO gateways (gateway_id, uscc, region_code, public_key, enrolled_ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (gateway_id) DO NOTHING",
+                args![
+                    &g.gateway_id,
+                    &g.uscc,
+                    &g.region_code,
+                    &g.public_key,
+                    now_ms()
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        if n == 0 {
+            return Err(StoreError::AlreadyEnrolled(g.gateway_id.clone()));
+        }
+        Ok(())
+    }
+
+    pub async fn gateway(&mut self, id: &str) -> Result<Option<Gateway>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let g = gateway(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(g)
+    }
+
+    /// Seq ranges never received, per (gateway, instance), between the
+    /// lowest and the highest seq received (metrics and states).
+    pub async fn gaps(&mut self) -> Result<Vec<Gap>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query("SELECT gateway_id, instance, seq FROM messages", args![])
+            .await?;
+        tx.commit().await?;
+        let mut seqs = rows
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        seqs.sort();
+        let mut gaps = Vec::new();
+        let mut last: Option<&(String, String, i64)> = None;
+        for row in &seqs {
+            let (g, i, seq) = row;
+            if let Some((lg, li, ls)) = last {
+                if lg == g && li == i && *seq > ls + 1 {
+                    gaps.push(Gap {
+                        gateway_id: g.clone(),
+                        instance: i.clone(),
+                        from: ls + 1,
+                        to: seq - 1,
+                    });
+                }
+            }
+            last = Some(row);
+        }
+        Ok(gaps)
+    }
+
+    /// The sealed windows, by gateway, instance and chain index.
+    pub async fn windows(&mut self) -> Result<Vec<WindowRow>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT gateway_id, instance, chain_index, msg_id, kind, start_ts, verdict,
+                   reason, flags FROM windows",
+                args![],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut windows = rows
+            .iter()
+            .map(|r| {
+                Ok(WindowRow {
+                    gateway_id: r.text(0)?,
+                    instance: r.text(1)?,
+                    index: r.int(2)?,
+                    msg_id: r.text(3)?,
+                    kind: r.text(4)?,
+                    start_ts: r.int(5)?,
+                    verdict: r.text(6)?,
+                    reason: r.text(7)?,
+                    flags: r.text(8)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        windows.sort_by(|a, b| {
+            (&a.gateway_id, &a.instance, a.index).cmp(&(&b.gateway_id, &b.instance, b.index))
+        });
+        Ok(windows)
+    }
+
+    /// What was rejected: (topic, reason), oldest first.
+    pub async fn rejected(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query("SELECT received_ts, topic, reason FROM rejected", args![])
+            .await?;
+        tx.commit().await?;
+        let mut rejected = rows
+            .iter()
+            .map(|r| Ok((r.int(0)?, r.text(1)?, r.text(2)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        rejected.sort();
+        Ok(rejected.into_iter().map(|(_, t, r)| (t, r)).collect())
+    }
+
+    /// How many messages each receiver instance (MQTT client id) stored.
+    pub async fn stored_by(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT received_by, COUNT(*) FROM messages GROUP BY received_by",
+                args![],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut by = rows
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.int(1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        by.sort();
+        Ok(by)
+    }
+
+    /// How many messages of `stream` are stored (each msg_id once).
+    pub async fn count(&mut self, stream: &str) -> Result<i64, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let row = tx
+            .query_opt(
+                "SELECT COUNT(*) FROM messages WHERE stream = ?1",
+                args![stream],
+            )
+            .await?;
+        tx.commit().await?;
+        row.map_or(Ok(0), |r| r.int(0))
+    }
+}
+
+pub(crate) async fn gateway(tx: &mut Tx<'_>, id: &str) -> Result<Option<Gateway>, StoreError> {
+    let Some(r) = tx
+        .query_opt(
+            "SELECT gateway_id, uscc, region_code, public_key FROM gateways WHERE gateway_id = ?1",
+            args![id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Gateway {
+        gateway_id: r.text(0)?,
+        uscc: r.text(1)?,
+        region_code: r.text(2)?,
+        public_key: r.text(3)?,
+    }))
+}
+
+impl StoreError {
+    /// Whether the same transaction may succeed if tried again later: the
+    /// database was unreachable, restarting, busy, or chose this
+    /// transaction as a deadlock or serialisation victim. Nothing of it
+    /// was committed (or, if the connection broke during COMMIT, it may
+    /// have been; trying again then finds a duplicate). Any other error
+    /// would fail again the same way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Timeout | StoreError::NotConnected => true,
+            StoreError::Db(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            StoreError::Postgres(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                if let Some(code) = e.code() {
+                    let c = code.code();
+                    // 08: connection exception; 57P01-57P03: the server is
+                    // shutting down or starting; 53300: too many
+                    // connections; 40001, 40P01: serialisation failure,
+                    // deadlock.
+                    return c.starts_with("08")
+                        || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01");
+                }
+                // No SQLSTATE: the socket itself failed (refused, reset,
+                // the server's socket file gone while it restarts).
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    if s.is::<std::io::Error>() {
+                        return true;
+                    }
+                    source = s.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

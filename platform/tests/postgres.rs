@@ -1,0 +1,105 @@
+//! The receiver against a PostgreSQL server that goes away under load: it
+//! keeps the message unacknowledged, reconnects when the server is back,
+//! and loses nothing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test crate: a panic is a failed test, and its helpers are test code too"
+)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::pg::PgCluster;
+use common::{chain, topic, Fixture, Place};
+use zgsz_platform::config::Backend;
+use zgsz_platform::ingest::{handle, handle_retrying, Handled};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl)"]
+async fn postgres_restarted_mid_stream_the_receiver_reconnects_and_stores_every_message_once() {
+    // A cluster of its own: this test stops it.
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let url = cluster.create_database();
+    let mut f = Fixture::on(
+        Backend::Postgres { url },
+        Place::Postgres(cluster.clone()),
+        "city-1",
+    )
+    .await;
+    const HOURS: i64 = 150;
+    let stream = chain(HOURS);
+    let total = stream.len();
+    let committed = Arc::new(AtomicUsize::new(0));
+    // What `run` does with each message: commit (retrying), then ack.
+    let feeder = tokio::spawn({
+        let committed = committed.clone();
+        async move {
+            for (stream, payload) in &stream {
+                let h = handle_retrying(&mut f.store, &f.cfg, &topic(stream), payload.as_bytes())
+                    .await
+                    .expect("only transient errors, retried");
+                assert!(matches!(h, Handled::Stored | Handled::Duplicate), "{h:?}");
+                committed.fetch_add(1, Ordering::SeqCst);
+            }
+            (f, stream)
+        }
+    });
+    while committed.load(Ordering::SeqCst) < total / 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let outage = {
+        let cluster = cluster.clone();
+        let committed = committed.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster.stop();
+            let stopped = committed.load(Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(2));
+            let before_start = committed.load(Ordering::SeqCst);
+            cluster.start_again();
+            (stopped, before_start)
+        })
+    };
+    let (stopped, before_start) = outage.await.expect("the outage");
+    assert!(
+        stopped < total,
+        "the stream ended before the server stopped; make it longer"
+    );
+    assert_eq!(
+        stopped, before_start,
+        "nothing commits while the server is down"
+    );
+    let (mut f, stream) = tokio::time::timeout(Duration::from_secs(120), feeder)
+        .await
+        .expect("the stream resumes after the restart")
+        .expect("the feeder");
+
+    // Every message is stored once: the counts, no gap, every seal
+    // verified (its neighbours and states are all there).
+    assert_eq!(f.store.count("metrics").await.unwrap(), HOURS);
+    assert_eq!(f.store.count("states").await.unwrap(), HOURS);
+    assert!(f.store.gaps().await.unwrap().is_empty());
+    let verdicts = f.verdicts().await;
+    assert_eq!(verdicts.len(), HOURS as usize);
+    assert!(
+        verdicts.iter().all(|v| v.1 == "verified"),
+        "{:?}",
+        verdicts.iter().find(|v| v.1 != "verified")
+    );
+    assert!(f.store.rejected().await.unwrap().is_empty());
+    // The broker's redelivery of everything after the restart: each one a
+    // duplicate.
+    for (stream, payload) in &stream {
+        let h = handle(&mut f.store, &f.cfg, &topic(stream), payload.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(h, Handled::Duplicate);
+    }
+}
