@@ -1,5 +1,8 @@
 //! `zgsz-agent demo`: the real agent against a simulated shop floor and an
 //! embedded broker, with a "platform" subscriber printing what arrives.
+//! `demo --serve` starts the floor and the broker only, and writes a config
+//! for an agent run elsewhere: a gateway build (which has neither), e.g. an
+//! ARM binary under qemu in `.ci/arm`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -154,8 +157,7 @@ pub async fn run(
         ShopFloor::start().await
     }
     .context("starting the simulated shop floor")?;
-    let port = broker::free_port().context("finding a free loopback port for the broker")?;
-    let broker_addr = broker::start_embedded(port).context("starting the embedded MQTT broker")?;
+    let broker_addr = start_broker()?;
     let state = tempfile::Builder::new()
         .prefix("zgsz-demo-")
         .tempdir()
@@ -197,19 +199,7 @@ pub async fn run(
     }
 
     println!("zgsz-agent demo");
-    println!(
-        "  simulated shop floor: {} machines on 127.0.0.1 (Modbus TCP), {} S7 line PLC{}",
-        floor.machines.len(),
-        floor.lines.len(),
-        floor
-            .opcua_endpoint()
-            .map(|e| format!(
-                " and {} OPC UA machine tools at {e}",
-                crate::sim::DEMO_OPCUA_MACHINES.len()
-            ))
-            .unwrap_or_default()
-    );
-    println!("  embedded MQTT broker: {broker_addr}");
+    print_floor(&floor, broker_addr);
     println!(
         "  outbox:               {}",
         state.path().join(crate::buffer::DB_FILE).display()
@@ -360,6 +350,127 @@ pub async fn run(
     Ok(())
 }
 
+fn start_broker() -> anyhow::Result<std::net::SocketAddr> {
+    let port = broker::free_port().context("finding a free loopback port for the broker")?;
+    broker::start_embedded(port).context("starting the embedded MQTT broker")
+}
+
+/// The banner's lines on the floor and the broker.
+fn print_floor(floor: &ShopFloor, broker_addr: std::net::SocketAddr) {
+    println!(
+        "  simulated shop floor: {} machines on 127.0.0.1 (Modbus TCP), {} S7 line PLC{}",
+        floor.machines.len(),
+        floor.lines.len(),
+        floor
+            .opcua_endpoint()
+            .map(|e| format!(
+                " and {} OPC UA machine tools at {e}",
+                crate::sim::DEMO_OPCUA_MACHINES.len()
+            ))
+            .unwrap_or_default()
+    );
+    println!("  embedded MQTT broker: {broker_addr}");
+}
+
+/// `demo --serve DIR`: the simulated shop floor and the embedded broker,
+/// with no agent. Writes `DIR/agent.toml`, the demo's config pointed at
+/// them with its state in `DIR/state`, for `zgsz-agent run` of any build,
+/// and serves until `duration` has passed or a stop signal.
+pub async fn serve(dir: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::path::absolute(dir).context("resolving the --serve directory")?;
+    let floor = ShopFloor::start()
+        .await
+        .context("starting the simulated shop floor")?;
+    let broker_addr = start_broker()?;
+    let state = dir.join("state");
+    let opcua_endpoint = floor.opcua_endpoint();
+    let text = served_config(
+        &floor.addresses(),
+        opcua_endpoint.as_deref(),
+        broker_addr,
+        &state,
+    )?;
+    #[cfg(feature = "opcua-sim")]
+    if let Some(sim) = floor.opcua() {
+        crate::sim::opcua::trust_certificate(&state.join("pki"), &sim.server_certificate_der())
+            .context("trusting the simulated OPC UA server's certificate")?;
+    }
+    let path = dir.join("agent.toml");
+    // Written last: a script waiting for the file finds everything up.
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+
+    println!("zgsz-agent demo --serve");
+    print_floor(&floor, broker_addr);
+    println!("  config:               {}", path.display());
+    println!(
+        "  run an agent with:    zgsz-agent run --config {}",
+        path.display()
+    );
+    println!(
+        "  stop with Ctrl-C{}",
+        duration
+            .map(|d| format!(" or after {}s", d.as_secs()))
+            .unwrap_or_default()
+    );
+    let end = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = end => {}
+        _ = crate::agent::daemon::stop_signal() => {}
+    }
+    Ok(())
+}
+
+/// The demo's config as TOML, with the devices, both sinks and the state
+/// directory pointed at the served floor and broker.
+fn served_config(
+    addresses: &std::collections::HashMap<String, std::net::SocketAddr>,
+    opcua_endpoint: Option<&str>,
+    broker: std::net::SocketAddr,
+    state: &Path,
+) -> anyhow::Result<String> {
+    use toml::Value;
+    let mut doc: toml::Table = DEMO_CONFIG.parse().context("parsing the demo config")?;
+    let port = Value::Integer(broker.port().into());
+    let state = state
+        .to_str()
+        .context("the --serve directory is not UTF-8")?;
+    if let Some(agent) = doc.get_mut("agent").and_then(Value::as_table_mut) {
+        agent.insert("state_dir".into(), Value::String(state.into()));
+    }
+    if let Some(mqtt) = doc.get_mut("mqtt").and_then(Value::as_table_mut) {
+        mqtt.insert("port".into(), port.clone());
+    }
+    fn tables(v: Option<&mut toml::Value>) -> Vec<&mut toml::Table> {
+        v.and_then(toml::Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(toml::Value::as_table_mut)
+            .collect()
+    }
+    for sink in tables(doc.get_mut("sinks")) {
+        sink.insert("port".into(), port.clone());
+    }
+    for dev in tables(doc.get_mut("devices")) {
+        let id = dev.get("id").and_then(Value::as_str).unwrap_or_default();
+        if let Some(addr) = addresses.get(id) {
+            dev.insert("address".into(), Value::String(addr.to_string()));
+        } else if let (Some(endpoint), true) = (opcua_endpoint, dev.contains_key("endpoint")) {
+            dev.insert("endpoint".into(), Value::String(endpoint.into()));
+        }
+    }
+    Ok(format!(
+        "# Written by `zgsz-agent demo --serve`: the demo plant (config/demo*.toml)\n\
+         # pointed at the simulated shop floor and the broker it serves.\n\n{}",
+        toml::to_string(&doc).context("writing the served config")?
+    ))
+}
+
 /// What a sink carries, for the banner.
 fn carried(sink: &config::SinkConfig) -> String {
     let c = &sink.carries;
@@ -389,5 +500,41 @@ fn human_bytes(b: f64) -> String {
         format!("{v:.0} {}", units[i])
     } else {
         format!("{v:.1} {}", units[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn served_config_points_every_device_and_sink_at_the_served_plant() {
+        let lathe: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let line: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let addresses = HashMap::from([
+            ("lathe-01".to_string(), lathe),
+            ("press-line".to_string(), line),
+        ]);
+        let broker: SocketAddr = "127.0.0.1:40003".parse().unwrap();
+        let endpoint = "opc.tcp://127.0.0.1:40004/";
+        let state = Path::new("/tmp/served/state");
+        let text = served_config(&addresses, Some(endpoint), broker, state).unwrap();
+        let (cfg, warnings) = config::load_str(Path::new("served.toml"), &text).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.agent.state_dir, state);
+        assert!(cfg.sinks.iter().all(|s| s.mqtt.port == 40003));
+        let address = |id: &str| {
+            cfg.devices
+                .iter()
+                .find(|d| &*d.id == id)
+                .map(|d| d.address.clone())
+        };
+        assert_eq!(address("lathe-01").as_deref(), Some("127.0.0.1:40001"));
+        assert_eq!(address("press-line").as_deref(), Some("127.0.0.1:40002"));
+        for d in cfg.devices.iter().filter(|d| d.opcua().is_some()) {
+            assert_eq!(d.address, endpoint, "{}", d.id);
+        }
     }
 }

@@ -2,10 +2,16 @@
 //!
 //! # Design
 //!
-//! A hand-rolled HTTP/1.1 responder on tokio rather than a web framework:
-//! two read-only GET routes do not justify hyper and its dependency tree on
-//! a gateway binary with a size budget. Every connection gets one request
-//! and one response, then closes (`Connection: close`). What an unfriendly
+//! A hand-rolled HTTP/1.1 responder on tokio rather than a server crate.
+//! The gateway build has no HTTP stack in its dependency tree: hyper, axum
+//! and tower come only with the demo's embedded broker (rumqttd, behind the
+//! `demo` feature). A server crate would bring hyper, hyper-util, http,
+//! http-body and httparse into a binary already over its size goal, for
+//! two read-only GET routes that need no request body, keep-alive,
+//! chunking or TLS; the responder below is about 150 lines, most of them
+//! the bounds that a server crate would need configuring for anyway.
+//! Every connection gets one request and one response, then closes
+//! (`Connection: close`). What an unfriendly
 //! client can cost us is bounded: at most [`MAX_CONNECTIONS`] at a time
 //! (more are dropped on accept), a request head of at most [`MAX_HEAD`]
 //! bytes (431 beyond that), and [`IO_TIMEOUT`] to send it and to read the

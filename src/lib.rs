@@ -2,9 +2,14 @@
 //!
 //! Data flows one way: [`source`] → [`reading::Reading`] → [`buffer`]
 //! (SQLite outbox) → [`uplink`] (MQTT). See ARCHITECTURE.md.
+//!
+//! The simulated shop floor (`sim`), the embedded broker (`broker`) and
+//! `demo` come with the `demo` feature, on by default; gateway builds
+//! (`--no-default-features`) leave them out.
 
 pub mod agent;
 pub mod backoff;
+#[cfg(feature = "demo")]
 pub mod broker;
 pub mod buffer;
 pub mod chain;
@@ -12,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod clocksync;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod expr;
 pub mod http;
@@ -24,6 +30,7 @@ pub mod reading;
 pub mod reload;
 pub mod report;
 pub mod signing;
+#[cfg(feature = "demo")]
 pub mod sim;
 pub mod source;
 pub mod telemetry;

@@ -44,6 +44,27 @@ pub enum LogFormat {
     Journald,
 }
 
+/// `demo`'s options. The same in every build, so that a gateway build
+/// parses a demo command line and then says how to run it.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Stop after this long, e.g. 20s (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Time compression: 720 simulates a day in two minutes. Windows,
+    /// metrics and the digest chain follow the simulated clock.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Write an evidence report of the run into this directory at the end.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Serve the simulated shop floor and the broker only, for an agent
+    /// run elsewhere (another build, another machine on loopback): writes
+    /// DIR/agent.toml pointing at them, with its state in DIR/state.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["speed", "report"])]
+    pub serve: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent.
@@ -56,19 +77,9 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the agent against a simulated shop floor and an embedded broker.
-    Demo {
-        /// Stop after this long, e.g. 20s (default: until Ctrl-C).
-        #[arg(long)]
-        duration: Option<String>,
-        /// Time compression: 720 simulates a day in two minutes. Windows,
-        /// metrics and the digest chain follow the simulated clock.
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        /// Write an evidence report of the run into this directory at the end.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
+    /// Run the agent against a simulated shop floor and an embedded broker
+    /// (the default build; a gateway build says how to get it).
+    Demo(DemoArgs),
     /// Write the signed evidence report (report.html, report.json,
     /// report.json.sig) for whole days from the local database.
     Report {
@@ -241,24 +252,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             crate::agent::daemon::run(c).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            duration,
-            speed,
-            report,
-        } => {
-            let duration = match duration {
-                Some(d) => Some(
-                    config::parse_duration(&d)
-                        .with_context(|| format!("--duration {d:?}: write e.g. 20s or 5m"))?,
-                ),
-                None => None,
-            };
-            if !(1.0..=100_000.0).contains(&speed) {
-                anyhow::bail!("--speed {speed}: use a factor from 1 to 100000, e.g. 720");
-            }
-            crate::demo::run(duration, speed, report).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo(args) => demo(args).await,
         Command::Report {
             config,
             from,
@@ -309,6 +303,41 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             status(&c, json)
         }
     }
+}
+
+#[cfg(feature = "demo")]
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let duration = match &args.duration {
+        Some(d) => Some(
+            config::parse_duration(d)
+                .with_context(|| format!("--duration {d:?}: write e.g. 20s or 5m"))?,
+        ),
+        None => None,
+    };
+    if let Some(dir) = &args.serve {
+        crate::demo::serve(dir, duration).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let speed = args.speed;
+    if !(1.0..=100_000.0).contains(&speed) {
+        anyhow::bail!("--speed {speed}: use a factor from 1 to 100000, e.g. 720");
+    }
+    crate::demo::run(duration, speed, args.report).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A gateway build has no simulator and no broker: rather than run half a
+/// demo, say where the whole one is.
+#[cfg(not(feature = "demo"))]
+async fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "error: this is a gateway build of zgsz-agent (built with --no-default-features): \
+         it has no simulated shop floor and no embedded broker, so it cannot run the demo.\n\
+         The full demo needs the default build: `cargo run --release -- demo`.\n\
+         To try this build against the simulated plant, run `zgsz-agent demo --serve DIR` \
+         from a default build, then `zgsz-agent run --config DIR/agent.toml` with this one."
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 async fn read(c: &Config, device: &str) -> anyhow::Result<ExitCode> {
