@@ -59,9 +59,11 @@ pub async fn handle(
 ) -> Result<Handled, StoreError> {
     let mut tx = store.begin(true).await?;
     let received = now_ms();
-    let outcome = match decide(&mut tx, cfg, topic_name, payload, received).await? {
+    let outcome = match decide(&mut tx, cfg, topic_name, payload, received).await {
         Ok(h) => h,
-        Err(reason) => {
+        Err(Stop::Store(e)) => return Err(e),
+        Err(Stop::Reject(why)) => {
+            let reason = why.to_string();
             let text = String::from_utf8_lossy(payload);
             tx.execute(
                 "INSERT INTO rejected (received_ts, topic, reason, payload) VALUES (?1, ?2, ?3, ?4)",
@@ -115,265 +117,318 @@ pub async fn handle_retrying(
     }
 }
 
-/// `Ok(Err(reason))`: reject. The checks run in the order a forger would
-/// have to get past them: topic, registry, payload, identity, chain.
-#[allow(
-    clippy::too_many_lines,
-    reason = "every check of one message in the order a forger meets them, per stream; not split yet"
-)]
+/// Why a message is rejected; its text is stored in `rejected`.
+#[derive(Debug, thiserror::Error)]
+enum Reject {
+    #[error("not a gateway topic of metrics, states or status")]
+    Topic,
+    #[error("unknown gateway {0}: not enrolled")]
+    NotEnrolled(String),
+    #[error("topic names USCC {uscc} and region {region}, but gateway {gateway} is enrolled with {enrolled_uscc} and {enrolled_region}")]
+    Enrolment {
+        uscc: String,
+        region: String,
+        gateway: String,
+        enrolled_uscc: String,
+        enrolled_region: String,
+    },
+    #[error("malformed payload: not UTF-8")]
+    NotUtf8,
+    #[error("malformed {stream} payload: {why}")]
+    Malformed { stream: &'static str, why: String },
+    #[error("payload names gateway {gateway} ({uscc}, {region}), but it came on {topic}'s topic")]
+    Identity {
+        gateway: String,
+        uscc: String,
+        region: String,
+        topic: String,
+    },
+    #[error("schema is {found:?}, expected {expected:?}")]
+    Schema {
+        found: String,
+        expected: &'static str,
+    },
+    #[error("msg_id {msg_id:?} is not <instance>:<seq> with seq {seq}")]
+    MsgId { msg_id: String, seq: i64 },
+    #[error("chain index {index} of instance {instance} is already held by {other}")]
+    IndexHeld {
+        index: i64,
+        instance: String,
+        other: String,
+    },
+}
+
+/// What ends the handling of a message before it is stored.
+enum Stop {
+    /// The message is rejected (and stored in `rejected`).
+    Reject(Reject),
+    /// The database failed: nothing is committed, the message is not acked.
+    Store(StoreError),
+}
+
+impl From<Reject> for Stop {
+    fn from(r: Reject) -> Stop {
+        Stop::Reject(r)
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Stop {
+        Stop::Store(e)
+    }
+}
+
+/// A payload that does not parse as the stream's message.
+fn malformed(stream: &'static str, e: impl std::fmt::Display) -> Reject {
+    Reject::Malformed {
+        stream,
+        why: e.to_string(),
+    }
+}
+
+/// The checks run in the order a forger would have to get past them:
+/// topic, registry, payload, identity, chain.
 async fn decide(
     tx: &mut Tx<'_>,
     cfg: &Config,
     topic_name: &str,
     payload: &[u8],
     received: i64,
-) -> Result<Result<Handled, String>, StoreError> {
-    let Some(t) = topic::parse(&cfg.mqtt.topic_prefix, topic_name) else {
-        return Ok(Err(
-            "not a gateway topic of metrics, states or status".into()
-        ));
-    };
+) -> Result<Handled, Stop> {
+    let t = topic::parse(&cfg.mqtt.topic_prefix, topic_name).ok_or(Reject::Topic)?;
     // Serialises the transactions of this gateway (see the module note).
     tx.lock(t.gateway_id).await?;
-    let Some(g) = gateway(tx, t.gateway_id).await? else {
-        return Ok(Err(format!(
-            "unknown gateway {}: not enrolled",
-            t.gateway_id
-        )));
-    };
+    let g = gateway(tx, t.gateway_id)
+        .await?
+        .ok_or_else(|| Reject::NotEnrolled(t.gateway_id.to_string()))?;
     if (t.uscc, t.region_code) != (g.uscc.as_str(), g.region_code.as_str()) {
-        return Ok(Err(format!(
-            "topic names USCC {} and region {}, but gateway {} is enrolled with {} and {}",
-            t.uscc, t.region_code, g.gateway_id, g.uscc, g.region_code
-        )));
-    }
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return Ok(Err("malformed payload: not UTF-8".into()));
-    };
-    let same_identity = |gateway_id: &str, uscc: &str, region: &str| {
-        if (gateway_id, uscc, region) == (t.gateway_id, t.uscc, t.region_code) {
-            Ok(())
-        } else {
-            Err(format!(
-                "payload names gateway {gateway_id} ({uscc}, {region}), but it came on {}'s topic",
-                t.gateway_id
-            ))
+        return Err(Reject::Enrolment {
+            uscc: t.uscc.to_string(),
+            region: t.region_code.to_string(),
+            gateway: g.gateway_id,
+            enrolled_uscc: g.uscc,
+            enrolled_region: g.region_code,
         }
+        .into());
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| Reject::NotUtf8)?;
+    let at = Arrival {
+        topic: &t,
+        text,
+        received,
+        received_by: &cfg.mqtt.client_id,
     };
     match t.stream {
-        Stream::Status => {
-            let s: StatusMessage = match serde_json::from_str(text) {
-                Ok(s) => s,
-                Err(e) => return Ok(Err(format!("malformed status payload: {e}"))),
-            };
-            if let Err(why) = same_identity(&s.gateway_id, &s.uscc, &s.region_code) {
-                return Ok(Err(why));
-            }
-            tx.execute(
-                "INSERT INTO status (gateway_id, received_ts, state, clock_sync, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (gateway_id) DO UPDATE SET received_ts = excluded.received_ts,
-                   state = excluded.state, clock_sync = excluded.clock_sync,
-                   payload = excluded.payload",
-                args![
-                    t.gateway_id,
-                    received,
-                    &s.state,
-                    s.clock_sync.as_deref().unwrap_or(""),
-                    text
-                ],
-            )
-            .await?;
-            Ok(Ok(Handled::Stored))
-        }
-        Stream::States => {
-            let m: StatesMessage = match serde_json::from_str(text) {
-                Ok(m) => m,
-                Err(e) => return Ok(Err(format!("malformed states payload: {e}"))),
-            };
-            let e = &m.envelope;
-            if let Err(why) = check_envelope(e, "zgsz.states/1")
-                .and_then(|()| same_identity(&e.gateway_id, &e.uscc, &e.region_code))
-            {
-                return Ok(Err(why));
-            }
-            let instance = e.instance().unwrap_or_default().to_string();
-            if !insert_message(
-                tx,
-                e,
-                &instance,
-                "states",
-                text,
-                received,
-                &cfg.mqtt.client_id,
-            )
-            .await?
-            {
-                return Ok(Ok(Handled::Duplicate));
-            }
-            for tr in &m.transitions {
-                tx.execute(
-                    "INSERT INTO transitions (gateway_id, instance, id, seq, equipment, state, ts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                    args![
-                        t.gateway_id,
-                        &instance,
-                        tr.id,
-                        e.seq,
-                        &tr.equipment,
-                        tr.state.name(),
-                        tr.ts
-                    ],
-                )
-                .await?;
-            }
-            crate::verify::settle(tx, t.gateway_id, &instance).await?;
-            Ok(Ok(Handled::Stored))
-        }
-        Stream::Metrics => {
-            let value: Value = match serde_json::from_str(text) {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(format!("malformed metrics payload: {e}"))),
-            };
-            let m: MetricsMessage = match serde_json::from_value(value.clone()) {
-                Ok(m) => m,
-                Err(e) => return Ok(Err(format!("malformed metrics payload: {e}"))),
-            };
-            let e = &m.envelope;
-            if let Err(why) = check_envelope(e, "zgsz.metrics/1")
-                .and_then(|()| same_identity(&e.gateway_id, &e.uscc, &e.region_code))
-            {
-                return Ok(Err(why));
-            }
-            let instance = e.instance().unwrap_or_default().to_string();
-            let exists = tx
-                .query_opt(
-                    "SELECT msg_id FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
-                    args![t.gateway_id, &e.msg_id],
-                )
-                .await?;
-            if exists.is_some() {
-                return Ok(Ok(Handled::Duplicate));
-            }
-            let Some(seal) = &m.body.seal else {
-                // A snapshot: stored, nothing to verify.
-                insert_message(
-                    tx,
-                    e,
-                    &instance,
-                    "metrics",
-                    text,
-                    received,
-                    &cfg.mqtt.client_id,
-                )
-                .await?;
-                return Ok(Ok(Handled::Stored));
-            };
-            let Some(upto) = m.body.states_upto_seq else {
-                return Ok(Err(
-                    "malformed metrics payload: a seal without states_upto_seq".into(),
-                ));
-            };
-            let Ok(index) = i64::try_from(seal.index) else {
-                return Ok(Err(
-                    "malformed metrics payload: seal.index out of range".into()
-                ));
-            };
-            let holder = tx
-                .query_opt(
-                    "SELECT msg_id FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                    args![t.gateway_id, &instance, index],
-                )
-                .await?;
-            if let Some(other) = holder {
-                let other = other.text(0)?;
-                return Ok(Err(format!(
-                    "chain index {index} of instance {instance} is already held by {other}"
-                )));
-            }
-            insert_message(
-                tx,
-                e,
-                &instance,
-                "metrics",
-                text,
-                received,
-                &cfg.mqtt.client_id,
-            )
-            .await?;
-            let broken = crate::verify::self_contained(&value, &m.body);
-            let prev_hash = match tx
-                .query_opt(
-                    "SELECT config_hash FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                    args![t.gateway_id, &instance, index - 1],
-                )
-                .await?
-            {
-                Some(r) => Some(r.text(0)?),
-                None => None,
-            };
-            let clock = match tx
-                .query_opt(
-                    "SELECT clock_sync FROM status WHERE gateway_id = ?1",
-                    args![t.gateway_id],
-                )
-                .await?
-            {
-                Some(r) => Some(r.text(0)?),
-                None => None,
-            };
-            let flags = crate::verify::flags(
-                &m.body,
-                prev_hash.as_deref(),
-                clock.as_deref(),
-                cfg.verify.max_declared_verified_gap,
-            );
-            tx.execute(
-                "INSERT INTO windows (gateway_id, instance, chain_index, msg_id, kind, start_ts,
-                   end_ts, config_hash, states_upto_seq, prev, digest, metrics_sha256,
-                   transitions_sha256, verdict, reason, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                args![
-                    t.gateway_id,
-                    &instance,
-                    index,
-                    &e.msg_id,
-                    m.body.window.kind.name(),
-                    m.body.window.start_ts,
-                    m.body.window.end_ts,
-                    &m.body.config_hash,
-                    upto,
-                    &seal.prev,
-                    &seal.digest,
-                    &seal.metrics_sha256,
-                    &seal.transitions_sha256,
-                    if broken.is_some() {
-                        "broken"
-                    } else {
-                        "pending"
-                    },
-                    broken.as_deref().unwrap_or_default(),
-                    &flags
-                ],
-            )
-            .await?;
-            crate::verify::settle(tx, t.gateway_id, &instance).await?;
-            Ok(Ok(Handled::Stored))
-        }
+        Stream::Status => status(tx, &at).await,
+        Stream::States => states(tx, &at).await,
+        Stream::Metrics => metrics(tx, cfg, &at).await,
     }
 }
 
-fn check_envelope(e: &Envelope, schema: &str) -> Result<(), String> {
-    if e.schema != schema {
-        return Err(format!("schema is {:?}, expected {schema:?}", e.schema));
+/// A message that passed the topic and registry checks.
+struct Arrival<'a> {
+    /// The topic it came on, whose gateway is enrolled as the topic names it.
+    topic: &'a topic::Topic<'a>,
+    /// The payload, stored as received.
+    text: &'a str,
+    /// When this receiver took it, in ms since the epoch.
+    received: i64,
+    /// This receiver's client id, stored with each message.
+    received_by: &'a str,
+}
+
+impl Arrival<'_> {
+    /// The payload must name the gateway whose topic it came on.
+    fn same_identity(&self, gateway_id: &str, uscc: &str, region: &str) -> Result<(), Reject> {
+        let t = self.topic;
+        if (gateway_id, uscc, region) == (t.gateway_id, t.uscc, t.region_code) {
+            Ok(())
+        } else {
+            Err(Reject::Identity {
+                gateway: gateway_id.to_string(),
+                uscc: uscc.to_string(),
+                region: region.to_string(),
+                topic: t.gateway_id.to_string(),
+            })
+        }
     }
-    if e.instance().is_none() || e.seq < 1 {
-        return Err(format!(
-            "msg_id {:?} is not <instance>:<seq> with seq {}",
-            e.msg_id, e.seq
-        ));
+
+    /// The envelope must carry `schema` and a usable msg_id, and name the
+    /// gateway whose topic it came on.
+    fn check_envelope(&self, e: &Envelope, schema: &'static str) -> Result<(), Reject> {
+        if e.schema != schema {
+            return Err(Reject::Schema {
+                found: e.schema.clone(),
+                expected: schema,
+            });
+        }
+        if e.instance().is_none() || e.seq < 1 {
+            return Err(Reject::MsgId {
+                msg_id: e.msg_id.clone(),
+                seq: e.seq,
+            });
+        }
+        self.same_identity(&e.gateway_id, &e.uscc, &e.region_code)
     }
-    Ok(())
+}
+
+/// A status message replaces the gateway's last one.
+async fn status(tx: &mut Tx<'_>, at: &Arrival<'_>) -> Result<Handled, Stop> {
+    let s: StatusMessage = serde_json::from_str(at.text).map_err(|e| malformed("status", e))?;
+    at.same_identity(&s.gateway_id, &s.uscc, &s.region_code)?;
+    tx.execute(
+        "INSERT INTO status (gateway_id, received_ts, state, clock_sync, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (gateway_id) DO UPDATE SET received_ts = excluded.received_ts,
+           state = excluded.state, clock_sync = excluded.clock_sync,
+           payload = excluded.payload",
+        args![
+            at.topic.gateway_id,
+            at.received,
+            &s.state,
+            s.clock_sync.as_deref().unwrap_or(""),
+            at.text
+        ],
+    )
+    .await?;
+    Ok(Handled::Stored)
+}
+
+/// A states message: stored once per msg_id, its transitions kept for
+/// verifying the windows that cover them.
+async fn states(tx: &mut Tx<'_>, at: &Arrival<'_>) -> Result<Handled, Stop> {
+    let m: StatesMessage = serde_json::from_str(at.text).map_err(|e| malformed("states", e))?;
+    let e = &m.envelope;
+    at.check_envelope(e, "zgsz.states/1")?;
+    let gateway = at.topic.gateway_id;
+    let instance = e.instance().unwrap_or_default().to_string();
+    if !insert_message(tx, e, &instance, "states", at).await? {
+        return Ok(Handled::Duplicate);
+    }
+    for tr in &m.transitions {
+        tx.execute(
+            "INSERT INTO transitions (gateway_id, instance, id, seq, equipment, state, ts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            args![
+                gateway,
+                &instance,
+                tr.id,
+                e.seq,
+                &tr.equipment,
+                tr.state.name(),
+                tr.ts
+            ],
+        )
+        .await?;
+    }
+    crate::verify::settle(tx, gateway, &instance).await?;
+    Ok(Handled::Stored)
+}
+
+/// A metrics message: stored once per msg_id; a sealed window takes its
+/// place in the chain, checked on its own now and against the chain and
+/// the transitions when they are all in (see `verify`).
+async fn metrics(tx: &mut Tx<'_>, cfg: &Config, at: &Arrival<'_>) -> Result<Handled, Stop> {
+    let value: Value = serde_json::from_str(at.text).map_err(|e| malformed("metrics", e))?;
+    let m: MetricsMessage =
+        serde_json::from_value(value.clone()).map_err(|e| malformed("metrics", e))?;
+    let e = &m.envelope;
+    at.check_envelope(e, "zgsz.metrics/1")?;
+    let gateway = at.topic.gateway_id;
+    let instance = e.instance().unwrap_or_default().to_string();
+    let exists = tx
+        .query_opt(
+            "SELECT msg_id FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
+            args![gateway, &e.msg_id],
+        )
+        .await?;
+    if exists.is_some() {
+        return Ok(Handled::Duplicate);
+    }
+    let Some(seal) = &m.body.seal else {
+        // A snapshot: stored, nothing to verify.
+        insert_message(tx, e, &instance, "metrics", at).await?;
+        return Ok(Handled::Stored);
+    };
+    let upto = m
+        .body
+        .states_upto_seq
+        .ok_or_else(|| malformed("metrics", "a seal without states_upto_seq"))?;
+    let index =
+        i64::try_from(seal.index).map_err(|_| malformed("metrics", "seal.index out of range"))?;
+    let holder = tx
+        .query_opt(
+            "SELECT msg_id FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+            args![gateway, &instance, index],
+        )
+        .await?;
+    if let Some(other) = holder {
+        return Err(Reject::IndexHeld {
+            index,
+            instance,
+            other: other.text(0)?,
+        }
+        .into());
+    }
+    insert_message(tx, e, &instance, "metrics", at).await?;
+    let broken = crate::verify::self_contained(&value, &m.body);
+    let prev_hash = match tx
+        .query_opt(
+            "SELECT config_hash FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+            args![gateway, &instance, index - 1],
+        )
+        .await?
+    {
+        Some(r) => Some(r.text(0)?),
+        None => None,
+    };
+    let clock = match tx
+        .query_opt(
+            "SELECT clock_sync FROM status WHERE gateway_id = ?1",
+            args![gateway],
+        )
+        .await?
+    {
+        Some(r) => Some(r.text(0)?),
+        None => None,
+    };
+    let flags = crate::verify::flags(
+        &m.body,
+        prev_hash.as_deref(),
+        clock.as_deref(),
+        cfg.verify.max_declared_verified_gap,
+    );
+    tx.execute(
+        "INSERT INTO windows (gateway_id, instance, chain_index, msg_id, kind, start_ts,
+           end_ts, config_hash, states_upto_seq, prev, digest, metrics_sha256,
+           transitions_sha256, verdict, reason, flags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        args![
+            gateway,
+            &instance,
+            index,
+            &e.msg_id,
+            m.body.window.kind.name(),
+            m.body.window.start_ts,
+            m.body.window.end_ts,
+            &m.body.config_hash,
+            upto,
+            &seal.prev,
+            &seal.digest,
+            &seal.metrics_sha256,
+            &seal.transitions_sha256,
+            if broken.is_some() {
+                "broken"
+            } else {
+                "pending"
+            },
+            broken.as_deref().unwrap_or_default(),
+            &flags
+        ],
+    )
+    .await?;
+    crate::verify::settle(tx, gateway, &instance).await?;
+    Ok(Handled::Stored)
 }
 
 /// Inserts the message; `false` when its msg_id is already stored.
@@ -382,9 +437,7 @@ async fn insert_message(
     e: &Envelope,
     instance: &str,
     stream: &str,
-    text: &str,
-    received: i64,
-    received_by: &str,
+    at: &Arrival<'_>,
 ) -> Result<bool, StoreError> {
     let n = tx
         .execute(
@@ -397,9 +450,9 @@ async fn insert_message(
                 e.seq,
                 stream,
                 e.created_ts,
-                received,
-                text,
-                received_by
+                at.received,
+                at.text,
+                at.received_by
             ],
         )
         .await?;

@@ -109,7 +109,7 @@ pub fn build(
         crate::config::Industry::Discrete => "discrete",
     };
     let (processes, equipment, headline) =
-        aggregate(&plant, industry, &days).map_err(|why| ReportError::StoredDay {
+        aggregate(&plant, industry, &days).map_err(|why| ReportError::PeriodDays {
             start: rfc3339(start, offset),
             why,
         })?;
@@ -227,9 +227,9 @@ fn sealed_day(body: &[u8], ds: i64, offset: UtcOffset) -> Result<Value, ReportEr
     text.push(b'{');
     text.extend_from_slice(body);
     text.push(b'}');
-    serde_json::from_slice(&text).map_err(|e| ReportError::StoredDay {
+    serde_json::from_slice(&text).map_err(|why| ReportError::StoredDay {
         start: rfc3339(ds, offset),
-        why: e.to_string(),
+        why,
     })
 }
 

@@ -58,12 +58,19 @@ pub(crate) struct DayEquipment {
     pub completeness: Ratio,
 }
 
-pub(crate) fn day_view(d: &Day) -> Result<DayView, String> {
-    serde_json::from_value(d.metrics.clone()).map_err(|e| {
-        format!(
-            "day {}: the metrics are not a zgsz.metrics/1 body: {e}",
-            d.date
-        )
+/// A day whose stored metrics do not read as a metrics body: the report
+/// (or the database it was built from) was damaged or edited.
+#[derive(Debug, thiserror::Error)]
+#[error("day {date}: the metrics are not a zgsz.metrics/1 body: {source}")]
+pub struct DayError {
+    date: String,
+    source: serde_json::Error,
+}
+
+pub(crate) fn day_view(d: &Day) -> Result<DayView, DayError> {
+    serde_json::from_value(d.metrics.clone()).map_err(|source| DayError {
+        date: d.date.clone(),
+        source,
     })
 }
 
@@ -87,7 +94,7 @@ pub fn aggregate(
     plant: &Plant,
     industry: &str,
     days: &[Day],
-) -> Result<(Vec<ProcessMetrics>, Vec<EquipmentSummary>, Headline), String> {
+) -> Result<(Vec<ProcessMetrics>, Vec<EquipmentSummary>, Headline), DayError> {
     let views: Vec<DayView> = days.iter().map(day_view).collect::<Result<_, _>>()?;
     let equipment: Vec<EquipmentSummary> = plant
         .equipment

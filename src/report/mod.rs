@@ -54,7 +54,17 @@ pub enum ReportError {
     #[error("reading the evidence database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("the stored metrics of the day starting {start} are unreadable: {why}")]
-    StoredDay { start: String, why: String },
+    StoredDay {
+        start: String,
+        #[source]
+        why: serde_json::Error,
+    },
+    #[error("the period from {start} has unreadable days: {why}")]
+    PeriodDays {
+        start: String,
+        #[source]
+        why: figures::DayError,
+    },
     #[error("{path}: {source}")]
     Write {
         path: String,

@@ -442,7 +442,7 @@ fn check_days(o: &mut Outcome, report: &EvidenceReport) {
         match day_view(day) {
             Ok(v) => check_day(o, &day.date, &v),
             Err(e) => {
-                o.bad(e);
+                o.bad(e.to_string());
                 continue;
             }
         }
@@ -558,7 +558,7 @@ fn check_figures(o: &mut Outcome, report: &EvidenceReport) {
             diff("computation", &j(&report.computation), &j(&comp), &mut out);
             o.problems.extend(out);
         }
-        Err(e) => o.bad(e),
+        Err(e) => o.bad(e.to_string()),
     }
 }
 

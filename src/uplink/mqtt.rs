@@ -112,13 +112,23 @@ pub struct UplinkState {
 /// Every sink's state, so that each status message can show them all.
 pub type Board = Vec<watch::Receiver<UplinkState>>;
 
+/// A sink whose TLS settings cannot be made into a client config, with
+/// the key to fix (`sinks.platform.ca_file`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key}: {source}")]
+pub struct SinkTlsError {
+    key: String,
+    source: Arc<super::tls::TlsError>,
+}
+
 pub struct MqttUplink {
     sink: Arc<SinkConfig>,
     /// `sink.mqtt`, the connection settings.
     cfg: MqttConfig,
     /// The rustls client config built from `cfg.tls` (`None`: plaintext),
     /// or what to fix when it cannot be built.
-    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
+    /// Built once per sink; `Err`: what to fix, reported at every attempt.
+    tls: Result<Option<Arc<rustls::ClientConfig>>, SinkTlsError>,
     /// Every sink's state, this one's included.
     board: Board,
     topics: Topics,
@@ -186,7 +196,10 @@ impl MqttUplink {
             None => Ok(None),
             Some(t) => super::tls::client_config(t)
                 .map(Some)
-                .map_err(|e| format!("{}.{}: {e}", sink.key, e.key())),
+                .map_err(|e| SinkTlsError {
+                    key: format!("{}.{}", sink.key, e.key()),
+                    source: Arc::new(e),
+                }),
         };
         MqttUplink {
             tls,
@@ -254,7 +267,7 @@ impl MqttUplink {
 
     /// The options of a new connection; `Err`: the TLS client config could
     /// not be built, and what to fix.
-    fn options(&self) -> Result<MqttOptions, String> {
+    fn options(&self) -> Result<MqttOptions, SinkTlsError> {
         let c = &self.cfg;
         let mut o = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
         o.set_keep_alive(c.keepalive);
@@ -341,7 +354,7 @@ impl MqttUplink {
                     self.session(options, bit, &mut shutdown, &mut backoff)
                         .await
                 }
-                Err(fix) => End::Lost("TLS setup failed".to_string(), Some(fix)),
+                Err(fix) => End::Lost("TLS setup failed".to_string(), Some(fix.to_string())),
             };
             match end {
                 End::Shutdown => return,
