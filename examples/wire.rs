@@ -30,8 +30,8 @@ use zgsz_agent::uplink::mqtt::{MqttUplink, Topics, UplinkState};
 
 const MACHINES: usize = 50;
 const TAGS: usize = 50;
-/// Device cycles that share a commit (50 devices on five poll slots).
-const PER_COMMIT: usize = 10;
+/// Device cycles that share a commit (50 devices on two poll slots at 1 s).
+const PER_COMMIT: usize = 25;
 const CYCLES: usize = 600;
 const DAY_S: f64 = 86_400.0;
 const CAP: f64 = 256.0 * 1024.0 * 1024.0;

@@ -115,14 +115,27 @@ pub fn spawn_all(
         .collect()
 }
 
-/// Start slots per poll interval; see [`first_poll`]. At a 1 s interval
-/// the slots are 200 ms apart, longer than the default commit window, so
-/// the cycles of one slot share a commit and the next slot starts another.
+/// Start slots per poll interval, at most; see [`first_poll`].
 const SLOTS: u32 = 5;
+
+/// Shortest time between two slots. The cycles of one slot share a
+/// commit (the default commit window is shorter than a slot), and every
+/// commit is an fsync with `synchronous = "full"` plus a round of
+/// wake-ups; at plant load that is most of the agent's CPU. At a 1 s
+/// interval this makes two slots, so two commits a second instead of
+/// five; below 1 s every device of that interval shares one slot.
+const MIN_SLOT: Duration = Duration::from_millis(500);
+
+/// The slot length for devices polled every `interval`.
+fn slot_length(interval: Duration) -> Duration {
+    let slots = (interval.as_nanos() / MIN_SLOT.as_nanos()).clamp(1, u128::from(SLOTS));
+    // `slots` is 1 to SLOTS, so the conversion cannot fail.
+    (interval / u32::try_from(slots).unwrap_or(SLOTS)).max(Duration::from_millis(1))
+}
 
 /// When a device's first poll cycle starts: staggered across its interval,
 /// so that forty devices do not all fire at once, but on a grid of
-/// [`SLOTS`] slots shared by the whole process. Devices in one slot then
+/// slots ([`slot_length`]) shared by the whole process. Devices in one slot then
 /// wake the runtime once between them instead of once each, and their
 /// answers tend to arrive in one go too; at plant load such wake-ups are
 /// most of the agent's CPU. `at` in [0, 1) picks the slot.
@@ -130,7 +143,7 @@ fn first_poll(interval: Duration, at: f64) -> Instant {
     static GRID: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let origin = *GRID.get_or_init(Instant::now);
     let now = Instant::now();
-    let slot = (interval / SLOTS).max(Duration::from_millis(1));
+    let slot = slot_length(interval);
     let slot_ns = slot.as_nanos();
     let offset = now.duration_since(origin) + interval.mul_f64(at.clamp(0.0, 1.0));
     // Round up to the next slot boundary.
@@ -189,8 +202,9 @@ mod tests {
 
     #[test]
     fn first_polls_share_slots_and_spread_over_the_interval() {
-        let interval = Duration::from_secs(1);
-        let slot = interval / SLOTS;
+        let interval = Duration::from_secs(5);
+        let slot = slot_length(interval);
+        assert_eq!(slot, interval / SLOTS);
         let starts: Vec<Instant> = (0..100)
             .map(|i| first_poll(interval, f64::from(i) / 100.0))
             .collect();
@@ -208,6 +222,23 @@ mod tests {
             assert_eq!(o.as_nanos() % slot.as_nanos(), 0, "{o:?} is off the grid");
         }
         assert!(*offsets.last().expect("offsets") <= interval);
+    }
+
+    #[test]
+    fn slots_are_never_closer_than_the_minimum() {
+        // Two commits a second at 1 s, not five.
+        assert_eq!(slot_length(Duration::from_secs(1)), MIN_SLOT);
+        assert_eq!(slot_length(Duration::from_millis(1500)), MIN_SLOT);
+        assert_eq!(
+            slot_length(Duration::from_secs(60)),
+            Duration::from_secs(12)
+        );
+        // Faster polling: one slot, the whole interval.
+        assert_eq!(
+            slot_length(Duration::from_millis(60)),
+            Duration::from_millis(60)
+        );
+        assert_eq!(slot_length(Duration::ZERO), Duration::from_millis(1));
     }
 
     #[test]
