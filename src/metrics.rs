@@ -148,15 +148,14 @@ pub fn compute(
             .collect::<Vec<_>>(),
         &equipment
             .iter()
-            .map(|m| zgsz_contract::EquipmentFigures {
-                process: &m.process,
-                kind: m.kind,
-                networked: m.networked,
-                verified_nc: m.verified_nc,
-                running_nc: m.time_ms.running_nc,
-                running: m.time_ms.running(),
-                samples_good: m.completeness.numerator,
-                samples_expected: m.completeness.denominator,
+            .map(|m| {
+                zgsz_contract::EquipmentFigures::new(
+                    &m.process,
+                    m.kind,
+                    (m.networked, m.verified_nc),
+                    &m.time_ms,
+                    &m.completeness,
+                )
             })
             .collect::<Vec<_>>(),
         zgsz_contract::Span::Window,

@@ -7,7 +7,7 @@
 //! how those were obtained (a window's state history, the sum of a period's
 //! days) is the caller's business.
 
-use crate::model::{Industry, Kind, Ratio};
+use crate::model::{Industry, Kind, Ratio, StateTimes};
 
 /// A process, as far as the headline needs it.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +33,29 @@ pub struct EquipmentFigures<'a> {
     pub samples_good: u64,
     /// Expected rule evaluations.
     pub samples_expected: u64,
+}
+
+impl<'a> EquipmentFigures<'a> {
+    /// From the figures every equipment row carries: the gateway's window,
+    /// a report's day and period, and a verifier all read them alike.
+    pub fn new(
+        process: &'a str,
+        kind: Kind,
+        (networked, verified_nc): (bool, bool),
+        time_ms: &StateTimes,
+        completeness: &Ratio,
+    ) -> EquipmentFigures<'a> {
+        EquipmentFigures {
+            process,
+            kind,
+            networked,
+            verified_nc,
+            running_nc: time_ms.running_nc,
+            running: time_ms.running(),
+            samples_good: completeness.numerator,
+            samples_expected: completeness.denominator,
+        }
+    }
 }
 
 /// What the figures cover; only the wording of a `null` ratio's reason

@@ -292,15 +292,14 @@ impl Metrics {
         let equipment: Vec<crate::EquipmentFigures> = self
             .equipment
             .iter()
-            .map(|e| crate::EquipmentFigures {
-                process: &e.process,
-                kind: e.kind,
-                networked: e.networked,
-                verified_nc: e.verified_nc,
-                running_nc: e.time_ms.running_nc,
-                running: e.time_ms.running(),
-                samples_good: e.completeness.numerator,
-                samples_expected: e.completeness.denominator,
+            .map(|e| {
+                crate::EquipmentFigures::new(
+                    &e.process,
+                    e.kind,
+                    (e.networked, e.verified_nc),
+                    &e.time_ms,
+                    &e.completeness,
+                )
             })
             .collect();
         crate::headline(self.industry, &processes, &equipment, crate::Span::Window)

@@ -216,15 +216,14 @@ fn headline(
             .collect::<Vec<_>>(),
         &equipment
             .iter()
-            .map(|e| zgsz_contract::EquipmentFigures {
-                process: &e.process,
-                kind: kind_of(&e.id),
-                networked: e.networked,
-                verified_nc: e.verified_nc,
-                running_nc: e.time_ms.running_nc,
-                running: e.time_ms.running(),
-                samples_good: e.completeness.numerator,
-                samples_expected: e.completeness.denominator,
+            .map(|e| {
+                zgsz_contract::EquipmentFigures::new(
+                    &e.process,
+                    kind_of(&e.id),
+                    (e.networked, e.verified_nc),
+                    &e.time_ms,
+                    &e.completeness,
+                )
             })
             .collect::<Vec<_>>(),
         zgsz_contract::Span::Period,

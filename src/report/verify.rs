@@ -221,15 +221,14 @@ fn check_day_indicators(o: &mut Outcome, at: &dyn Fn(&str) -> String, v: &DayVie
             .collect::<Vec<_>>(),
         &v.equipment
             .iter()
-            .map(|e| zgsz_contract::EquipmentFigures {
-                process: &e.process,
-                kind: super::parse_kind(&e.kind),
-                networked: e.networked,
-                verified_nc: e.verified_nc,
-                running_nc: e.time_ms.running_nc,
-                running: e.time_ms.running(),
-                samples_good: e.completeness.numerator,
-                samples_expected: e.completeness.denominator,
+            .map(|e| {
+                zgsz_contract::EquipmentFigures::new(
+                    &e.process,
+                    super::parse_kind(&e.kind),
+                    (e.networked, e.verified_nc),
+                    &e.time_ms,
+                    &e.completeness,
+                )
             })
             .collect::<Vec<_>>(),
         zgsz_contract::Span::Window,
