@@ -83,9 +83,11 @@ async fn windows_until(
 
 /// Waits until the receiver holds exactly the seals `sealed`, each verified.
 async fn every_seal_verified(reader: &mut Store, sealed: &BTreeSet<i64>) {
+    // A deadline, not a wait: on a loaded machine a receiver that backs
+    // off while PostgreSQL restarts needs longer than on a quiet one.
     windows_until(
         reader,
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "every seal verified",
         |w| {
             w.iter().map(|w| w.index).collect::<BTreeSet<i64>>() == *sealed
