@@ -81,6 +81,17 @@ async fn windows_until(
     }
 }
 
+/// Waits until the receiver holds ten verified hourly windows.
+async fn ten_verified_hours(reader: &mut Store, what: &str) {
+    windows_until(reader, Duration::from_secs(60), what, |w| {
+        w.iter()
+            .filter(|w| w.kind == "hour" && w.verdict == "verified")
+            .count()
+            >= 10
+    })
+    .await;
+}
+
 /// Waits until the receiver holds exactly the seals `sealed`, each verified.
 async fn every_seal_verified(reader: &mut Store, sealed: &BTreeSet<i64>) {
     // A deadline, not a wait: on a loaded machine a receiver that backs
@@ -124,18 +135,7 @@ async fn every_seal_of_the_demo_plant_is_stored_once_and_verified() {
     let agent = zgsz_agent::agent::start(&demo.cfg, demo.clock.clone()).expect("agent");
     let mut reader = Store::open(&db).await.expect("a second connection");
     // Ten hours of the plant: about 5 s at 7,200 times real time.
-    windows_until(
-        &mut reader,
-        Duration::from_secs(60),
-        "ten verified hours",
-        |w| {
-            w.iter()
-                .filter(|w| w.kind == "hour" && w.verdict == "verified")
-                .count()
-                >= 10
-        },
-    )
-    .await;
+    ten_verified_hours(&mut reader, "ten verified hours").await;
     agent.stop().await;
     let sealed = sealed(&state);
     assert!(sealed.len() >= 10, "the agent sealed {}", sealed.len());
@@ -246,18 +246,7 @@ async fn postgres_restarted_under_load_the_receiver_reconnects_and_loses_nothing
     .await
     .expect("the outage");
     // The reader reconnects too, at its next transaction.
-    windows_until(
-        &mut reader,
-        Duration::from_secs(60),
-        "ten verified hours after the restart",
-        |w| {
-            w.iter()
-                .filter(|w| w.kind == "hour" && w.verdict == "verified")
-                .count()
-                >= 10
-        },
-    )
-    .await;
+    ten_verified_hours(&mut reader, "ten verified hours after the restart").await;
     agent.stop().await;
     let sealed = sealed(&state);
     every_seal_verified(&mut reader, &sealed).await;
