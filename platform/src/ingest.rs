@@ -291,6 +291,34 @@ async fn status(tx: &mut Tx<'_>, at: &Arrival<'_>) -> Result<Handled, Stop> {
         ],
     )
     .await?;
+    if let Some(o) = &s.outbox {
+        // Counters only grow, so the newest status holds the most; one
+        // that arrives late (reordered) must not replace it.
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO outbox_status (gateway_id, instance, ts, received_ts, unsent_rows,
+               last_seq, evicted_rows, evicted_metrics, evicted_states)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (gateway_id, instance) DO UPDATE SET ts = excluded.ts,
+               received_ts = excluded.received_ts, unsent_rows = excluded.unsent_rows,
+               last_seq = excluded.last_seq, evicted_rows = excluded.evicted_rows,
+               evicted_metrics = excluded.evicted_metrics,
+               evicted_states = excluded.evicted_states
+             WHERE excluded.ts >= outbox_status.ts",
+            args![
+                at.topic.gateway_id,
+                &o.instance,
+                s.ts,
+                at.received,
+                n(o.rows),
+                o.last_seq,
+                n(o.evicted_rows),
+                n(o.evicted_metrics),
+                n(o.evicted_states)
+            ],
+        )
+        .await?;
+    }
     Ok(Handled::Stored)
 }
 
@@ -427,6 +455,8 @@ async fn metrics(tx: &mut Tx<'_>, cfg: &Config, at: &Arrival<'_>) -> Result<Hand
         ],
     )
     .await?;
+    crate::verify::flag_next_config_change(tx, gateway, &instance, index, &m.body.config_hash)
+        .await?;
     crate::verify::settle(tx, gateway, &instance).await?;
     Ok(Handled::Stored)
 }

@@ -2,11 +2,12 @@
 //!
 //! Data flows one way: [`ingest`] (MQTT, a shared subscription) →
 //! [`store`] (SQLite or PostgreSQL: registry, de-duplicated messages, the
-//! digest chain and its verdicts) → the `gaps` report. The payload types, canonical lines and
+//! digest chain and its verdicts) → [`gaps`], the loss accounting. The payload types, canonical lines and
 //! headline arithmetic come from `zgsz-contract`, the crate the gateway
 //! uses too.
 
 pub mod config;
+pub mod gaps;
 pub mod ingest;
 pub mod store;
 pub mod topic;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use zgsz_platform::config::Config;
+use zgsz_platform::gaps::{count, Accounting, Verdict};
 use zgsz_platform::store::{Gateway, Store};
 
 #[derive(Parser)]
@@ -43,10 +44,15 @@ enum Command {
         #[arg(long)]
         public_key: String,
     },
-    /// List the seq ranges never received, per gateway and instance.
+    /// Account, per gateway and instance, for the windows and transitions
+    /// that never arrived, against the gateway's eviction counters.
     Gaps {
         #[arg(long)]
         config: PathBuf,
+        /// List only what the counters do not explain, and exit 1 if
+        /// anything is listed (for a monitoring check).
+        #[arg(long)]
+        unexplained: bool,
     },
     /// List the sealed windows with their verdicts.
     Windows {
@@ -100,14 +106,33 @@ async fn command(command: Command) -> anyhow::Result<()> {
                 .await?;
             println!("enrolled {gateway_id}");
         }
-        Command::Gaps { config } => {
+        Command::Gaps {
+            config,
+            unexplained,
+        } => {
             let (_, mut store) = open(&config).await?;
-            let gaps = store.gaps().await?;
-            if gaps.is_empty() {
-                println!("no gaps");
+            let mut listed = 0;
+            for a in store.accounting().await? {
+                let verdict = a.verdict();
+                let worry = matches!(verdict, Verdict::Unexplained { .. } | Verdict::NoStatus);
+                if unexplained && !worry {
+                    continue;
+                }
+                listed += 1;
+                print_accounting(&a, &verdict);
             }
-            for g in gaps {
-                println!("{} {} seq {}..={}", g.gateway_id, g.instance, g.from, g.to);
+            if listed == 0 {
+                println!(
+                    "{}",
+                    if unexplained {
+                        "nothing unexplained"
+                    } else {
+                        "no gateways"
+                    }
+                );
+            }
+            if unexplained && listed > 0 {
+                std::process::exit(1);
             }
         }
         Command::Windows { config } => {
@@ -133,6 +158,53 @@ async fn command(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One block of `gaps`: the verdict, then what it rests on.
+fn print_accounting(a: &Accounting, verdict: &Verdict) {
+    let ranges = |r: &[(i64, i64)]| {
+        r.iter()
+            .map(|(x, y)| {
+                if x == y {
+                    x.to_string()
+                } else {
+                    format!("{x}..={y}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("{} {}: {verdict}", a.gateway_id, a.instance);
+    if !a.missing_windows.is_empty() {
+        println!(
+            "  windows missing: {} (chain index {})",
+            count(&a.missing_windows),
+            ranges(&a.missing_windows)
+        );
+    }
+    if !a.missing_transitions.is_empty() {
+        println!(
+            "  transitions missing: {} (id {})",
+            count(&a.missing_transitions),
+            ranges(&a.missing_transitions)
+        );
+    }
+    if a.pending_windows > 0 {
+        println!("  windows pending: {}", a.pending_windows);
+    }
+    match &a.counters {
+        Some(c) => println!(
+            "  gateway reports: {} unsent row(s), last seq {}, evicted {} metrics row(s), {} transition(s), {} row(s) in all",
+            c.unsent_rows, c.last_seq, c.evicted_metrics, c.evicted_states, c.evicted_rows
+        ),
+        None => println!("  gateway reports: no status from this instance"),
+    }
+    if !a.seq_gaps.is_empty() {
+        println!(
+            "  seq gaps (other sinks' telemetry shares the sequence): {}",
+            ranges(&a.seq_gaps)
+        );
+    }
 }
 
 async fn open(config: &std::path::Path) -> anyhow::Result<(Config, Store)> {

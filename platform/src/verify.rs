@@ -83,6 +83,54 @@ fn value_of(r: &Ratio) -> Option<f64> {
     (r.denominator != 0).then(|| r.numerator as f64 / r.denominator as f64)
 }
 
+/// The flag of a window whose `config_hash` differs from the entry
+/// before it: its figures come from another plant model.
+pub const CONFIG_HASH_CHANGED: &str = "config_hash_changed";
+
+/// `flags` (comma-separated) with `flag` added once.
+pub fn with_flag(flags: &str, flag: &str) -> String {
+    if flags.split(',').any(|f| f == flag) {
+        flags.to_string()
+    } else if flags.is_empty() {
+        flag.to_string()
+    } else {
+        format!("{flags},{flag}")
+    }
+}
+
+/// Flags the entry after `index` if it arrived first (a shared
+/// subscription reorders) and its `config_hash` differs from this one's.
+pub(crate) async fn flag_next_config_change(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    instance: &str,
+    index: i64,
+    config_hash: &str,
+) -> Result<(), StoreError> {
+    let next = tx
+        .query_opt(
+            "SELECT config_hash, flags FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+            args![gateway, instance, index + 1],
+        )
+        .await?;
+    if let Some(next) = next {
+        let (hash, flags) = (next.text(0)?, next.text(1)?);
+        if hash != config_hash {
+            tx.execute(
+                "UPDATE windows SET flags = ?1 WHERE gateway_id = ?2 AND instance = ?3 AND chain_index = ?4",
+                args![
+                    &with_flag(&flags, CONFIG_HASH_CHANGED),
+                    gateway,
+                    instance,
+                    index + 1
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Flags that do not break the chain but a reviewer must see.
 pub fn flags(
     body: &Metrics,
@@ -92,7 +140,7 @@ pub fn flags(
 ) -> String {
     let mut f = Vec::new();
     if prev_config_hash.is_some_and(|p| p != body.config_hash) {
-        f.push("config_hash_changed");
+        f.push(CONFIG_HASH_CHANGED);
     }
     if clock_sync == Some("unsynchronized") {
         f.push("clock_unsynchronized");

@@ -89,7 +89,29 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         "ALTER TABLE messages ADD COLUMN received_by TEXT NOT NULL DEFAULT ''",
     ),
+    // The outbox counters of each gateway instance's latest status: what
+    // explains the messages that never arrived (see `gaps`). Kept per
+    // instance, because a gateway whose database was replaced reports only
+    // its new instance, and the old one's losses must stay explainable.
+    (
+        5,
+        "CREATE TABLE outbox_status (
+        gateway_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        received_ts BIGINT NOT NULL,
+        unsent_rows BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        evicted_rows BIGINT NOT NULL,
+        evicted_metrics BIGINT NOT NULL,
+        evicted_states BIGINT NOT NULL,
+        PRIMARY KEY (gateway_id, instance)
+    )",
+    ),
 ];
+
+/// The schema version the migrations reach.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -311,35 +333,22 @@ impl Store {
     }
 
     /// Seq ranges never received, per (gateway, instance), between the
-    /// lowest and the highest seq received (metrics and states).
+    /// lowest and the highest seq received (metrics and states); see
+    /// [`Store::accounting`] for what they mean.
     pub async fn gaps(&mut self) -> Result<Vec<Gap>, StoreError> {
-        let mut tx = self.begin(false).await?;
-        let rows = tx
-            .query("SELECT gateway_id, instance, seq FROM messages", args![])
-            .await?;
-        tx.commit().await?;
-        let mut seqs = rows
-            .iter()
-            .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        seqs.sort();
-        let mut gaps = Vec::new();
-        let mut last: Option<&(String, String, i64)> = None;
-        for row in &seqs {
-            let (g, i, seq) = row;
-            if let Some((lg, li, ls)) = last {
-                if lg == g && li == i && *seq > ls + 1 {
-                    gaps.push(Gap {
-                        gateway_id: g.clone(),
-                        instance: i.clone(),
-                        from: ls + 1,
-                        to: seq - 1,
-                    });
-                }
-            }
-            last = Some(row);
-        }
-        Ok(gaps)
+        Ok(self
+            .accounting()
+            .await?
+            .into_iter()
+            .flat_map(|a| {
+                a.seq_gaps.into_iter().map(move |(from, to)| Gap {
+                    gateway_id: a.gateway_id.clone(),
+                    instance: a.instance.clone(),
+                    from,
+                    to,
+                })
+            })
+            .collect())
     }
 
     /// The sealed windows, by gateway, instance and chain index.

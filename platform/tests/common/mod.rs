@@ -141,6 +141,44 @@ pub fn envelope(schema: &str, seq: i64) -> Value {
            "region_code": REGION})
 }
 
+/// An online status of [`GW`] written at `ts`, whose outbox (instance
+/// [`INST`]) holds `unsent` rows and has evicted `evicted_metrics` metrics
+/// rows and `evicted_states` transitions.
+pub fn status(
+    ts: i64,
+    clock_sync: &str,
+    unsent: u64,
+    evicted_metrics: u64,
+    evicted_states: u64,
+) -> String {
+    json!({"schema": "zgsz.status/1", "state": "online", "gateway_id": GW, "uscc": USCC,
+           "region_code": REGION, "agent_version": "0.1.0", "ts": ts,
+           "outbox": {"instance": INST, "rows": unsent, "last_seq": 100,
+                      "evicted_rows": evicted_metrics + evicted_states,
+                      "evicted_metrics": evicted_metrics, "evicted_states": evicted_states},
+           "clock_sync": clock_sync})
+    .to_string()
+}
+
+/// Runs each named `async fn(Which)` as two tests, `<name>::sqlite` and
+/// `<name>::postgres` (ignored unless asked for: it needs PostgreSQL).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Which::Sqlite).await
+            }
+            #[tokio::test]
+            #[ignore = "needs PostgreSQL (initdb, pg_ctl)"]
+            async fn postgres() {
+                super::$name(super::Which::Postgres).await
+            }
+        }
+    )*};
+}
+
 /// A states message with the transitions (id, ts, state) of `lathe`.
 pub fn states(seq: i64, transitions: &[(i64, i64, &str)]) -> String {
     let mut v = envelope("zgsz.states/1", seq);
@@ -161,6 +199,20 @@ pub fn metrics(
     head: Option<&(u64, String)>,
     upto: i64,
     history: &[(i64, State)],
+) -> (Value, (u64, String)) {
+    metrics_with(seq, start, nc_from, head, upto, history, |_| {})
+}
+
+/// [`metrics`], with `edit` applied to the body before the headline is
+/// computed and the window sealed: a gateway that really sent this.
+pub fn metrics_with(
+    seq: i64,
+    start: i64,
+    nc_from: i64,
+    head: Option<&(u64, String)>,
+    upto: i64,
+    history: &[(i64, State)],
+    edit: impl FnOnce(&mut Metrics),
 ) -> (Value, (u64, String)) {
     let end = start + HOUR;
     let times = StateTimes {
@@ -231,6 +283,7 @@ pub fn metrics(
         seal: None,
         states_upto_seq: None,
     };
+    edit(&mut body);
     body.indicators = body.recompute_headline().into();
     let value = serde_json::to_value(&body).unwrap();
     let lines = metrics_lines(&value).unwrap();
