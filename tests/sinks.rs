@@ -179,7 +179,7 @@ async fn the_states_stream_alone_rebuilds_every_seal() {
 )]
 async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platform_nothing() {
     let city = Mosquitto::require("");
-    let mut factory = Mosquitto::require("");
+    let factory = Mosquitto::require("");
     let proxy = Proxy::start(([127, 0, 0, 1], factory.port).into(), Mode::Forward).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut cfg, clock, _floor) = compressed_plant(dir.path()).await;
@@ -199,28 +199,12 @@ async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platfo
         })
         .await;
 
-    // The enterprise broker dies; the platform must not notice. First the
-    // link goes silent and the subscriber gets what the broker has already
-    // acknowledged: a broker killed with messages still queued for its
-    // subscribers loses them after the PUBACK, which no agent can prevent
-    // (docs/delivery.md, "Not guaranteed").
-    proxy.set(Mode::Blackhole);
-    let acked = |s: &zgsz_agent::buffer::Stats| {
-        s.sinks
-            .iter()
-            .find(|x| x.name == "enterprise")
-            .unwrap()
-            .acked_rows
-    };
-    let acked_before = acked(&agent.buffer.stats().await.unwrap()) as usize;
-    enterprise
-        .wait_for(
-            Duration::from_secs(30),
-            "what the enterprise broker acknowledged",
-            |p| p.telemetry_by_seq().len() >= acked_before,
-        )
-        .await;
-    factory.kill();
+    // The enterprise link dies; the platform must not notice. The link,
+    // not the broker: a broker killed with messages still queued for its
+    // subscribers loses them after its PUBACK, which no agent can prevent
+    // (docs/delivery.md, "Not guaranteed"), and the test would have to
+    // guess which. With the link cut, the enterprise broker keeps what it
+    // acknowledged and delivers it, and the agent owes the rest.
     proxy.set(Mode::Refuse);
     let ent = agent.sinks[1].clone();
     assert_eq!(ent.borrow().name, "enterprise");
@@ -258,9 +242,7 @@ async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platfo
         during.sinks
     );
 
-    // Back again; a new subscriber is there before the agent is let in.
-    factory.restart("");
-    let enterprise_after = Platform::subscribe(factory.port).await;
+    // Back again.
     // The backlog is drained once the enterprise has acked as many rows
     // as it owed now (acks only grow; the plant keeps adding rows, so
     // "nothing owed" may never be seen on a busy machine).
@@ -296,22 +278,16 @@ async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platfo
         BTreeSet::from(["metrics".into(), "states".into(), "status".into()]),
         "the platform gets figures and evidence, never telemetry"
     );
-    for p in [&enterprise, &enterprise_after] {
-        assert!(
-            topics(p).iter().all(|t| t == "telemetry" || t == "status"),
-            "{:?}",
-            topics(p)
-        );
-    }
+    assert!(
+        topics(&enterprise)
+            .iter()
+            .all(|t| t == "telemetry" || t == "status"),
+        "{:?}",
+        topics(&enterprise)
+    );
     // Every seq is carried by exactly one sink here: together the two
     // receivers hold 1..=last_seq, once each, nothing missing.
-    let mut tele = enterprise.telemetry_by_seq();
-    for (seq, m) in enterprise_after.telemetry_by_seq() {
-        if let Some(prev) = tele.get(&seq) {
-            assert_eq!(prev["cycles"], m["cycles"], "seq {seq} altered on resend");
-        }
-        tele.insert(seq, m);
-    }
+    let tele = enterprise.telemetry_by_seq();
     let mut city_seqs: BTreeSet<i64> = unique(&platform, "metrics").into_keys().collect();
     city_seqs.extend(unique(&platform, "states").into_keys());
     let tele_seqs: BTreeSet<i64> = tele.keys().copied().collect();

@@ -50,7 +50,8 @@ pub struct Exchange {
     pub request_start: Instant,
     /// The request was complete.
     pub request_end: Instant,
-    /// The answer was written; `None` when the slave stayed silent.
+    /// The answer's write began (the whole frame is one write); `None`
+    /// when the slave stayed silent.
     pub response_end: Option<Instant>,
     /// The request's CRC was right.
     pub crc_ok: bool,
@@ -329,10 +330,16 @@ async fn serve<S>(
                     }
                 }
             }
+            // Stamped before the write: the master cannot have the last
+            // byte earlier, so the silence measured from here is never
+            // more than the master really kept. A stamp after the write
+            // would also count any time this task waited to be scheduled
+            // again, and read short under load.
+            let writing = Instant::now();
             if stream.write_all(&adu).await.is_err() || stream.flush().await.is_err() {
                 return;
             }
-            response_end = Some(Instant::now());
+            response_end = Some(writing);
         }
         let n = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
