@@ -281,29 +281,43 @@ impl Metrics {
     /// The headline recomputed from this body's own processes and
     /// equipment, e.g. for a platform to check the `indicators` it received.
     pub fn recompute_headline(&self) -> crate::headline::Headline {
-        let processes: Vec<crate::ProcessFigures> = self
-            .processes
-            .iter()
-            .map(|p| crate::ProcessFigures {
+        pooled_headline(self.industry, &[self])
+    }
+}
+
+/// The headline of several windows of one span, as if one gateway had all
+/// their equipment: how an enterprise with a gateway per workshop is
+/// counted (docs/mqtt.md, "Aggregating"). A process that several of them
+/// name is one process, key if any of them says so, so that the
+/// process-industry CNC rate does not count a shared process twice.
+pub fn pooled_headline(
+    industry: crate::Industry,
+    bodies: &[&Metrics],
+) -> crate::headline::Headline {
+    let mut processes: Vec<crate::ProcessFigures> = Vec::new();
+    for p in bodies.iter().flat_map(|b| &b.processes) {
+        match processes.iter_mut().find(|q| q.id == p.id) {
+            Some(q) => q.key |= p.key,
+            None => processes.push(crate::ProcessFigures {
                 id: &p.id,
                 key: p.key,
-            })
-            .collect();
-        let equipment: Vec<crate::EquipmentFigures> = self
-            .equipment
-            .iter()
-            .map(|e| {
-                crate::EquipmentFigures::new(
-                    &e.process,
-                    e.kind,
-                    (e.networked, e.verified_nc),
-                    &e.time_ms,
-                    &e.completeness,
-                )
-            })
-            .collect();
-        crate::headline(self.industry, &processes, &equipment, crate::Span::Window)
+            }),
+        }
     }
+    let equipment: Vec<crate::EquipmentFigures> = bodies
+        .iter()
+        .flat_map(|b| &b.equipment)
+        .map(|e| {
+            crate::EquipmentFigures::new(
+                &e.process,
+                e.kind,
+                (e.networked, e.verified_nc),
+                &e.time_ms,
+                &e.completeness,
+            )
+        })
+        .collect();
+    crate::headline(industry, &processes, &equipment, crate::Span::Window)
 }
 
 #[cfg(test)]

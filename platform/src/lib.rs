@@ -6,6 +6,7 @@
 //! headline arithmetic come from `zgsz-contract`, the crate the gateway
 //! uses too.
 
+pub mod aggregate;
 pub mod config;
 pub mod gaps;
 pub mod ingest;

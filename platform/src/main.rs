@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use zgsz_platform::aggregate::{area, is_date, AreaInput, Combined};
 use zgsz_platform::config::Config;
 use zgsz_platform::gaps::{count, Accounting, Verdict};
 use zgsz_platform::store::{Gateway, Store};
@@ -53,6 +54,18 @@ enum Command {
         /// anything is listed (for a monitoring check).
         #[arg(long)]
         unexplained: bool,
+    },
+    /// The key-process CNC rate and its companions per district and for
+    /// the city, from the verified day windows of `--from..=--to`.
+    Figures {
+        #[arg(long)]
+        config: PathBuf,
+        /// First day, YYYY-MM-DD (the plants' local date).
+        #[arg(long, value_parser = date)]
+        from: String,
+        /// Last day, YYYY-MM-DD; default: `--from`.
+        #[arg(long, value_parser = date)]
+        to: Option<String>,
     },
     /// List the sealed windows with their verdicts.
     Windows {
@@ -135,6 +148,12 @@ async fn command(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Figures { config, from, to } => {
+            let (_, mut store) = open(&config).await?;
+            let to = to.unwrap_or_else(|| from.clone());
+            let input = store.area_input(&from, &to).await?;
+            print_figures(&input, &from, &to);
+        }
         Command::Windows { config } => {
             let (_, mut store) = open(&config).await?;
             for w in store.windows().await? {
@@ -158,6 +177,59 @@ async fn command(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A `YYYY-MM-DD` argument.
+fn date(s: &str) -> Result<String, String> {
+    if is_date(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?}: use YYYY-MM-DD, e.g. 2026-11-02"))
+    }
+}
+
+/// The `figures` table: one row per district, then the city.
+fn print_figures(input: &AreaInput, from: &str, to: &str) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    let both = |c: &Combined| {
+        format!(
+            "{} / {} ({}/{})",
+            pct(c.mean_of_enterprises),
+            pct(c.pooled.value),
+            c.pooled.numerator,
+            c.pooled.denominator
+        )
+    };
+    println!("{from}..={to}; rates as mean of enterprises / pooled (numerator/denominator)");
+    println!("area\tregistered\treporting\tat_or_above_65%\tcnc_verified\tcnc_declared\tnetworking\tnc_time_share\texcluded");
+    let mut regions: Vec<&str> = input.registered.iter().map(|(_, r)| r.as_str()).collect();
+    regions.sort_unstable();
+    regions.dedup();
+    let rows = regions.into_iter().map(Some).chain([None]);
+    for region in rows {
+        let f = area(input, region, from, to);
+        let excluded: Vec<String> = f
+            .excluded
+            .iter()
+            .map(|(x, n)| format!("{n} {}", x.describe()))
+            .collect();
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            region.unwrap_or("city"),
+            f.registered,
+            f.reporting,
+            f.at_target,
+            both(&f.cnc_rate_verified),
+            both(&f.cnc_rate_declared),
+            both(&f.networking_rate),
+            both(&f.nc_time_share),
+            if excluded.is_empty() {
+                "-".to_string()
+            } else {
+                excluded.join("; ")
+            }
+        );
+    }
 }
 
 /// One block of `gaps`: the verdict, then what it rests on.
