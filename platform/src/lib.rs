@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod export;
 pub mod gaps;
 pub mod ingest;
 pub mod store;

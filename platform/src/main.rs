@@ -66,6 +66,12 @@ enum Command {
         /// Last day, YYYY-MM-DD; default: `--from`.
         #[arg(long, value_parser = date)]
         to: Option<String>,
+        /// Also write the table as CSV (UTF-8, Chinese headers).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Also write the table as .xlsx (Chinese headers).
+        #[arg(long)]
+        xlsx: Option<PathBuf>,
     },
     /// List the sealed windows with their verdicts.
     Windows {
@@ -148,11 +154,26 @@ async fn command(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Figures { config, from, to } => {
+        Command::Figures {
+            config,
+            from,
+            to,
+            csv,
+            xlsx,
+        } => {
             let (_, mut store) = open(&config).await?;
             let to = to.unwrap_or_else(|| from.clone());
             let input = store.area_input(&from, &to).await?;
             print_figures(&input, &from, &to);
+            let rows = zgsz_platform::export::table(&input, &from, &to);
+            if let Some(path) = csv {
+                zgsz_platform::export::write_csv(&rows, &path)?;
+                println!("wrote {}", path.display());
+            }
+            if let Some(path) = xlsx {
+                zgsz_platform::export::write_xlsx(&rows, &format!("{from} – {to}"), &path)?;
+                println!("wrote {}", path.display());
+            }
         }
         Command::Windows { config } => {
             let (_, mut store) = open(&config).await?;

@@ -355,3 +355,60 @@ async fn figures_reads_the_verified_day_windows_from_the_database() {
         "{text}"
     );
 }
+
+/// The exported .xlsx, read back, holds the figures `area` computes; the
+/// CSV the same cells as text.
+#[test]
+fn the_xlsx_and_csv_exports_hold_the_figures() {
+    use calamine::{open_workbook, Data, Reader, Xlsx};
+    use zgsz_platform::export::{table, write_csv, write_xlsx, HEADERS};
+    let input = city();
+    let rows = table(&input, D1, D1);
+    let dir = tempfile::tempdir().unwrap();
+    let xlsx = dir.path().join("t.xlsx");
+    write_xlsx(&rows, D1, &xlsx).unwrap();
+    let mut book: Xlsx<_> = open_workbook(&xlsx).unwrap();
+    let sheet = book.worksheet_range("关键工序数控化率").unwrap();
+    let cell = |r: u32, c: u32| sheet.get_value((r, c)).cloned().unwrap_or(Data::Empty);
+    for (c, h) in HEADERS.iter().enumerate() {
+        assert_eq!(cell(1, c as u32), Data::String((*h).to_string()));
+    }
+    // Rows: 321003, 321012, then the city.
+    assert_eq!(cell(2, 0), Data::String("321003".into()));
+    assert_eq!(cell(2, 1), Data::String("邗江区".into()));
+    assert_eq!(cell(4, 1), Data::String("扬州市".into()));
+    let district = area(&input, Some("321003"), D1, D1);
+    let number = |r: u32, c: u32| match cell(r, c) {
+        Data::Float(v) => v,
+        other => panic!("({r}, {c}) is {other:?}"),
+    };
+    assert_eq!(number(2, 2), district.registered as f64);
+    assert_eq!(number(2, 4), district.at_target as f64);
+    assert!(close(
+        Some(number(2, 5)),
+        district.cnc_rate_verified.mean_of_enterprises.unwrap()
+    ));
+    assert!(close(Some(number(2, 6)), 7.0 / 9.0));
+    assert_eq!((number(2, 7), number(2, 8)), (7.0, 9.0));
+    assert_eq!(number(2, 15), 3.0, "D, E and F left out");
+    let city_row = area(&input, None, D1, D1);
+    assert!(close(
+        Some(number(4, 5)),
+        city_row.cnc_rate_verified.mean_of_enterprises.unwrap()
+    ));
+
+    let csv = dir.path().join("t.csv");
+    write_csv(&rows, &csv).unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("\u{feff}区县代码,区县,"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("321003,邗江区,5,4,1,67.9%,77.8%,7,9,"),
+        "{}",
+        lines[1]
+    );
+}
