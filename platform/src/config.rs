@@ -122,12 +122,18 @@ pub struct Verify {
     /// than this (0..1) is flagged. Default 0.2.
     #[serde(default = "default_gap")]
     pub max_declared_verified_gap: f64,
+    /// A gateway silent (no message, no status) for longer than this is
+    /// listed by `quality` as stale. Default 7200 s: a gateway sends a
+    /// sealed window every hour, so two missed hours.
+    #[serde(default = "default_stale")]
+    pub stale_after_s: u64,
 }
 
 impl Default for Verify {
     fn default() -> Verify {
         Verify {
             max_declared_verified_gap: default_gap(),
+            stale_after_s: default_stale(),
         }
     }
 }
@@ -146,6 +152,9 @@ fn default_keepalive() -> u64 {
 }
 fn default_gap() -> f64 {
     0.2
+}
+fn default_stale() -> u64 {
+    7200
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +275,15 @@ impl Config {
             return bad(
                 "verify.max_declared_verified_gap",
                 format!("{g} is not a fraction; use a value from 0 to 1, e.g. 0.2"),
+            );
+        }
+        if self.verify.stale_after_s < 60 {
+            return bad(
+                "verify.stale_after_s",
+                format!(
+                    "{} s is shorter than a gateway's status interval; use at least 60, e.g. 7200",
+                    self.verify.stale_after_s
+                ),
             );
         }
         self.validate_database(file)

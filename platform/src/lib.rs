@@ -11,6 +11,7 @@ pub mod config;
 pub mod export;
 pub mod gaps;
 pub mod ingest;
+pub mod quality;
 pub mod store;
 pub mod topic;
 pub mod verify;

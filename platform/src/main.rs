@@ -73,6 +73,13 @@ enum Command {
         #[arg(long)]
         xlsx: Option<PathBuf>,
     },
+    /// List what a reviewer must look at: chain breaks, unexplained gaps,
+    /// stale gateways, unsynchronised clocks, large declared–verified gaps
+    /// and model changes.
+    Quality {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// List the sealed windows with their verdicts.
     Windows {
         #[arg(long)]
@@ -173,6 +180,18 @@ async fn command(command: Command) -> anyhow::Result<()> {
             if let Some(path) = xlsx {
                 zgsz_platform::export::write_xlsx(&rows, &format!("{from} – {to}"), &path)?;
                 println!("wrote {}", path.display());
+            }
+        }
+        Command::Quality { config } => {
+            let (cfg, mut store) = open(&config).await?;
+            let stale =
+                i64::try_from(cfg.verify.stale_after_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let problems = store.quality(zgsz_platform::store::now_ms(), stale).await?;
+            if problems.is_empty() {
+                println!("nothing to review");
+            }
+            for p in problems {
+                println!("{}\t{}\t{}", p.gateway_id(), p.kind(), p.detail());
             }
         }
         Command::Windows { config } => {

@@ -87,6 +87,10 @@ fn value_of(r: &Ratio) -> Option<f64> {
 /// before it: its figures come from another plant model.
 pub const CONFIG_HASH_CHANGED: &str = "config_hash_changed";
 
+/// The flag of a window whose declared CNC rate exceeds the verified one
+/// by more than `verify.max_declared_verified_gap`.
+pub const DECLARED_VERIFIED_GAP: &str = "declared_verified_gap";
+
 /// `flags` (comma-separated) with `flag` added once.
 pub fn with_flag(flags: &str, flag: &str) -> String {
     if flags.split(',').any(|f| f == flag) {
@@ -150,7 +154,7 @@ pub fn flags(
         body.indicators.cnc_rate_verified.value,
     ) {
         if d - v > max_gap {
-            f.push("declared_verified_gap");
+            f.push(DECLARED_VERIFIED_GAP);
         }
     }
     f.join(",")
