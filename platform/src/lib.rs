@@ -4,10 +4,12 @@
 //! [`store`] (SQLite or PostgreSQL: registry, de-duplicated messages, the
 //! digest chain and its verdicts) → the `gaps` report. The payload types, canonical lines and
 //! headline arithmetic come from `zgsz-contract`, the crate the gateway
-//! uses too.
+//! uses too. [`retire`] takes over the queued share of an instance removed
+//! for good.
 
 pub mod config;
 pub mod ingest;
+pub mod retire;
 pub mod store;
 pub mod topic;
 pub mod verify;

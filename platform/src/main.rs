@@ -1,6 +1,7 @@
 //! zgsz-platform: thin CLI; the work is in the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,17 @@ enum Command {
         /// The `public key` line of `zgsz-agent identity` (64 hex).
         #[arg(long)]
         public_key: String,
+    },
+    /// Remove this instance for good: take over the messages the broker
+    /// queued in its session, then have the broker delete the session.
+    Retire {
+        /// The retired instance's config (its `mqtt.client_id`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop when nothing has arrived for this many seconds after the
+        /// broker acknowledged the unsubscribe.
+        #[arg(long, default_value_t = 5)]
+        quiet_s: u64,
     },
     /// List the seq ranges never received, per gateway and instance.
     Gaps {
@@ -125,6 +137,21 @@ async fn command(command: Command) -> anyhow::Result<()> {
                     w.reason
                 );
             }
+        }
+        Command::Retire { config, quiet_s } => {
+            let (cfg, mut store) = open(&config).await?;
+            let r = zgsz_platform::retire::retire(&cfg, &mut store, Duration::from_secs(quiet_s))
+                .await?;
+            if !r.session_present {
+                println!(
+                    "{}: the broker held no session for this client id",
+                    cfg.mqtt.client_id
+                );
+            }
+            println!(
+                "{}: took over {} messages ({} stored, {} duplicates, {} rejected); session ended",
+                cfg.mqtt.client_id, r.taken_over, r.stored, r.duplicates, r.rejected
+            );
         }
         Command::Run { config } => {
             let (cfg, store) = open(&config).await?;
