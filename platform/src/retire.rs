@@ -12,9 +12,14 @@
 //! reconnects with clean session on and disconnects, so the broker deletes
 //! it.
 //!
-//! A database error that would repeat, or a lost broker connection, stops
-//! the procedure with the session kept: whatever was not committed stays
-//! queued, and running `retire` again takes it over.
+//! mosquitto sends a returning session's whole queue at once, ahead of
+//! any PINGRESP; when ingesting it takes longer than the keepalive, the
+//! client drops the connection ("last pingreq isn't acked"). `retire` then
+//! reconnects to the same session, and the broker sends again what was not
+//! acked; it gives up only after [`MAX_CONNECT_FAILURES`] failed connects in
+//! a row. A database error that would repeat stops it too. Either way the
+//! session is kept: whatever was not committed stays queued, and running
+//! `retire` again takes it over.
 
 use std::time::Duration;
 
@@ -24,6 +29,10 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::ingest::{self, Handled, Session};
 use crate::store::{Store, StoreError};
+
+/// Connection failures in a row (without a CONNACK between them) after
+/// which `retire` gives up, with the session kept.
+const MAX_CONNECT_FAILURES: u32 = 5;
 
 /// How long to wait for the broker to close the connection after our
 /// DISCONNECT; mosquitto closes it at once.
@@ -58,7 +67,7 @@ impl Retired {
 pub enum RetireError {
     #[error("the database: {0}; the session is kept, run retire again")]
     Store(#[from] StoreError),
-    #[error("the broker connection: {0}; the session is kept, run retire again")]
+    #[error("the broker connection: {0} ({MAX_CONNECT_FAILURES} connects failed in a row); the session is kept, run retire again")]
     Connection(#[from] ConnectionError),
     #[error("the MQTT client: {0}; the session is kept, run retire again")]
     Client(#[from] ClientError),
@@ -96,21 +105,44 @@ async fn drain(
 ) -> Result<Retired, RetireError> {
     let filters = cfg.filters();
     let mut retired = Retired::default();
+    let mut connected_before = false;
     let mut unsubacks = 0;
+    let mut failures = 0;
     // Set once every unsubscribe is acknowledged: from then on no new
     // message is routed to this session, only its queue is delivered.
     let mut last_arrival: Option<Instant> = None;
     loop {
-        let event = match last_arrival {
+        let next = match last_arrival {
             Some(at) => tokio::select! {
                 () = tokio::time::sleep_until(at + quiet) => return Ok(retired),
-                e = session.next() => e?,
+                e = session.next() => e,
             },
-            None => session.next().await?,
+            None => session.next().await,
+        };
+        let event = match next {
+            Ok(event) => event,
+            Err(e) => {
+                // The session is kept: reconnecting resumes it, and what was
+                // not acked comes again.
+                failures += 1;
+                if failures >= MAX_CONNECT_FAILURES {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, failures, "Broker connection lost; reconnecting in 1 s");
+                (unsubacks, last_arrival) = (0, None);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
-                retired.session_present = ack.session_present;
+                failures = 0;
+                // Only the first connect tells whether the broker held a
+                // session before; after that it is this one.
+                if !connected_before {
+                    retired.session_present = ack.session_present;
+                    connected_before = true;
+                }
                 tracing::info!(
                     session_present = ack.session_present,
                     "Connected; unsubscribing"

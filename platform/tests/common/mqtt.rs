@@ -227,36 +227,62 @@ pub fn platform(args: &[&str], config: &Path, log: &Path) -> Command {
     c
 }
 
-/// Starts `zgsz-platform run` on `config`.
-pub fn spawn_receiver(config: &Path, log: &Path) -> Child {
-    platform(&["run"], config, log)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting zgsz-platform run")
-}
+/// A `zgsz-platform` process, killed (SIGKILL) when dropped, so a failed
+/// test leaves none behind.
+pub struct Proc(pub Child);
 
-/// Waits (with a deadline) for `child` to exit; its status.
-pub async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
+impl Proc {
+    pub fn spawn(mut command: Command) -> Proc {
+        Proc(command.spawn().expect("starting zgsz-platform"))
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, as systemd stops the receiver.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM {}", self.0.id());
+    }
+
+    /// Waits (with a deadline; then kills it) for the process to exit; its
+    /// status and what it printed on stdout.
+    pub async fn wait(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                let mut out = String::new();
+                if let Some(mut stdout) = self.0.stdout.take() {
+                    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+                }
+                return (status, out);
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.kill();
+                panic!("the process did not exit within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// SIGTERM, as systemd stops the receiver.
-pub fn terminate(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -TERM {}", child.id());
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `zgsz-platform run` on `config`.
+pub fn spawn_receiver(config: &Path, log: &Path) -> Proc {
+    let mut c = platform(&["run"], config, log);
+    c.stdout(Stdio::null());
+    Proc::spawn(c)
 }
 
 /// Publishes every (topic, payload) at QoS 1, in order, and returns once
