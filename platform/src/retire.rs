@@ -114,8 +114,10 @@ async fn drain(
     loop {
         let next = match last_arrival {
             Some(at) => tokio::select! {
-                () = tokio::time::sleep_until(at + quiet) => return Ok(retired),
+                // What has arrived goes first.
+                biased;
                 e = session.next() => e,
+                () = tokio::time::sleep_until(at + quiet) => return Ok(retired),
             },
             None => session.next().await,
         };
