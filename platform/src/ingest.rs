@@ -23,9 +23,12 @@
 //! once would each miss the other's uncommitted one and both leave their
 //! window pending. Different gateways do not wait for each other.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+};
 use serde_json::Value;
 use zgsz_contract::payload::{Envelope, MetricsMessage, StatesMessage, StatusMessage};
 
@@ -489,6 +492,102 @@ async fn insert_message(
     Ok(n == 1)
 }
 
+/// This instance's connection to the broker: the client that queues
+/// requests (acks, subscriptions) and the event loop that sends them.
+pub(crate) struct Session {
+    client: AsyncClient,
+    events: EventLoop,
+    /// Events read while a request waited for room (see [`Session::request`]),
+    /// handed out by [`Session::next`] before anything new.
+    read_ahead: VecDeque<Result<Event, ConnectionError>>,
+}
+
+impl Session {
+    /// The session of `mqtt.client_id`, with manual acks; `clean_session`
+    /// off keeps the session (and its queued share) across disconnects, on
+    /// discards it. Connects at the first [`Session::next`].
+    pub(crate) fn new(cfg: &Config, clean_session: bool) -> Session {
+        let (client, events) = AsyncClient::new(mqtt_options(cfg, clean_session), 256);
+        Session {
+            client,
+            events,
+            read_ahead: VecDeque::new(),
+        }
+    }
+
+    /// The next event; an error is a lost connection, and the next call
+    /// reconnects.
+    pub(crate) async fn next(&mut self) -> Result<Event, ConnectionError> {
+        match self.read_ahead.pop_front() {
+            Some(e) => e,
+            None => self.events.poll().await,
+        }
+    }
+
+    /// Queues a request (`queue` is e.g. `|c| c.try_ack(&p)`). The request
+    /// queue is bounded and only the event loop empties it, when polled;
+    /// when the broker delivers a burst (a session's queue after a restart),
+    /// the acks outrun it and the queue fills. Then this polls the event
+    /// loop, keeping what it reads for [`Session::next`], until there is
+    /// room: an ack is never dropped.
+    pub(crate) async fn request(
+        &mut self,
+        queue: impl Fn(&AsyncClient) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        loop {
+            match queue(&self.client) {
+                Err(ClientError::TryRequest(_)) => {
+                    let e = self.events.poll().await;
+                    self.read_ahead.push_back(e);
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Sends what is queued (acks first) and a DISCONNECT, and returns once
+    /// the broker has closed the connection (it has then ended a clean
+    /// session; a persistent one stays), or after `limit`.
+    pub(crate) async fn disconnect(&mut self, limit: Duration) {
+        let sent = async {
+            if self.request(|c| c.try_disconnect()).await.is_err() {
+                return;
+            }
+            while self.events.poll().await.is_ok() {}
+        };
+        let _ = tokio::time::timeout(limit, sent).await;
+    }
+
+    /// Queues the ack of `p` (see [`Session::request`]).
+    pub(crate) async fn ack(&mut self, p: &Publish) -> Result<(), ClientError> {
+        self.request(|c| c.try_ack(p)).await
+    }
+}
+
+fn mqtt_options(cfg: &Config, clean_session: bool) -> MqttOptions {
+    let m = &cfg.mqtt;
+    let mut opts = MqttOptions::new(&m.client_id, &m.host, m.port);
+    opts.set_clean_session(clean_session);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(m.keepalive_s));
+    opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    if let (Some(u), Some(p)) = (&m.username, &m.password) {
+        opts.set_credentials(u, p);
+    }
+    opts
+}
+
+/// A rejection is worth a warning; the rest is routine.
+pub(crate) fn log_outcome(topic_name: &str, outcome: &Handled) {
+    match outcome {
+        Handled::Rejected(reason) => {
+            tracing::warn!(topic = %topic_name, %reason, "Rejected a message")
+        }
+        Handled::Duplicate => tracing::debug!(topic = %topic_name, "Duplicate"),
+        Handled::Stored => tracing::debug!(topic = %topic_name, "Stored"),
+    }
+}
+
 /// Subscribes and ingests until `shutdown` resolves. A transient database
 /// error is retried ([`handle_retrying`]); any other stops the receiver
 /// without acking the message (the broker resends it to this session after
@@ -498,21 +597,12 @@ pub async fn run(
     mut store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StoreError> {
-    let m = &cfg.mqtt;
-    let mut opts = MqttOptions::new(&m.client_id, &m.host, m.port);
-    opts.set_clean_session(false);
-    opts.set_manual_acks(true);
-    opts.set_keep_alive(Duration::from_secs(m.keepalive_s));
-    opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-    if let (Some(u), Some(p)) = (&m.username, &m.password) {
-        opts.set_credentials(u, p);
-    }
-    let (client, mut events) = AsyncClient::new(opts, 256);
+    let mut session = Session::new(&cfg, false);
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
             () = &mut shutdown => break,
-            e = events.poll() => e,
+            e = session.next() => e,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -520,7 +610,10 @@ pub async fn run(
                 // Subscribing again is harmless with a present session and
                 // needed without one.
                 for f in cfg.filters() {
-                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                    if let Err(e) = session
+                        .request(|c| c.try_subscribe(f.clone(), QoS::AtLeastOnce))
+                        .await
+                    {
                         tracing::warn!(filter = %f, error = %e, "Subscribe not queued");
                     }
                 }
@@ -532,15 +625,9 @@ pub async fn run(
                     () = &mut shutdown => break,
                     h = handle_retrying(&mut store, &cfg, &p.topic, &p.payload) => h?,
                 };
-                match &outcome {
-                    Handled::Rejected(reason) => {
-                        tracing::warn!(topic = %p.topic, %reason, "Rejected a message")
-                    }
-                    Handled::Duplicate => tracing::debug!(topic = %p.topic, "Duplicate"),
-                    Handled::Stored => tracing::debug!(topic = %p.topic, "Stored"),
-                }
+                log_outcome(&p.topic, &outcome);
                 // Committed: now the broker may forget it.
-                if let Err(e) = client.try_ack(&p) {
+                if let Err(e) = session.ack(&p).await {
                     tracing::warn!(error = %e, "Ack not queued; the broker will resend");
                 }
             }
@@ -551,6 +638,6 @@ pub async fn run(
             }
         }
     }
-    let _ = client.try_disconnect();
+    session.disconnect(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! [`store`] (SQLite or PostgreSQL: registry, de-duplicated messages, the
 //! digest chain and its verdicts) → [`gaps`], the loss accounting. The payload types, canonical lines and
 //! headline arithmetic come from `zgsz-contract`, the crate the gateway
-//! uses too.
+//! uses too. [`retire`] takes over the queued share of an instance removed
+//! for good.
 
 pub mod aggregate;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod export;
 pub mod gaps;
 pub mod ingest;
 pub mod quality;
+pub mod retire;
 pub mod store;
 pub mod topic;
 pub mod verify;

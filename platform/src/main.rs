@@ -1,12 +1,14 @@
 //! zgsz-platform: thin CLI; the work is in the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use zgsz_platform::aggregate::{area, is_date, AreaInput, Combined};
+
+mod cli;
+use zgsz_platform::aggregate::is_date;
 use zgsz_platform::config::Config;
-use zgsz_platform::gaps::{count, Accounting, Verdict};
 use zgsz_platform::store::{Gateway, Store};
 
 #[derive(Parser)]
@@ -44,6 +46,17 @@ enum Command {
         /// The `public key` line of `zgsz-agent identity` (64 hex).
         #[arg(long)]
         public_key: String,
+    },
+    /// Remove this instance for good: take over the messages the broker
+    /// queued in its session, then have the broker delete the session.
+    Retire {
+        /// The retired instance's config (its `mqtt.client_id`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop when nothing has arrived for this many seconds after the
+        /// broker acknowledged the unsubscribe.
+        #[arg(long, default_value_t = 5)]
+        quiet_s: u64,
     },
     /// Account, per gateway and instance, for the windows and transitions
     /// that never arrived, against the gateway's eviction counters.
@@ -137,27 +150,7 @@ async fn command(command: Command) -> anyhow::Result<()> {
             unexplained,
         } => {
             let (_, mut store) = open(&config).await?;
-            let mut listed = 0;
-            for a in store.accounting().await? {
-                let verdict = a.verdict();
-                let worry = matches!(verdict, Verdict::Unexplained { .. } | Verdict::NoStatus);
-                if unexplained && !worry {
-                    continue;
-                }
-                listed += 1;
-                print_accounting(&a, &verdict);
-            }
-            if listed == 0 {
-                println!(
-                    "{}",
-                    if unexplained {
-                        "nothing unexplained"
-                    } else {
-                        "no gateways"
-                    }
-                );
-            }
-            if unexplained && listed > 0 {
+            if !cli::gaps(&mut store, unexplained).await? {
                 std::process::exit(1);
             }
         }
@@ -170,45 +163,30 @@ async fn command(command: Command) -> anyhow::Result<()> {
         } => {
             let (_, mut store) = open(&config).await?;
             let to = to.unwrap_or_else(|| from.clone());
-            let input = store.area_input(&from, &to).await?;
-            print_figures(&input, &from, &to);
-            let rows = zgsz_platform::export::table(&input, &from, &to);
-            if let Some(path) = csv {
-                zgsz_platform::export::write_csv(&rows, &path)?;
-                println!("wrote {}", path.display());
-            }
-            if let Some(path) = xlsx {
-                zgsz_platform::export::write_xlsx(&rows, &format!("{from} – {to}"), &path)?;
-                println!("wrote {}", path.display());
-            }
+            cli::figures(&mut store, &from, &to, csv.as_deref(), xlsx.as_deref()).await?;
         }
         Command::Quality { config } => {
             let (cfg, mut store) = open(&config).await?;
-            let stale =
-                i64::try_from(cfg.verify.stale_after_s.saturating_mul(1000)).unwrap_or(i64::MAX);
-            let problems = store.quality(zgsz_platform::store::now_ms(), stale).await?;
-            if problems.is_empty() {
-                println!("nothing to review");
-            }
-            for p in problems {
-                println!("{}\t{}\t{}", p.gateway_id(), p.kind(), p.detail());
-            }
+            cli::quality(&cfg, &mut store).await?;
         }
         Command::Windows { config } => {
             let (_, mut store) = open(&config).await?;
-            for w in store.windows().await? {
+            cli::windows(&mut store).await?;
+        }
+        Command::Retire { config, quiet_s } => {
+            let (cfg, mut store) = open(&config).await?;
+            let r = zgsz_platform::retire::retire(&cfg, &mut store, Duration::from_secs(quiet_s))
+                .await?;
+            if !r.session_present {
                 println!(
-                    "{} {} #{} {} {} {} {} {}",
-                    w.gateway_id,
-                    w.instance,
-                    w.index,
-                    w.kind,
-                    w.start_ts,
-                    w.verdict,
-                    w.flags,
-                    w.reason
+                    "{}: the broker held no session for this client id",
+                    cfg.mqtt.client_id
                 );
             }
+            println!(
+                "{}: took over {} messages ({} stored, {} duplicates, {} rejected); session ended",
+                cfg.mqtt.client_id, r.taken_over, r.stored, r.duplicates, r.rejected
+            );
         }
         Command::Run { config } => {
             let (cfg, store) = open(&config).await?;
@@ -225,97 +203,6 @@ fn date(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?}: use YYYY-MM-DD, e.g. 2026-11-02"))
-    }
-}
-
-/// The `figures` table: one row per district, then the city.
-fn print_figures(input: &AreaInput, from: &str, to: &str) {
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
-    let both = |c: &Combined| {
-        format!(
-            "{} / {} ({}/{})",
-            pct(c.mean_of_enterprises),
-            pct(c.pooled.value),
-            c.pooled.numerator,
-            c.pooled.denominator
-        )
-    };
-    println!("{from}..={to}; rates as mean of enterprises / pooled (numerator/denominator)");
-    println!("area\tregistered\treporting\tat_or_above_65%\tcnc_verified\tcnc_declared\tnetworking\tnc_time_share\texcluded");
-    let mut regions: Vec<&str> = input.registered.iter().map(|(_, r)| r.as_str()).collect();
-    regions.sort_unstable();
-    regions.dedup();
-    let rows = regions.into_iter().map(Some).chain([None]);
-    for region in rows {
-        let f = area(input, region, from, to);
-        let excluded: Vec<String> = f
-            .excluded
-            .iter()
-            .map(|(x, n)| format!("{n} {}", x.describe()))
-            .collect();
-        println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            region.unwrap_or("city"),
-            f.registered,
-            f.reporting,
-            f.at_target,
-            both(&f.cnc_rate_verified),
-            both(&f.cnc_rate_declared),
-            both(&f.networking_rate),
-            both(&f.nc_time_share),
-            if excluded.is_empty() {
-                "-".to_string()
-            } else {
-                excluded.join("; ")
-            }
-        );
-    }
-}
-
-/// One block of `gaps`: the verdict, then what it rests on.
-fn print_accounting(a: &Accounting, verdict: &Verdict) {
-    let ranges = |r: &[(i64, i64)]| {
-        r.iter()
-            .map(|(x, y)| {
-                if x == y {
-                    x.to_string()
-                } else {
-                    format!("{x}..={y}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!("{} {}: {verdict}", a.gateway_id, a.instance);
-    if !a.missing_windows.is_empty() {
-        println!(
-            "  windows missing: {} (chain index {})",
-            count(&a.missing_windows),
-            ranges(&a.missing_windows)
-        );
-    }
-    if !a.missing_transitions.is_empty() {
-        println!(
-            "  transitions missing: {} (id {})",
-            count(&a.missing_transitions),
-            ranges(&a.missing_transitions)
-        );
-    }
-    if a.pending_windows > 0 {
-        println!("  windows pending: {}", a.pending_windows);
-    }
-    match &a.counters {
-        Some(c) => println!(
-            "  gateway reports: {} unsent row(s), last seq {}, evicted {} metrics row(s), {} transition(s), {} row(s) in all",
-            c.unsent_rows, c.last_seq, c.evicted_metrics, c.evicted_states, c.evicted_rows
-        ),
-        None => println!("  gateway reports: no status from this instance"),
-    }
-    if !a.seq_gaps.is_empty() {
-        println!(
-            "  seq gaps (other sinks' telemetry shares the sequence): {}",
-            ranges(&a.seq_gaps)
-        );
     }
 }
 

@@ -1,8 +1,9 @@
 //! What the receiver's tests share: hand-built, validly sealed message
-//! streams of one enrolled gateway, and a receiver store on either
-//! backend.
+//! streams of one enrolled gateway, a receiver store on either backend,
+//! and mosquitto with the receiver binary around it ([`mqtt`]).
 #![allow(dead_code)] // each test file uses a part
 
+pub mod mqtt;
 pub mod pg;
 
 use std::sync::Arc;
