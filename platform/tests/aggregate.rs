@@ -330,19 +330,8 @@ async fn figures_reads_the_verified_day_windows_from_the_database() {
     assert_eq!((a.registered, a.reporting, a.at_target), (1, 1, 0));
     assert!(close(a.cnc_rate_verified.mean_of_enterprises, 0.5));
     // The command prints the same.
-    let zgsz_platform::config::Backend::Sqlite { path } = &f.backend else {
-        unreachable!()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"t\"\n",
-            path.display()
-        ),
-    )
-    .unwrap();
+    let config = f.config_file(dir.path(), "t");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-platform"))
         .args(["figures", "--from", D1, "--to", D1, "--config"])
         .arg(&config)

@@ -16,17 +16,12 @@ mod common;
 use std::time::Duration;
 
 use common::mqtt::{self, Mosquitto};
-use common::{chain, topic, Fixture, Which};
+use common::{chain, stored, topic, Fixture, Which};
 use zgsz_platform::store::Store;
 
 /// 2,000 messages: ingesting them takes several seconds, so each kill
 /// lands mid-stream.
 const HOURS: i64 = 1000;
-
-/// metrics and states messages stored.
-async fn stored(store: &mut Store) -> i64 {
-    store.count("metrics").await.unwrap() + store.count("states").await.unwrap()
-}
 
 /// Waits until `stored` reaches `n`.
 async fn wait_stored(store: &mut Store, n: i64, limit: Duration, what: &str) -> i64 {
@@ -104,19 +99,7 @@ async fn killed_mid_ingest_twice_then_everything_stored_once(which: Which) {
 
     // Exactly once: the counts equal what was published (the primary key
     // forbids a msg_id twice), and no seq is missing, so each is there.
-    assert_eq!(f.store.count("metrics").await.unwrap(), HOURS);
-    assert_eq!(f.store.count("states").await.unwrap(), HOURS);
-    let gaps = f.store.gaps().await.unwrap();
-    assert!(gaps.is_empty(), "{gaps:?}");
-    let verdicts = f.verdicts().await;
-    assert_eq!(verdicts.len(), HOURS as usize);
-    assert!(
-        verdicts.iter().all(|v| v.1 == "verified"),
-        "{:?}",
-        verdicts.iter().find(|v| v.1 != "verified")
-    );
-    let rejected = f.store.rejected().await.unwrap();
-    assert!(rejected.is_empty(), "{rejected:?}");
+    f.assert_chain_complete(HOURS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,18 +98,7 @@ async fn gaps_unexplained_exits_1_and_names_what_is_missing() {
     f.put("status", &status(1_000, "synchronized", 0, 0, 0))
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("p.toml");
-    let zgsz_platform::config::Backend::Sqlite { path } = &f.backend else {
-        unreachable!()
-    };
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"t\"\n",
-            path.display()
-        ),
-    )
-    .unwrap();
+    let config = f.config_file(dir.path(), "t");
     let run = |unexplained: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zgsz-platform"));
         cmd.arg("gaps").arg("--config").arg(&config);

@@ -17,15 +17,11 @@ mod common;
 use std::time::Duration;
 
 use common::mqtt::{self, Mosquitto, Proc};
-use common::{chain, topic, Fixture, Which};
+use common::{chain, stored, topic, Fixture, Which};
 use zgsz_platform::store::Store;
 
 /// Published after B is retired.
 const HOURS_AFTER: i64 = 50;
-
-async fn stored(store: &mut Store) -> i64 {
-    store.count("metrics").await.unwrap() + store.count("states").await.unwrap()
-}
 
 /// Waits until the stored count has stopped growing (it held for `still`)
 /// or reached `n`; the count. Used where no event says an instance has
@@ -165,19 +161,7 @@ async fn retired_instance_share_is_taken_over_and_its_session_deleted(
     // The check above can see a kept session: A's is.
     assert!(mqtt::session_present(broker.port, "city-a").await);
 
-    assert_eq!(f.store.count("metrics").await.unwrap(), hours);
-    assert_eq!(f.store.count("states").await.unwrap(), hours);
-    let gaps = f.store.gaps().await.unwrap();
-    assert!(gaps.is_empty(), "{gaps:?}");
-    let verdicts = f.verdicts().await;
-    assert_eq!(verdicts.len(), hours as usize);
-    assert!(
-        verdicts.iter().all(|v| v.1 == "verified"),
-        "{:?}",
-        verdicts.iter().find(|v| v.1 != "verified")
-    );
-    let rejected = f.store.rejected().await.unwrap();
-    assert!(rejected.is_empty(), "{rejected:?}");
+    f.assert_chain_complete(hours).await;
     // Every message B's session held was stored by `retire` (as city-b);
     // A stored the rest.
     let by = f.store.stored_by().await.unwrap();

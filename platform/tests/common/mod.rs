@@ -99,6 +99,38 @@ impl Fixture {
         .unwrap()
     }
 
+    /// Metrics and states messages stored.
+    pub async fn stored(&mut self) -> i64 {
+        stored(&mut self.store).await
+    }
+
+    /// The whole of a [`chain`] of `hours` is stored exactly once (the
+    /// counts equal what was sent, the primary key forbids a msg_id twice,
+    /// and no seq is missing), every window is verified and nothing was
+    /// rejected.
+    pub async fn assert_chain_complete(&mut self, hours: i64) {
+        assert_eq!(self.store.count("metrics").await.unwrap(), hours);
+        assert_eq!(self.store.count("states").await.unwrap(), hours);
+        let gaps = self.store.gaps().await.unwrap();
+        assert!(gaps.is_empty(), "{gaps:?}");
+        let verdicts = self.verdicts().await;
+        assert_eq!(verdicts.len(), hours as usize);
+        assert!(
+            verdicts.iter().all(|v| v.1 == "verified"),
+            "{:?}",
+            verdicts.iter().find(|v| v.1 != "verified")
+        );
+        let rejected = self.store.rejected().await.unwrap();
+        assert!(rejected.is_empty(), "{rejected:?}");
+    }
+
+    /// Writes this fixture's receiver config into `dir`, for the binary.
+    pub fn config_file(&self, dir: &std::path::Path, client_id: &str) -> std::path::PathBuf {
+        let path = dir.join(format!("{client_id}.toml"));
+        std::fs::write(&path, config_text(&self.backend, client_id)).unwrap();
+        path
+    }
+
     /// (chain index, verdict, reason) of every window.
     pub async fn verdicts(&mut self) -> Vec<(i64, String, String)> {
         self.store
@@ -111,19 +143,23 @@ impl Fixture {
     }
 }
 
+/// Metrics and states messages stored.
+pub async fn stored(store: &mut Store) -> i64 {
+    store.count("metrics").await.unwrap() + store.count("states").await.unwrap()
+}
+
 /// A receiver config for `backend`, as `client_id`.
 pub fn config(backend: &Backend, client_id: &str) -> Config {
+    Config::parse("p.toml", &config_text(backend, client_id)).unwrap()
+}
+
+/// The text of [`config`].
+pub fn config_text(backend: &Backend, client_id: &str) -> String {
     let database = match backend {
         Backend::Sqlite { path } => format!("path = \"{}\"", path.display()),
         Backend::Postgres { url } => format!("url = \"{url}\""),
     };
-    Config::parse(
-        "p.toml",
-        &format!(
-            "[database]\n{database}\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"{client_id}\"\n"
-        ),
-    )
-    .unwrap()
+    format!("[database]\n{database}\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"{client_id}\"\n")
 }
 
 pub const GW: &str = "gw-1";
