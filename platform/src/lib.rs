@@ -8,6 +8,7 @@
 //! for good.
 
 pub mod aggregate;
+pub mod auth;
 pub mod config;
 pub mod export;
 pub mod gaps;

@@ -93,6 +93,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read a password on stdin and print its argon2id hash, for a user
+    /// of the pages in the config.
+    HashPassword,
     /// List the sealed windows with their verdicts.
     Windows {
         #[arg(long)]
@@ -109,6 +112,19 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::HashPassword = &cli.command {
+        let mut password = String::new();
+        std::io::stdin()
+            .read_line(&mut password)
+            .context("reading the password from stdin")?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(
+            !password.is_empty(),
+            "an empty password: type one, then Enter"
+        );
+        println!("{}", zgsz_platform::auth::hash_password(password)?);
+        return Ok(());
+    }
     if let Command::Check { config } = &cli.command {
         // No database connection: `check` validates, it does not connect.
         let cfg = Config::load(config)?;
@@ -126,7 +142,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Check { .. } => {}
+        Command::Check { .. } | Command::HashPassword => {}
         Command::Enrol {
             config,
             gateway_id,
