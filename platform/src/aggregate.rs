@@ -278,6 +278,29 @@ pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> Ar
     }
 }
 
+/// The verified CNC rate (mean of enterprise rates) of `region` (`None`:
+/// the city) on each day of `from..=to` that has any verified day window.
+pub fn daily_trend(
+    input: &AreaInput,
+    region: Option<&str>,
+    from: &str,
+    to: &str,
+) -> Vec<(String, Option<f64>)> {
+    let dates: BTreeSet<&str> = input
+        .days
+        .iter()
+        .map(|d| d.date.as_str())
+        .filter(|d| (from..=to).contains(d))
+        .collect();
+    dates
+        .into_iter()
+        .map(|d| {
+            let f = area(input, region, d, d);
+            (d.to_string(), f.cnc_rate_verified.mean_of_enterprises)
+        })
+        .collect()
+}
+
 /// USCCs whose gateways report different industries on some day.
 fn mixed_industry(days: &[GatewayDay]) -> BTreeSet<&str> {
     let mut seen: BTreeMap<&str, Industry> = BTreeMap::new();

@@ -13,6 +13,7 @@ pub mod config;
 pub mod export;
 pub mod gaps;
 pub mod ingest;
+pub mod pages;
 pub mod quality;
 pub mod retire;
 pub mod store;

@@ -401,3 +401,54 @@ fn the_xlsx_and_csv_exports_hold_the_figures() {
         lines[1]
     );
 }
+
+/// The city overview renders every district of the table, the city row,
+/// and a trend whose points sit where the figures say.
+#[test]
+fn the_city_overview_shows_the_table_and_the_trend() {
+    use zgsz_platform::aggregate::daily_trend;
+    use zgsz_platform::pages::{city as city_page, trend};
+    let input = city();
+    let districts: Vec<(String, _)> = ["321003", "321012"]
+        .iter()
+        .map(|r| (r.to_string(), area(&input, Some(r), D1, D2)))
+        .collect();
+    let all = area(&input, None, D1, D2);
+    let points = daily_trend(&input, None, D1, D2);
+    assert_eq!(points.len(), 2);
+    assert!(close(points[1].1, 5.0 / 7.0), "{points:?}");
+    let svg = trend(&points);
+    let html = city_page("2026-11-02 – 2026-11-03", &districts, &all, &svg, 3);
+    assert!(html.contains("<a href=\"district/321003\">邗江区 321003</a>"));
+    assert!(html.contains("<a href=\"district/321012\">江都区 321012</a>"));
+    assert!(html.contains("扬州市 321000"));
+    assert!(html.contains(">数据质量问题 <span class=\"en\">data-quality problems</span>: 3</a>"));
+    // The city's verified mean over the two days, as the table shows it.
+    let mean = all.cnc_rate_verified.mean_of_enterprises.unwrap();
+    assert!(html.contains(&format!("{:.1}%", mean * 100.0)));
+    // The trend: one polyline of two points (y = 200 − v × 160), and the
+    // dashed target line at 65 %.
+    let y = |v: f64| 200.0 - v * 160.0;
+    assert!(
+        svg.contains(&format!(
+            "points=\"40.0,{:.1} 680.0,{:.1}\"",
+            y(points[0].1.unwrap()),
+            y(5.0 / 7.0)
+        )),
+        "{svg}"
+    );
+    assert!(svg.contains(&format!("y1=\"{:.1}\"", y(0.65))));
+    assert_eq!(svg.matches("<svg").count(), svg.matches("</svg>").count());
+    // A day without a figure breaks the line into dots.
+    let broken = trend(&[
+        (D1.into(), Some(0.5)),
+        ("2026-11-04".into(), None),
+        (D2.into(), Some(0.7)),
+    ]);
+    assert_eq!(broken.matches("<circle").count(), 2);
+    assert!(!broken.contains("<polyline"));
+    assert_eq!(
+        zgsz_platform::pages::esc("<a&\"'>"),
+        "&lt;a&amp;&quot;&#39;&gt;"
+    );
+}

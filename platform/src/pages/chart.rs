@@ -1,0 +1,81 @@
+//! Inline SVG charts: a trend of daily rates against the target line.
+
+use std::fmt::Write as _;
+
+use super::esc;
+use crate::aggregate::TARGET;
+
+const W: f64 = 720.0;
+const H: f64 = 240.0;
+const PAD: f64 = 40.0;
+
+/// A line of daily rates (`None`: no figure that day, the line breaks)
+/// over 0–100 %, with the target as a dashed line and the first and last
+/// date under the axis.
+pub fn trend(points: &[(String, Option<f64>)]) -> String {
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" \
+aria-label=\"trend\"><rect x=\"{PAD}\" y=\"{PAD}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#ccc\"/>",
+        w = W - 2.0 * PAD,
+        h = H - 2.0 * PAD
+    );
+    let y = |v: f64| H - PAD - v.clamp(0.0, 1.0) * (H - 2.0 * PAD);
+    let n = points.len().max(2) - 1;
+    let x = |i: usize| PAD + i as f64 * (W - 2.0 * PAD) / n as f64;
+    let _ = write!(
+        svg,
+        "<line class=\"target\" x1=\"{PAD}\" x2=\"{x2}\" y1=\"{t:.1}\" y2=\"{t:.1}\" stroke=\"#b00\" stroke-dasharray=\"6 4\"/>\
+<text x=\"{x2}\" y=\"{ty:.1}\" text-anchor=\"end\" font-size=\"12\" fill=\"#b00\">目标 target {p:.0}%</text>",
+        x2 = W - PAD,
+        t = y(TARGET),
+        ty = y(TARGET) - 4.0,
+        p = TARGET * 100.0
+    );
+    for (label, v) in [("0%", 0.0), ("100%", 1.0)] {
+        let _ = write!(
+            svg,
+            "<text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\" font-size=\"12\">{label}</text>",
+            tx = PAD - 4.0,
+            ty = y(v) + 4.0
+        );
+    }
+    // One polyline per run of days with a figure; a lone day is a dot.
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+    for (i, (_, v)) in points.iter().enumerate() {
+        match v {
+            Some(v) => {
+                if let Some(r) = runs.last_mut() {
+                    r.push((x(i), y(*v)));
+                }
+            }
+            None => runs.push(Vec::new()),
+        }
+    }
+    for run in runs.iter().filter(|r| !r.is_empty()) {
+        if let [(cx, cy)] = run.as_slice() {
+            let _ = write!(
+                svg,
+                "<circle r=\"3\" cx=\"{cx:.1}\" cy=\"{cy:.1}\" fill=\"#0a5\"/>"
+            );
+        } else {
+            let pts: Vec<String> = run.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+            let _ = write!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"#0a5\" stroke-width=\"2\" points=\"{}\"/>",
+                pts.join(" ")
+            );
+        }
+    }
+    if let (Some(first), Some(last)) = (points.first(), points.last()) {
+        let _ = write!(
+            svg,
+            "<text x=\"{PAD}\" y=\"{b}\" font-size=\"12\">{}</text><text x=\"{r}\" y=\"{b}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+            esc(&first.0),
+            esc(&last.0),
+            b = H - PAD + 16.0,
+            r = W - PAD
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}

@@ -1,0 +1,142 @@
+//! Server-rendered pages for the people at the city platform: 中文 first,
+//! English beside it, as the evidence report; charts as inline SVG; no
+//! JavaScript. Each page is a pure function of the figures it shows, so
+//! the JSON API and the pages cannot disagree.
+
+mod chart;
+
+use std::fmt::Write as _;
+
+use crate::aggregate::{AreaFigures, Combined, TARGET};
+use crate::export::{district_name, CITY};
+
+pub use chart::trend;
+
+/// `s` with the five HTML-special characters escaped.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A rate as a percentage with one decimal, or a dash.
+pub fn pct(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// The page around `body`.
+pub fn page(title_zh: &str, title_en: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{tz} {te}</title><style>{css}</style></head><body>\
+<header><h1>{tz} <span class=\"en\">{te}</span></h1></header><main>{body}</main></body></html>\n",
+        tz = esc(title_zh),
+        te = esc(title_en),
+        css = CSS,
+    )
+}
+
+const CSS: &str = "body{font-family:'Noto Sans CJK SC','WenQuanYi Micro Hei',sans-serif;margin:1.5em;color:#222}\
+.en{color:#666;font-size:.85em;font-weight:normal}table{border-collapse:collapse;margin:1em 0}\
+th,td{border:1px solid #ccc;padding:.3em .6em}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+tr.city{font-weight:bold;background:#f4f4f4}.below{color:#b00}.flag{color:#b00}";
+
+/// A rate cell pair: mean of enterprises, pooled with its parts.
+fn combined(c: &Combined) -> String {
+    let below = |v: Option<f64>| {
+        if v.is_some_and(|v| v < TARGET) {
+            " below"
+        } else {
+            ""
+        }
+    };
+    format!(
+        "<td class=\"num{}\">{}</td><td class=\"num\" title=\"{}/{}\">{}</td>",
+        below(c.mean_of_enterprises),
+        pct(c.mean_of_enterprises),
+        c.pooled.numerator,
+        c.pooled.denominator,
+        pct(c.pooled.value)
+    )
+}
+
+/// The city overview: a row per district and the city, the trend of the
+/// verified rate against the target, and how many problems wait for a
+/// reviewer.
+pub fn city(
+    period: &str,
+    districts: &[(String, AreaFigures)],
+    city: &AreaFigures,
+    trend_svg: &str,
+    problems: usize,
+) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p>期间 <span class=\"en\">Period</span>: {} · 目标 <span class=\"en\">target</span> {:.0}% · \
+<a href=\"quality\">数据质量问题 <span class=\"en\">data-quality problems</span>: {problems}</a></p>",
+        esc(period),
+        TARGET * 100.0
+    );
+    body.push_str(
+        "<table><thead><tr><th>区县 <span class=\"en\">District</span></th>\
+<th>登记 <span class=\"en\">Registered</span></th><th>报送 <span class=\"en\">Reporting</span></th>\
+<th>达标 <span class=\"en\">≥65%</span></th>\
+<th>核验数控化率·企业平均 <span class=\"en\">Verified, mean</span></th><th>核验·合并 <span class=\"en\">Verified, pooled</span></th>\
+<th>申报·企业平均 <span class=\"en\">Declared, mean</span></th><th>申报·合并 <span class=\"en\">Declared, pooled</span></th>\
+<th>申报−核验 <span class=\"en\">Declared − verified</span></th>\
+<th>联网率 <span class=\"en\">Networking</span></th><th>排除 <span class=\"en\">Excluded</span></th></tr></thead><tbody>",
+    );
+    let rows = districts
+        .iter()
+        .map(|(code, f)| (code.as_str(), district_name(code), f, ""))
+        .chain([(CITY.0, CITY.1, city, " class=\"city\"")]);
+    for (code, name, f, class) in rows {
+        let gap = match (
+            f.cnc_rate_declared.mean_of_enterprises,
+            f.cnc_rate_verified.mean_of_enterprises,
+        ) {
+            (Some(d), Some(v)) => format!("{:+.1} pt", (d - v) * 100.0),
+            _ => "–".into(),
+        };
+        let link = if code == CITY.0 {
+            format!("{} {}", esc(name), esc(code))
+        } else {
+            format!(
+                "<a href=\"district/{c}\">{} {c}</a>",
+                esc(name),
+                c = esc(code)
+            )
+        };
+        let _ = write!(
+            body,
+            "<tr{class}><td>{link}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}\
+<td class=\"num\">{gap}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            f.registered,
+            f.reporting,
+            f.at_target,
+            combined(&f.cnc_rate_verified),
+            combined(&f.cnc_rate_declared),
+            pct(f.networking_rate.mean_of_enterprises),
+            f.excluded.values().sum::<usize>()
+        );
+    }
+    body.push_str("</tbody></table>");
+    body.push_str("<h2>核验数控化率趋势 <span class=\"en\">Verified CNC rate, trend</span></h2>");
+    body.push_str(trend_svg);
+    page(
+        "重点企业关键工序数控化率",
+        "Key-process CNC rate of key enterprises",
+        &body,
+    )
+}
