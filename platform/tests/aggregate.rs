@@ -452,3 +452,30 @@ fn the_city_overview_shows_the_table_and_the_trend() {
         "&lt;a&amp;&quot;&#39;&gt;"
     );
 }
+
+/// The district page lists its enterprises in the order asked for, with
+/// the reason an enterprise is left out.
+#[test]
+fn the_district_page_sorts_its_enterprises() {
+    use zgsz_platform::pages::{district, Sort};
+    let input = city();
+    let f = area(&input, Some("321003"), D1, D1);
+    let order = |html: &str| -> Vec<usize> {
+        ["A", "B", "D", "E", "F"]
+            .iter()
+            .map(|u| html.find(&format!("enterprise/{u}\"")).unwrap())
+            .collect()
+    };
+    let by_uscc = district("321003", D1, &f, Sort::Uscc);
+    let o = order(&by_uscc);
+    assert!(o.windows(2).all(|w| w[0] < w[1]), "{o:?}");
+    // Verified, lowest first: B (50 %) before A (85.7 %).
+    let by_rate = district("321003", D1, &f, Sort::Verified);
+    let o = order(&by_rate);
+    assert!(o[1] < o[0]);
+    assert!(by_uscc.contains("邗江区 321003"));
+    assert!(by_uscc.contains("数据被拒 a window failed verification"));
+    assert!(by_uscc.contains("未报送 no verified day in the period"));
+    assert_eq!(Sort::parse("gap"), Some(Sort::Gap));
+    assert_eq!(Sort::parse("x"), None);
+}

@@ -140,3 +140,98 @@ pub fn city(
         &body,
     )
 }
+
+/// How the district page orders its enterprises (`?sort=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// By USCC (the default).
+    Uscc,
+    /// By verified CNC rate, lowest first (who needs help).
+    Verified,
+    /// By declared minus verified, largest first (who overstates).
+    Gap,
+}
+
+impl Sort {
+    pub fn parse(s: &str) -> Option<Sort> {
+        match s {
+            "uscc" => Some(Sort::Uscc),
+            "verified" => Some(Sort::Verified),
+            "gap" => Some(Sort::Gap),
+            _ => None,
+        }
+    }
+}
+
+/// A district: its figures, then its enterprises with theirs and why any
+/// was left out, in `sort` order.
+pub fn district(code: &str, period: &str, f: &AreaFigures, sort: Sort) -> String {
+    let mut rows: Vec<&crate::aggregate::EnterprisePeriod> = f.enterprises.iter().collect();
+    let gap =
+        |e: &crate::aggregate::EnterprisePeriod| match (e.cnc_rate_declared, e.cnc_rate_verified) {
+            (Some(d), Some(v)) => Some(d - v),
+            _ => None,
+        };
+    let key = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    match sort {
+        Sort::Uscc => rows.sort_by(|a, b| a.uscc.cmp(&b.uscc)),
+        Sort::Verified => rows.sort_by(|a, b| {
+            key(a.cnc_rate_verified)
+                .total_cmp(&key(b.cnc_rate_verified))
+                .then(a.uscc.cmp(&b.uscc))
+        }),
+        Sort::Gap => rows.sort_by(|a, b| {
+            key(gap(b))
+                .total_cmp(&key(gap(a)))
+                .then(a.uscc.cmp(&b.uscc))
+        }),
+    }
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p><a href=\"../\">全市 <span class=\"en\">City</span></a> · 期间 <span class=\"en\">Period</span>: {} · \
+登记 <span class=\"en\">registered</span> {} · 报送 <span class=\"en\">reporting</span> {} · 达标 <span class=\"en\">≥65%</span> {} · \
+核验·企业平均 <span class=\"en\">verified, mean</span> {} · 核验·合并 <span class=\"en\">verified, pooled</span> {}</p>",
+        esc(period),
+        f.registered,
+        f.reporting,
+        f.at_target,
+        pct(f.cnc_rate_verified.mean_of_enterprises),
+        pct(f.cnc_rate_verified.pooled.value)
+    );
+    body.push_str(
+        "<table><thead><tr><th><a href=\"?sort=uscc\">统一社会信用代码 <span class=\"en\">USCC</span></a></th>\
+<th>天数 <span class=\"en\">Days</span></th>\
+<th><a href=\"?sort=verified\">核验数控化率 <span class=\"en\">Verified</span></a></th>\
+<th>申报数控化率 <span class=\"en\">Declared</span></th>\
+<th><a href=\"?sort=gap\">申报−核验 <span class=\"en\">Declared − verified</span></a></th>\
+<th>联网率 <span class=\"en\">Networking</span></th><th>数控时间占比 <span class=\"en\">NC time share</span></th>\
+<th>备注 <span class=\"en\">Note</span></th></tr></thead><tbody>",
+    );
+    for e in rows {
+        let below = if e.cnc_rate_verified.is_some_and(|v| v < TARGET) {
+            " below"
+        } else {
+            ""
+        };
+        let g = gap(e).map_or("–".into(), |g| format!("{:+.1} pt", g * 100.0));
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"../enterprise/{u}\">{u}</a></td><td class=\"num\">{}</td><td class=\"num{below}\">{}</td>\
+<td class=\"num\">{}</td><td class=\"num\">{g}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"flag\">{}</td></tr>",
+            e.days,
+            pct(e.cnc_rate_verified),
+            pct(e.cnc_rate_declared),
+            pct(e.networking_rate),
+            pct(e.nc_time_share.value),
+            e.excluded.map_or(String::new(), |x| esc(x.describe())),
+            u = esc(&e.uscc),
+        );
+    }
+    body.push_str("</tbody></table>");
+    page(
+        &format!("{} {code}", district_name(code)),
+        "District",
+        &body,
+    )
+}
