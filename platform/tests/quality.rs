@@ -113,6 +113,13 @@ async fn every_kind_of_problem_is_listed_with_its_gateway(which: Which) {
             ..
         }
     ));
+    // The page lists the same, each with its detail.
+    let page = zgsz_platform::pages::quality(&problems);
+    for p in &problems {
+        assert!(page.contains(p.kind()), "{}", p.kind());
+    }
+    assert!(page.contains("instance 3f9c2a7be41d0c58, chain index 6: digest does not match"));
+    assert!(zgsz_platform::pages::quality(&[]).contains("Nothing to review."));
     // An hour later with nothing new, the gateway that did talk is stale too.
     let later = f
         .store

@@ -235,3 +235,31 @@ pub fn district(code: &str, period: &str, f: &AreaFigures, sort: Sort) -> String
         &body,
     )
 }
+
+/// The data-quality page: every problem a reviewer must look at, by
+/// gateway (see [`crate::quality`]).
+pub fn quality(problems: &[crate::quality::Problem]) -> String {
+    let mut body = String::from(
+        "<p><a href=\"./\">全市 <span class=\"en\">City</span></a> · 评分细则禁止数据造假；以下各项须人工复核。\
+<span class=\"en\">The programme's rules forbid falsified figures; each item below needs a reviewer.</span></p>",
+    );
+    if problems.is_empty() {
+        body.push_str("<p>无待复核项 <span class=\"en\">Nothing to review.</span></p>");
+    } else {
+        body.push_str(
+            "<table><thead><tr><th>网关 <span class=\"en\">Gateway</span></th><th>问题 <span class=\"en\">Problem</span></th>\
+<th>详情 <span class=\"en\">Detail</span></th></tr></thead><tbody>",
+        );
+        for p in problems {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td class=\"flag\">{}</td><td>{}</td></tr>",
+                esc(p.gateway_id()),
+                esc(p.kind()),
+                esc(&p.detail())
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    page("数据质量", "Data quality", &body)
+}
