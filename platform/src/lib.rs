@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod auth;
 pub mod config;
+pub mod enterprise;
 pub mod export;
 pub mod gaps;
 pub mod ingest;

@@ -79,3 +79,69 @@ aria-label=\"trend\"><rect x=\"{PAD}\" y=\"{PAD}\" width=\"{w}\" height=\"{h}\" 
     svg.push_str("</svg>");
     svg
 }
+
+/// The colour of an equipment state.
+fn colour(state: &str) -> &'static str {
+    match state {
+        "running_nc" => "#0a5",
+        "running_manual" => "#38c",
+        "idle" => "#e5b400",
+        _ => "#bbb",
+    }
+}
+
+/// One bar per machine over `[from, to)`, coloured by state, with a legend.
+pub fn timeline(from: i64, to: i64, machines: &[crate::enterprise::MachineTimeline]) -> String {
+    let row = 22.0;
+    let label = 160.0;
+    let h = PAD + row * machines.len() as f64 + 30.0;
+    let span = (to - from).max(1) as f64;
+    let x = |ts: i64| label + ((ts.clamp(from, to) - from) as f64 / span) * (W - label - 10.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\" aria-label=\"timeline\">"
+    );
+    for (i, m) in machines.iter().enumerate() {
+        let y = 10.0 + row * i as f64;
+        let _ = write!(
+            svg,
+            "<text x=\"{tx}\" y=\"{ty:.1}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+            esc(&m.equipment),
+            tx = label - 6.0,
+            ty = y + 13.0
+        );
+        for (j, (ts, state)) in m.changes.iter().enumerate() {
+            let end = m.changes.get(j + 1).map_or(to, |(t, _)| *t);
+            let (x0, x1) = (x(*ts), x(end));
+            if x1 > x0 {
+                let _ = write!(
+                    svg,
+                    "<rect class=\"{s}\" x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"16\" fill=\"{c}\"><title>{s}</title></rect>",
+                    s = esc(state),
+                    w = x1 - x0,
+                    c = colour(state)
+                );
+            }
+        }
+    }
+    let ly = h - 12.0;
+    for (k, (state, zh)) in [
+        ("running_nc", "数控运行"),
+        ("running_manual", "手动运行"),
+        ("idle", "空闲"),
+        ("offline", "离线"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let lx = label + k as f64 * 130.0;
+        let _ = write!(
+            svg,
+            "<rect x=\"{lx}\" y=\"{y0}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{tx}\" y=\"{ly}\" font-size=\"12\">{zh} {state}</text>",
+            colour(state),
+            y0 = ly - 10.0,
+            tx = lx + 16.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}

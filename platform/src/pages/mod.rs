@@ -263,3 +263,84 @@ pub fn quality(problems: &[crate::quality::Problem]) -> String {
     }
     page("数据质量", "Data quality", &body)
 }
+
+/// The enterprise page: its gateways (last contact, chain status, model
+/// history), its figures day by day, and its machines' last day.
+pub fn enterprise(
+    view: &crate::enterprise::EnterpriseView,
+    days: &[crate::aggregate::EnterpriseDay],
+) -> String {
+    let mut body = String::from(
+        "<p><a href=\"../\">全市 <span class=\"en\">City</span></a></p>\
+<h2>网关 <span class=\"en\">Gateways</span></h2><table><thead><tr><th>网关 <span class=\"en\">Gateway</span></th>\
+<th>最近联系 <span class=\"en\">Last contact (UTC ms)</span></th><th>实例 <span class=\"en\">Instance</span></th>\
+<th>已核验至 <span class=\"en\">Verified to index</span></th><th>窗口 <span class=\"en\">Windows</span></th>\
+<th>断裂 <span class=\"en\">Breaks</span></th><th>待核验 <span class=\"en\">Pending</span></th>\
+<th>配置哈希 <span class=\"en\">config_hash history</span></th></tr></thead><tbody>",
+    );
+    for g in &view.gateways {
+        let contact = g.last_contact_ts.map_or("–".into(), |t| t.to_string());
+        if g.chains.is_empty() {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td class=\"num\">{contact}</td><td colspan=\"6\">–</td></tr>",
+                esc(&g.gateway_id)
+            );
+        }
+        for c in &g.chains {
+            let hashes: Vec<String> = c
+                .config_hashes
+                .iter()
+                .map(|(i, _, h)| format!("#{i}: {}…", esc(h.get(..12).unwrap_or(h))))
+                .collect();
+            let broken: Vec<String> = c.broken.iter().map(i64::to_string).collect();
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td class=\"num\">{contact}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+<td class=\"flag\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                esc(&g.gateway_id),
+                esc(&c.instance),
+                c.verified_to,
+                c.windows,
+                broken.join(", "),
+                c.pending,
+                hashes.join("<br>")
+            );
+        }
+    }
+    body.push_str(
+        "</tbody></table><h2>每日指标 <span class=\"en\">Figures by day</span></h2><table><thead><tr>\
+<th>日期 <span class=\"en\">Date</span></th><th>网关 <span class=\"en\">Gateways</span></th>\
+<th>核验数控化率 <span class=\"en\">Verified</span></th><th>申报数控化率 <span class=\"en\">Declared</span></th>\
+<th>联网率 <span class=\"en\">Networking</span></th><th>数控时间占比 <span class=\"en\">NC time share</span></th></tr></thead><tbody>",
+    );
+    for d in days {
+        let f = &d.figures;
+        let ratio = |r: &zgsz_contract::Ratio| {
+            format!(
+                "<td class=\"num\" title=\"{}/{}\">{}</td>",
+                r.numerator,
+                r.denominator,
+                pct(r.value)
+            )
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td class=\"num\">{}</td>{}{}{}{}</tr>",
+            esc(&d.date),
+            d.gateways.len(),
+            ratio(&f.cnc_rate_verified),
+            ratio(&f.cnc_rate_declared),
+            ratio(&f.networking_rate),
+            ratio(&f.nc_time_share)
+        );
+    }
+    body.push_str("</tbody></table><h2>设备状态（最近一天） <span class=\"en\">Equipment states, last day</span></h2>");
+    match view.timeline_span {
+        Some((from, to)) => body.push_str(&chart::timeline(from, to, &view.timeline)),
+        None => {
+            body.push_str("<p>尚无状态数据 <span class=\"en\">No states received yet.</span></p>")
+        }
+    }
+    page(&format!("企业 {}", view.uscc), "Enterprise", &body)
+}
