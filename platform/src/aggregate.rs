@@ -77,7 +77,8 @@ pub struct EnterpriseDay {
 }
 
 /// Why an enterprise's figures are left out of a regional figure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exclusion {
     /// Registered, but no verified day in the period.
     NotReporting,
@@ -104,7 +105,7 @@ impl Exclusion {
 }
 
 /// One enterprise over a period.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct EnterprisePeriod {
     pub uscc: String,
     pub region_code: String,
@@ -121,7 +122,7 @@ pub struct EnterprisePeriod {
 }
 
 /// A regional figure, both ways.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Combined {
     /// 企业平均: the mean of the counted enterprises' rates.
     pub mean_of_enterprises: Option<f64>,
@@ -133,7 +134,7 @@ pub struct Combined {
 }
 
 /// A district's (or the city's) figures over a period.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AreaFigures {
     pub cnc_rate_declared: Combined,
     pub cnc_rate_verified: Combined,

@@ -8,7 +8,7 @@ use crate::store::db::args;
 use crate::store::{Store, StoreError};
 
 /// How far one gateway instance's chain is verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChainStatus {
     pub instance: String,
     /// Every window up to this index is verified (0: not even the first).
@@ -25,7 +25,7 @@ pub struct ChainStatus {
 }
 
 /// One gateway of the enterprise.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GatewayView {
     pub gateway_id: String,
     pub region_code: String,
@@ -36,7 +36,7 @@ pub struct GatewayView {
 
 /// One machine's states over the timeline: the state it was in at
 /// `from`, then each change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MachineTimeline {
     pub gateway_id: String,
     pub equipment: String,
@@ -45,7 +45,7 @@ pub struct MachineTimeline {
 }
 
 /// What the enterprise page shows, apart from the figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EnterpriseView {
     pub uscc: String,
     pub gateways: Vec<GatewayView>,

@@ -12,7 +12,8 @@ use crate::store::{Store, StoreError};
 use crate::verify::CONFIG_HASH_CHANGED;
 
 /// One thing to review, about one gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Problem {
     /// A window broke the chain or failed its own checks; its figures do
     /// not count.
