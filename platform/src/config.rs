@@ -13,6 +13,30 @@ pub struct Config {
     pub mqtt: Mqtt,
     #[serde(default)]
     pub verify: Verify,
+    /// The evidence-report endpoint; served by `run` only when the section
+    /// is present.
+    #[serde(default)]
+    pub http: Option<Http>,
+}
+
+/// `[http]`: where `run` serves `POST /api/v1/reports`. There is no login
+/// yet, so the default is loopback; put it behind a reverse proxy that
+/// authenticates before listening anywhere else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// `address:port`. Default `127.0.0.1:8088`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Http {
+    /// The address; [`Config::parse`] has checked that it parses.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8088)))
+    }
 }
 
 /// Exactly one of `path` and `url`: the key set is the backend chosen.
@@ -147,6 +171,9 @@ fn default_keepalive() -> u64 {
 fn default_gap() -> f64 {
     0.2
 }
+fn default_listen() -> String {
+    "127.0.0.1:8088".into()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -268,6 +295,17 @@ impl Config {
                 format!("{g} is not a fraction; use a value from 0 to 1, e.g. 0.2"),
             );
         }
+        if let Some(h) = &self.http {
+            if h.listen.parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    "http.listen",
+                    format!(
+                        "{:?} is not an address:port; use e.g. \"127.0.0.1:8088\" (the endpoint has no login: keep it on loopback or behind a reverse proxy)",
+                        h.listen
+                    ),
+                );
+            }
+        }
         self.validate_database(file)
     }
 
@@ -357,6 +395,12 @@ client_id = "zgsz-platform-1"
             "$share/zgsz-platform/zgsz/+/+/+/metrics".to_string()
         );
         assert_eq!(c.verify.max_declared_verified_gap, 0.2);
+        assert!(c.http.is_none(), "no [http]: no endpoint");
+        let c = Config::parse("p.toml", &format!("{GOOD}[http]\n")).unwrap();
+        assert_eq!(
+            c.http.map(|h| h.addr()),
+            Some(([127, 0, 0, 1], 8088).into())
+        );
         assert_eq!(
             c.database.backend(),
             Backend::Sqlite {
@@ -433,6 +477,13 @@ client_id = "zgsz-platform-1"
             "url = \"postgresql://db.example/zgsz?sslmode=require\"",
         ));
         assert!(e.contains("sslmode=require"), "{e}");
+        let e = err(&format!("{GOOD}[http]\nlisten = \"localhost\"\n"));
+        assert!(
+            e.starts_with("p.toml: http.listen: \"localhost\" is not an address:port"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}[http]\nport = 80\n"));
+        assert!(e.starts_with("p.toml: http.port: unknown field"), "{e}");
         let e = err(&format!("{GOOD}username = \"u\"\n"));
         assert!(
             e.contains("mqtt.password: username and password go together"),
