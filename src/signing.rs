@@ -38,6 +38,7 @@ pub struct GatewayKey {
     key: SigningKey,
 }
 
+/// The seed in `gateway.key` has the form of a public key: 64 hex.
 fn parse_hex32(text: &str) -> Option<[u8; 32]> {
     zgsz_contract::signature::parse_public_key(text).ok()
 }
