@@ -11,7 +11,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
+pub use zgsz_contract::signature::SignatureError;
 
 use crate::chain::{hex, sha256_hex};
 
@@ -27,12 +28,9 @@ pub enum KeyError {
     },
     #[error("{path}: not a key written by zgsz-agent (expected 64 hex characters)")]
     Malformed { path: PathBuf },
-    #[error("public key {0:?}: expected 64 hex characters (as printed by `zgsz-agent identity`)")]
-    BadPublicKey(String),
-    #[error("the signature file must hold exactly 64 bytes, found {0}")]
-    BadSignatureLength(usize),
-    #[error("the signature does not match: the file was changed after signing, or signed by another key")]
-    Mismatch,
+    /// A malformed public key or signature, or one that does not match.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
 /// The gateway's signing key.
@@ -40,16 +38,9 @@ pub struct GatewayKey {
     key: SigningKey,
 }
 
+/// The seed in `gateway.key` has the form of a public key: 64 hex.
 fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    let t = text.trim();
-    if t.len() != 64 || !t.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    zgsz_contract::signature::parse_public_key(text).ok()
 }
 
 impl GatewayKey {
@@ -137,7 +128,7 @@ pub fn fingerprint(public_key: &[u8; 32]) -> String {
 
 /// Parses a public key as printed by `identity` (64 hex characters).
 pub fn parse_public_key(text: &str) -> Result<[u8; 32], KeyError> {
-    parse_hex32(text).ok_or_else(|| KeyError::BadPublicKey(text.trim().to_string()))
+    Ok(zgsz_contract::signature::parse_public_key(text)?)
 }
 
 /// The public key in PEM (SubjectPublicKeyInfo), for tools such as
@@ -172,15 +163,12 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Checks a detached signature.
+/// Checks a detached signature: the contract's check, the one the
+/// platform's report intake runs too.
 pub fn verify(public_key: &[u8; 32], bytes: &[u8], signature: &[u8]) -> Result<(), KeyError> {
-    let sig: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| KeyError::BadSignatureLength(signature.len()))?;
-    let key = VerifyingKey::from_bytes(public_key)
-        .map_err(|_| KeyError::BadPublicKey(hex(public_key)))?;
-    key.verify(bytes, &Signature::from_bytes(&sig))
-        .map_err(|_| KeyError::Mismatch)
+    Ok(zgsz_contract::signature::verify(
+        public_key, bytes, signature,
+    )?)
 }
 
 #[cfg(test)]
@@ -205,7 +193,7 @@ mod tests {
         verify(&pk, b"report", &sig).unwrap();
         assert!(matches!(
             verify(&pk, b"report!", &sig),
-            Err(KeyError::Mismatch)
+            Err(KeyError::Signature(SignatureError::Mismatch))
         ));
         assert!(public_pem(&pk).starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"));
         assert_eq!(base64(b"ab"), "YWI=");

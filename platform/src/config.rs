@@ -13,6 +13,30 @@ pub struct Config {
     pub mqtt: Mqtt,
     #[serde(default)]
     pub verify: Verify,
+    /// The evidence-report endpoint; served by `run` only when the section
+    /// is present.
+    #[serde(default)]
+    pub http: Option<Http>,
+}
+
+/// `[http]`: where `run` serves `POST /api/v1/reports`. There is no login
+/// yet, so the default is loopback; put it behind a reverse proxy that
+/// authenticates before listening anywhere else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// `address:port`. Default `127.0.0.1:8088`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Http {
+    /// The address; [`Config::parse`] has checked that it parses.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8088)))
+    }
 }
 
 /// Exactly one of `path` and `url`: the key set is the backend chosen.
@@ -156,6 +180,9 @@ fn default_gap() -> f64 {
 fn default_stale() -> u64 {
     7200
 }
+fn default_listen() -> String {
+    "127.0.0.1:8088".into()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -286,6 +313,17 @@ impl Config {
                 ),
             );
         }
+        if let Some(h) = &self.http {
+            if h.listen.parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    "http.listen",
+                    format!(
+                        "{:?} is not an address:port; use e.g. \"127.0.0.1:8088\" (the endpoint has no login: keep it on loopback or behind a reverse proxy)",
+                        h.listen
+                    ),
+                );
+            }
+        }
         self.validate_database(file)
     }
 
@@ -375,6 +413,12 @@ client_id = "zgsz-platform-1"
             "$share/zgsz-platform/zgsz/+/+/+/metrics".to_string()
         );
         assert_eq!(c.verify.max_declared_verified_gap, 0.2);
+        assert!(c.http.is_none(), "no [http]: no endpoint");
+        let c = Config::parse("p.toml", &format!("{GOOD}[http]\n")).unwrap();
+        assert_eq!(
+            c.http.map(|h| h.addr()),
+            Some(([127, 0, 0, 1], 8088).into())
+        );
         assert_eq!(
             c.database.backend(),
             Backend::Sqlite {
@@ -451,6 +495,13 @@ client_id = "zgsz-platform-1"
             "url = \"postgresql://db.example/zgsz?sslmode=require\"",
         ));
         assert!(e.contains("sslmode=require"), "{e}");
+        let e = err(&format!("{GOOD}[http]\nlisten = \"localhost\"\n"));
+        assert!(
+            e.starts_with("p.toml: http.listen: \"localhost\" is not an address:port"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}[http]\nport = 80\n"));
+        assert!(e.starts_with("p.toml: http.port: unknown field"), "{e}");
         let e = err(&format!("{GOOD}username = \"u\"\n"));
         assert!(
             e.contains("mqtt.password: username and password go together"),

@@ -1,6 +1,7 @@
 //! zgsz-platform: thin CLI; the work is in the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -101,9 +102,24 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check a gateway's evidence report against the registry and the
+    /// seals received, and record the intake. Exit 0 accepted, 1 refused.
+    VerifyReport {
+        #[arg(long)]
+        config: PathBuf,
+        /// The directory holding report.json and report.json.sig.
+        #[arg(required_unless_present_all = ["report", "signature"], conflicts_with_all = ["report", "signature"])]
+        dir: Option<PathBuf>,
+        /// report.json, when not in DIR.
+        #[arg(long, requires = "signature")]
+        report: Option<PathBuf>,
+        /// report.json.sig, when not in DIR.
+        #[arg(long, requires = "report")]
+        signature: Option<PathBuf>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -123,7 +139,7 @@ fn main() -> anyhow::Result<()> {
             "an empty password: type one, then Enter"
         );
         println!("{}", zgsz_platform::auth::hash_password(password)?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     if let Command::Check { config } = &cli.command {
         // No database connection: `check` validates, it does not connect.
@@ -134,13 +150,13 @@ fn main() -> anyhow::Result<()> {
             cfg.database.backend().describe(),
             cfg.filters().join(", ")
         );
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(command(cli.command))
 }
 
-async fn command(command: Command) -> anyhow::Result<()> {
+async fn command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { .. } | Command::HashPassword => {}
         Command::Enrol {
@@ -167,7 +183,7 @@ async fn command(command: Command) -> anyhow::Result<()> {
         } => {
             let (_, mut store) = open(&config).await?;
             if !cli::gaps(&mut store, unexplained).await? {
-                std::process::exit(1);
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Figures {
@@ -204,13 +220,72 @@ async fn command(command: Command) -> anyhow::Result<()> {
                 cfg.mqtt.client_id, r.taken_over, r.stored, r.duplicates, r.rejected
             );
         }
-        Command::Run { config } => {
-            let (cfg, store) = open(&config).await?;
-            tracing::info!(database = %cfg.database.backend().describe(), "Database open");
-            zgsz_platform::ingest::run(cfg, store, shutdown()).await?;
+        Command::Run { config } => run(&config).await?,
+        Command::VerifyReport {
+            config,
+            dir,
+            report,
+            signature,
+        } => {
+            let (report, signature) = match (dir, report, signature) {
+                (Some(d), _, _) => (d.join("report.json"), d.join("report.json.sig")),
+                (None, Some(r), Some(s)) => (r, s),
+                _ => anyhow::bail!("name DIR, or both --report and --signature"),
+            };
+            let json =
+                std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?;
+            let sig = std::fs::read(&signature)
+                .with_context(|| format!("reading {}", signature.display()))?;
+            let (_, mut store) = open(&config).await?;
+            let outcome = zgsz_platform::report::intake(&mut store, &json, &sig).await?;
+            print!("{}", outcome.summary());
+            if outcome.verdict != zgsz_platform::report::Verdict::Accepted {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ingest, and beside it the report endpoint when `[http]` is set, on a
+/// connection of its own; both stop at SIGINT/SIGTERM, and the endpoint
+/// also when ingest stops on an error.
+async fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    let (cfg, store) = open(config).await?;
+    tracing::info!(database = %cfg.database.backend().describe(), "Database open");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = match &cfg.http {
+        Some(h) => {
+            let listener = zgsz_platform::http::bind(h)
+                .await
+                .with_context(|| format!("{}: http.listen {}", config.display(), h.listen))?;
+            let (_, second) = open(config).await?;
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(zgsz_platform::http::serve(
+                listener,
+                second,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = signal.send(true);
+    });
+    let mut ingest_stopped = stopped.clone();
+    let ingested = zgsz_platform::ingest::run(cfg, store, async move {
+        let _ = ingest_stopped.wait_for(|s| *s).await;
+    })
+    .await;
+    let _ = stop.send(true);
+    if let Some(task) = http {
+        task.await.context("the report endpoint")??;
+    }
+    Ok(ingested?)
 }
 
 /// A `YYYY-MM-DD` argument.

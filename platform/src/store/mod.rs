@@ -11,6 +11,9 @@
 //! receiver instances share one database.
 
 pub(crate) mod db;
+mod reports;
+
+pub use reports::{ReportRecord, StoredDigest};
 
 use std::path::PathBuf;
 
@@ -88,6 +91,30 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         "ALTER TABLE messages ADD COLUMN received_by TEXT NOT NULL DEFAULT ''",
+    ),
+    // Every evidence report taken in (`POST /api/v1/reports`,
+    // `verify-report`), accepted or refused, with what was found. The key
+    // is text (received_ts and the report's SHA-256): the two dialects
+    // number rows differently, text keys they share.
+    (
+        3,
+        "CREATE TABLE reports (
+        id TEXT PRIMARY KEY,
+        received_ts BIGINT NOT NULL,
+        gateway_id TEXT NOT NULL,
+        period_from TEXT NOT NULL,
+        period_to TEXT NOT NULL,
+        report_sha256 TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        entries BIGINT NOT NULL,
+        matched BIGINT NOT NULL,
+        not_received BIGINT NOT NULL,
+        mismatched BIGINT NOT NULL,
+        report TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE INDEX reports_by_gateway ON reports (gateway_id, received_ts);",
     ),
     // The outbox counters of each gateway instance's latest status: what
     // explains the messages that never arrived (see `gaps`). Kept per
