@@ -89,6 +89,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         "ALTER TABLE messages ADD COLUMN received_by TEXT NOT NULL DEFAULT ''",
     ),
+    // What verifying a window reads, by index instead of a scan of the
+    // gateway's whole history: the transitions inside a window (by time),
+    // each equipment's last one before it, and the windows still pending.
+    // A window keeps its equipment list (a JSON array of ids, in the
+    // payload's order) so that verifying it does not parse its payload
+    // again; '' for windows stored before, which fall back to the payload.
+    (
+        4,
+        "CREATE INDEX transitions_by_ts ON transitions (gateway_id, instance, ts);
+    CREATE INDEX transitions_by_equipment ON transitions (gateway_id, instance, equipment, ts);
+    CREATE INDEX windows_pending ON windows (gateway_id, instance, chain_index)
+        WHERE verdict = 'pending';
+    ALTER TABLE windows ADD COLUMN equipment TEXT NOT NULL DEFAULT '';",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -396,6 +410,25 @@ impl Store {
         let rows = tx
             .query(
                 "SELECT received_by, COUNT(*) FROM messages GROUP BY received_by",
+                args![],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut by = rows
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.int(1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        by.sort();
+        Ok(by)
+    }
+
+    /// How many sealed windows have each verdict, by verdict: what a
+    /// monitor polls, without listing the windows.
+    pub async fn verdicts(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT verdict, COUNT(*) FROM windows GROUP BY verdict",
                 args![],
             )
             .await?;
