@@ -62,9 +62,9 @@ fn messages(agent: &gen::Agent, gateways: &[gen::Gateway]) -> Vec<(String, Vec<u
         "different seeds give different windows"
     );
     let mut out = Vec::new();
-    for i in 0..streams[0].len() {
+    for rows in streams[0].iter().zip(&streams[1]) {
         for (n, g) in gateways.iter().enumerate() {
-            let (t, p) = g.message(&streams[n % 2][i]);
+            let (t, p) = g.message(if n % 2 == 0 { rows.0 } else { rows.1 });
             out.push((t.to_string(), p));
         }
     }

@@ -616,9 +616,12 @@ pub async fn run(
     if let (Some(u), Some(p)) = (&m.username, &m.password) {
         opts.set_credentials(u, p);
     }
-    // Room for the acks of a whole batch and the subscriptions.
     let (client, events) = AsyncClient::new(opts, 2 * MAX_BATCH + 16);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(MAX_BATCH);
+    // Unbounded, so that the event loop never waits for the ingest loop:
+    // it must go on reading (the broker's ping responses) and sending the
+    // acks. What it holds is bounded by the broker, which sends no more
+    // than its window of unacknowledged messages.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let poller = tokio::spawn(poll_events(events, client.clone(), cfg.filters(), tx));
     tokio::pin!(shutdown);
     let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
@@ -660,8 +663,9 @@ pub async fn run(
                 Handled::Duplicate => tracing::debug!(topic = %p.topic, "Duplicate"),
                 Handled::Stored => tracing::debug!(topic = %p.topic, "Stored"),
             }
-            // Committed: now the broker may forget it.
-            if let Err(e) = client.try_ack(p) {
+            // Committed: now the broker may forget it. The event loop
+            // keeps taking requests, so this waits only while it catches up.
+            if let Err(e) = client.ack(p).await {
                 tracing::warn!(error = %e, "Ack not queued; the broker will resend");
             }
         }
@@ -673,13 +677,12 @@ pub async fn run(
 }
 
 /// Drives the MQTT connection: subscribes at every connect, reconnects
-/// after a loss, and hands each message to the ingest loop (waiting while
-/// it is a whole batch behind, which stops reading from the broker).
+/// after a loss, and hands each message to the ingest loop.
 async fn poll_events(
     mut events: rumqttc::EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
-    to_ingest: tokio::sync::mpsc::Sender<Publish>,
+    to_ingest: tokio::sync::mpsc::UnboundedSender<Publish>,
 ) {
     loop {
         match events.poll().await {
@@ -694,7 +697,7 @@ async fn poll_events(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if to_ingest.send(p).await.is_err() {
+                if to_ingest.send(p).is_err() {
                     return;
                 }
             }
