@@ -243,7 +243,19 @@ async fn backlog(
         .iter()
         .map(|id| Receiver::start(receiver_bin, dir, backend, broker.port, id))
         .collect();
-    let elapsed = wait_verified(&mut reader, want, Duration::from_secs(1800), &mut receivers).await;
+    let started = receivers
+        .iter()
+        .map(|r| r.started)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let elapsed = wait_verified(
+        &mut reader,
+        want,
+        Duration::from_secs(1800),
+        &mut receivers,
+        started,
+    )
+    .await;
     let cpu: Vec<f64> = receivers.iter().map(Receiver::cpu_s).collect();
     let rss: Vec<u64> = receivers.iter().map(Receiver::peak_rss_kib).collect();
     for r in &mut receivers {
@@ -326,6 +338,7 @@ async fn steady(
         cli.gateways as i64,
         Duration::from_secs(900),
         &mut receivers,
+        t1,
     )
     .await;
     let c2: f64 = receivers.iter().map(Receiver::cpu_s).sum();
@@ -460,19 +473,14 @@ async fn enrol(backend: &Backend, gateways: &[gen::Gateway]) {
     }
 }
 
-/// Polls until `want` windows are verified; the time since `receivers`
-/// started.
+/// Polls until `want` windows are verified; the time since `start`.
 async fn wait_verified(
     reader: &mut Store,
     want: i64,
     limit: Duration,
     receivers: &mut [Receiver],
+    start: Instant,
 ) -> Duration {
-    let start = receivers
-        .iter()
-        .map(|r| r.started)
-        .min()
-        .unwrap_or_else(Instant::now);
     let mut last_print = Instant::now();
     loop {
         let v = reader.verdicts().await.unwrap();
