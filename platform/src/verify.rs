@@ -16,7 +16,7 @@ use zgsz_contract::chain::{entry_digest, metrics_lines, sha256_hex, transitions_
 use zgsz_contract::payload::Metrics;
 use zgsz_contract::{Ratio, State};
 
-use crate::store::db::{args, Tx};
+use crate::store::db::{args, Arg, Tx};
 use crate::store::StoreError;
 
 /// Checks what the payload proves by itself; `Some(reason)` is a break.
@@ -188,31 +188,39 @@ pub(crate) async fn settle(
 }
 
 /// The verdict of one window whose self-contained checks passed.
+///
+/// Reads only what the window's `transitions_sha256` covers, by index:
+/// the transitions inside it, and each equipment's last one at or before
+/// its start (all with a seq up to `states_upto_seq`). Reading the whole
+/// history up to the window instead made a week's backlog quadratic.
 async fn examine(
     tx: &mut Tx<'_>,
     gateway: &str,
     instance: &str,
     index: i64,
 ) -> Result<(&'static str, String), StoreError> {
-    let Some(w) = tx
-        .query_opt(
-            "SELECT msg_id, prev, transitions_sha256, states_upto_seq, start_ts, end_ts FROM windows
-             WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-            args![gateway, instance, index],
-        )
+    // The window and its predecessor's digest, at once.
+    let mut reads = tx
+        .query_many(&[
+            (
+                "SELECT msg_id, prev, transitions_sha256, states_upto_seq, start_ts, end_ts, equipment
+                 FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+                args![gateway, instance, index],
+            ),
+            (
+                "SELECT digest FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+                args![gateway, instance, index - 1],
+            ),
+        ])
         .await?
-    else {
+        .into_iter()
+        .map(|rows| rows.into_iter().next());
+    let (Some(w), before) = (reads.next().flatten(), reads.next().flatten()) else {
         return Ok(("pending", format!("chain index {index} is not stored")));
     };
     let (msg_id, prev, transitions_sha256) = (w.text(0)?, w.text(1)?, w.text(2)?);
     let (upto, start, end) = (w.int(3)?, w.int(4)?, w.int(5)?);
     if index > 1 {
-        let before = tx
-            .query_opt(
-                "SELECT digest FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                args![gateway, instance, index - 1],
-            )
-            .await?;
         match before {
             None => return Ok(("pending", format!("waiting for chain index {}", index - 1))),
             Some(d) if d.text(0)? != prev => {
@@ -227,51 +235,66 @@ async fn examine(
             Some(_) => {}
         }
     }
-    // The equipment list, in the payload's order.
-    let payload = match tx
-        .query_opt(
-            "SELECT payload FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
-            args![gateway, &msg_id],
-        )
-        .await?
-    {
-        Some(r) => r.text(0)?,
-        None => String::new(),
+    let equipment = match serde_json::from_str::<Vec<String>>(&w.text(6)?) {
+        Ok(ids) => ids,
+        // Stored before the windows kept their equipment list.
+        Err(_) => equipment_of_message(tx, gateway, &msg_id).await?,
     };
-    let equipment: Vec<String> = serde_json::from_str::<Value>(&payload)
-        .ok()
-        .and_then(|v| {
-            v.get("equipment")?.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|e| e.get("id")?.as_str().map(str::to_string))
-                    .collect()
-            })
+    // Each equipment's last transition at or before the start, and the
+    // transitions inside, at once; the last statement is the inside.
+    let per_equipment: Vec<[Arg<'_>; 5]> = equipment
+        .iter()
+        .map(|id| {
+            [
+                Arg::from(gateway),
+                Arg::from(instance),
+                Arg::from(id),
+                Arg::from(start),
+                Arg::from(upto),
+            ]
         })
-        .unwrap_or_default();
-    let rows = tx
-        .query(
-            "SELECT equipment, state, ts FROM transitions
-             WHERE gateway_id = ?1 AND instance = ?2 AND seq <= ?3 AND ts < ?4
-             ORDER BY ts, id",
-            args![gateway, instance, upto, end],
-        )
-        .await?;
+        .collect();
+    let inside_args = [
+        Arg::from(gateway),
+        Arg::from(instance),
+        Arg::from(start),
+        Arg::from(end),
+        Arg::from(upto),
+    ];
+    let mut statements: Vec<(&'static str, &[Arg<'_>])> = per_equipment
+        .iter()
+        .map(|a| {
+            (
+                "SELECT state FROM transitions
+                 WHERE gateway_id = ?1 AND instance = ?2 AND equipment = ?3 AND ts <= ?4
+                   AND seq <= ?5
+                 ORDER BY ts DESC, id DESC LIMIT 1",
+                &a[..],
+            )
+        })
+        .collect();
+    statements.push((
+        "SELECT equipment, state, ts FROM transitions
+         WHERE gateway_id = ?1 AND instance = ?2 AND ts > ?3 AND ts < ?4 AND seq <= ?5
+         ORDER BY ts, id",
+        &inside_args[..],
+    ));
+    let mut answers = tx.query_many(&statements).await?;
+    let rows = answers.pop().unwrap_or_default();
+    let state = |s: &str| State::parse(s).unwrap_or(State::Offline);
+    let mut initial = std::collections::HashMap::new();
+    for (id, last) in equipment.iter().zip(&answers) {
+        if let Some(r) = last.first() {
+            initial.insert(id.as_str(), state(&r.text(0)?));
+        }
+    }
     let rows: Vec<(String, String, i64)> = rows
         .iter()
         .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
         .collect::<Result<_, StoreError>>()?;
-    let state = |s: &str| State::parse(s).unwrap_or(State::Offline);
-    let initial = |id: &str| {
-        rows.iter()
-            .rfind(|(eq, _, ts)| eq == id && *ts <= start)
-            .map(|(_, s, _)| state(s))
-    };
-    let inside = rows
-        .iter()
-        .filter(|(_, _, ts)| *ts > start && *ts < end)
-        .map(|(eq, s, ts)| (eq.as_str(), *ts, state(s)));
+    let inside = rows.iter().map(|(eq, s, ts)| (eq.as_str(), *ts, state(s)));
     let ids: Vec<&str> = equipment.iter().map(String::as_str).collect();
-    let lines = transitions_lines(&ids, start, end, initial, inside);
+    let lines = transitions_lines(&ids, start, end, |id| initial.get(id).copied(), inside);
     if sha256_hex(lines.as_bytes()) != transitions_sha256 {
         return Ok((
             "pending",
@@ -279,4 +302,38 @@ async fn examine(
         ));
     }
     Ok(("verified", String::new()))
+}
+
+/// The equipment ids of a metrics payload, in its order.
+pub fn equipment_ids(value: &Value) -> Vec<String> {
+    value
+        .get("equipment")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.get("id")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The equipment list of a stored metrics message (a window stored before
+/// migration 4 has none of its own).
+async fn equipment_of_message(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    msg_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let payload = tx
+        .query_opt(
+            "SELECT payload FROM messages WHERE gateway_id = ?1 AND msg_id = ?2",
+            args![gateway, msg_id],
+        )
+        .await?;
+    let Some(r) = payload else {
+        return Ok(Vec::new());
+    };
+    Ok(serde_json::from_str::<Value>(&r.text(0)?)
+        .map(|v| equipment_ids(&v))
+        .unwrap_or_default())
 }

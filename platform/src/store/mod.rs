@@ -116,6 +116,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX reports_by_gateway ON reports (gateway_id, received_ts);",
     ),
+    // What verifying a window reads, by index instead of a scan of the
+    // gateway's whole history: the transitions inside a window (by time),
+    // each equipment's last one before it, and the windows still pending.
+    // A window keeps its equipment list (a JSON array of ids, in the
+    // payload's order) so that verifying it does not parse its payload
+    // again; '' for windows stored before, which fall back to the payload.
+    (
+        4,
+        "CREATE INDEX transitions_by_ts ON transitions (gateway_id, instance, ts);
+    CREATE INDEX transitions_by_equipment ON transitions (gateway_id, instance, equipment, ts);
+    CREATE INDEX windows_pending ON windows (gateway_id, instance, chain_index)
+        WHERE verdict = 'pending';
+    ALTER TABLE windows ADD COLUMN equipment TEXT NOT NULL DEFAULT '';",
+    ),
     // The outbox counters of each gateway instance's latest status: what
     // explains the messages that never arrived (see `gaps`). Kept per
     // instance, because a gateway whose database was replaced reports only
@@ -432,6 +446,25 @@ impl Store {
         let rows = tx
             .query(
                 "SELECT received_by, COUNT(*) FROM messages GROUP BY received_by",
+                args![],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut by = rows
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.int(1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        by.sort();
+        Ok(by)
+    }
+
+    /// How many sealed windows have each verdict, by verdict: what a
+    /// monitor polls, without listing the windows.
+    pub async fn verdicts(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT verdict, COUNT(*) FROM windows GROUP BY verdict",
                 args![],
             )
             .await?;

@@ -114,6 +114,19 @@ impl PgCluster {
         )
     }
 
+    /// Appends `conf` to the cluster's postgresql.conf and restarts it
+    /// (the load benchmark turns `fsync` back on).
+    pub fn reconfigure(&self, conf: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("data/postgresql.conf"))
+            .expect("the cluster's postgresql.conf");
+        std::io::Write::write_all(&mut f, format!("\n{conf}\n").as_bytes())
+            .expect("writing postgresql.conf");
+        self.pg_ctl_stop("fast");
+        self.pg_ctl("start");
+    }
+
     /// `pg_ctl stop -m fast`: the server ends every connection.
     pub fn stop(&self) {
         self.pg_ctl_stop("fast");
