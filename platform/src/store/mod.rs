@@ -442,32 +442,21 @@ impl Store {
 
     /// How many messages each receiver instance (MQTT client id) stored.
     pub async fn stored_by(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut tx = self.begin(false).await?;
-        let rows = tx
-            .query(
-                "SELECT received_by, COUNT(*) FROM messages GROUP BY received_by",
-                args![],
-            )
-            .await?;
-        tx.commit().await?;
-        let mut by = rows
-            .iter()
-            .map(|r| Ok((r.text(0)?, r.int(1)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        by.sort();
-        Ok(by)
+        self.counts("SELECT received_by, COUNT(*) FROM messages GROUP BY received_by")
+            .await
     }
 
     /// How many sealed windows have each verdict, by verdict: what a
     /// monitor polls, without listing the windows.
     pub async fn verdicts(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts("SELECT verdict, COUNT(*) FROM windows GROUP BY verdict")
+            .await
+    }
+
+    /// The (text, count) rows of a `GROUP BY`, sorted by the text.
+    async fn counts(&mut self, sql: &'static str) -> Result<Vec<(String, i64)>, StoreError> {
         let mut tx = self.begin(false).await?;
-        let rows = tx
-            .query(
-                "SELECT verdict, COUNT(*) FROM windows GROUP BY verdict",
-                args![],
-            )
-            .await?;
+        let rows = tx.query(sql, args![]).await?;
         tx.commit().await?;
         let mut by = rows
             .iter()
