@@ -357,6 +357,7 @@ async fn the_receiver_takes_in_the_agents_report_over_http_and_refuses_edits() {
     let server = tokio::spawn(zgsz_platform::http::serve(
         listener,
         Store::sqlite(&db).await.unwrap(),
+        zgsz_platform::http::Site::default(),
         async {
             let _ = stopped.await;
         },

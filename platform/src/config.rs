@@ -28,6 +28,19 @@ pub struct Http {
     /// `address:port`. Default `127.0.0.1:8088`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Who may log in to the pages; none by default (nobody can).
+    #[serde(default)]
+    pub users: Vec<HttpUser>,
+}
+
+/// `[[http.users]]`: one login of the pages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUser {
+    pub name: String,
+    /// The argon2id PHC string `zgsz-platform hash-password` prints; never
+    /// the password.
+    pub password_hash: String,
 }
 
 impl Http {
@@ -314,6 +327,17 @@ impl Config {
             );
         }
         if let Some(h) = &self.http {
+            for u in &h.users {
+                if let Err(e) = crate::auth::check_hash(&u.password_hash) {
+                    return bad(
+                        "http.users.password_hash",
+                        format!(
+                            "user {:?}: {e}; make one with `zgsz-platform hash-password`",
+                            u.name
+                        ),
+                    );
+                }
+            }
             if h.listen.parse::<std::net::SocketAddr>().is_err() {
                 return bad(
                     "http.listen",

@@ -3,9 +3,9 @@
 //! `curl -F report=@report.json -F signature=@report.json.sig` sends them)
 //! and `GET /api/v1/reports` (the intakes recorded, without the bodies).
 //!
-//! There is no login yet: [`crate::config::Http`] listens on loopback by
-//! default, and anything wider must go behind a reverse proxy that
-//! authenticates. The server has its own database connection, so an intake
+//! The report endpoint has no login: [`crate::config::Http`] listens on
+//! loopback by default, and anything wider must go behind a reverse proxy
+//! that authenticates. The pages beside it ([`crate::web`]) need a login. The server has its own database connection, so an intake
 //! never waits for a message in ingest, and intakes take turns on it.
 
 use std::future::Future;
@@ -30,12 +30,43 @@ pub const MAX_UPLOAD: usize = 32 << 20;
 
 type Shared = Arc<Mutex<Store>>;
 
+/// What the server serves besides report intake: the pages and their
+/// API ([`crate::web`]).
+#[derive(Debug, Clone, Default)]
+pub struct Site {
+    /// Who may log in.
+    pub users: Vec<crate::auth::User>,
+    /// `verify.stale_after_s`, in ms.
+    pub stale_ms: i64,
+}
+
+impl Site {
+    /// From the config's `[http]` users and `[verify]`.
+    pub fn of(cfg: &crate::config::Config) -> Site {
+        Site {
+            users: cfg.http.as_ref().map_or_else(Vec::new, |h| {
+                h.users
+                    .iter()
+                    .map(|u| crate::auth::User {
+                        name: u.name.clone(),
+                        password_hash: u.password_hash.clone(),
+                    })
+                    .collect()
+            }),
+            stale_ms: i64::try_from(cfg.verify.stale_after_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
 /// The routes, on `store`.
-pub fn router(store: Store) -> Router {
+pub fn router(store: Store, site: Site) -> Router {
+    let shared = Arc::new(Mutex::new(store));
     Router::new()
         .route("/api/v1/reports", post(post_report).get(list_reports))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
-        .with_state(Arc::new(Mutex::new(store)))
+        .with_state(shared.clone())
+        .merge(crate::web::router(shared, site.users, site.stale_ms))
 }
 
 /// Binds `[http] listen`, so that a taken port fails `run` at start.
@@ -51,12 +82,13 @@ pub async fn bind(cfg: &Http) -> std::io::Result<tokio::net::TcpListener> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
+    site: Site,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "Serving POST /api/v1/reports");
+        tracing::info!(%addr, "Serving the pages (after /login) and POST /api/v1/reports");
     }
-    axum::serve(listener, router(store))
+    axum::serve(listener, router(store, site))
         .with_graceful_shutdown(shutdown)
         .await
 }

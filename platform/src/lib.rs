@@ -25,3 +25,4 @@ pub mod retire;
 pub mod store;
 pub mod topic;
 pub mod verify;
+pub mod web;

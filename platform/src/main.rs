@@ -264,6 +264,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
             Some(tokio::spawn(zgsz_platform::http::serve(
                 listener,
                 second,
+                zgsz_platform::http::Site::of(&cfg),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },
