@@ -293,35 +293,9 @@ fn gateways_of_one_enterprise_that_disagree_on_the_industry_are_left_out() {
 /// lathe is not verified NC. Then `figures` reads them back.
 #[tokio::test]
 async fn figures_reads_the_verified_day_windows_from_the_database() {
-    use common::{metrics_with, states, Fixture, Which, HOUR};
-    use zgsz_contract::State;
+    use common::{day_windows, Fixture, Which};
     let mut f = Fixture::new(Which::Sqlite).await.unwrap();
-    let t0 = 1_800_000_000_000 / HOUR * HOUR;
-    let history = [(t0, State::Idle), (t0 + HOUR, State::Idle)];
-    f.put(
-        "states",
-        &states(1, &[(1, t0, "idle"), (2, t0 + HOUR, "idle")]),
-    )
-    .await;
-    let mut head = None;
-    for (i, date) in [D1, D2].iter().enumerate() {
-        let start = t0 + i as i64 * HOUR;
-        let (m, next) = metrics_with(
-            i as i64 + 2,
-            start,
-            start + HOUR,
-            head.as_ref(),
-            1,
-            &history,
-            |b| {
-                b.window.kind = WindowKind::Day;
-                b.window.start = format!("{date}T00:00:00+08:00");
-                b.equipment[0].verified_nc = i == 0;
-            },
-        );
-        f.put("metrics", &m.to_string()).await;
-        head = Some(next);
-    }
+    day_windows(&mut f, &[(D1, true), (D2, false)]).await;
     let verdicts: Vec<String> = f.verdicts().await.into_iter().map(|v| v.1).collect();
     assert_eq!(verdicts, ["verified", "verified"]);
     let input = f.store.area_input(D1, D2).await.unwrap();

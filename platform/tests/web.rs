@@ -12,10 +12,9 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{metrics_with, states, Fixture, Which, HOUR, USCC};
+use common::{Fixture, Which, USCC};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zgsz_contract::{State, WindowKind};
 use zgsz_platform::auth::{hash_password, User};
 use zgsz_platform::http::Site;
 use zgsz_platform::store::Store;
@@ -47,39 +46,10 @@ async fn request(
     (status, head.to_string(), body.to_string())
 }
 
-/// Two verified day windows of one enterprise in 321003.
-async fn two_verified_days(f: &mut Fixture) {
-    let t0 = 1_800_000_000_000 / HOUR * HOUR;
-    let history = [(t0, State::Idle), (t0 + HOUR, State::Idle)];
-    f.put(
-        "states",
-        &states(1, &[(1, t0, "idle"), (2, t0 + HOUR, "idle")]),
-    )
-    .await;
-    let mut head = None;
-    for (i, date) in ["2026-11-02", "2026-11-03"].iter().enumerate() {
-        let start = t0 + i as i64 * HOUR;
-        let (m, next) = metrics_with(
-            i as i64 + 2,
-            start,
-            start + HOUR,
-            head.as_ref(),
-            1,
-            &history,
-            |b| {
-                b.window.kind = WindowKind::Day;
-                b.window.start = format!("{date}T00:00:00+08:00");
-            },
-        );
-        f.put("metrics", &m.to_string()).await;
-        head = Some(next);
-    }
-}
-
 #[tokio::test]
 async fn nothing_is_served_without_a_login_and_everything_with_one() {
     let mut f = Fixture::new(Which::Sqlite).await.unwrap();
-    two_verified_days(&mut f).await;
+    common::day_windows(&mut f, &[("2026-11-02", true), ("2026-11-03", true)]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let site = Site {

@@ -413,3 +413,34 @@ pub fn chain(hours: i64) -> Vec<(&'static str, String)> {
     }
     out
 }
+
+/// Verified day windows of [`GW`] (enterprise [`USCC`] in [`REGION`]), one
+/// per `(date, verified_nc)`: a one-lathe plant whose lathe is or is not
+/// verified NC that day. Stored through ingest, with their states.
+pub async fn day_windows(f: &mut Fixture, days: &[(&str, bool)]) {
+    let t0 = 1_800_000_000_000 / HOUR * HOUR;
+    let n = days.len() as i64;
+    let history: Vec<(i64, State)> = (0..n).map(|i| (t0 + i * HOUR, State::Idle)).collect();
+    let transitions: Vec<(i64, i64, &str)> =
+        (0..n).map(|i| (i + 1, t0 + i * HOUR, "idle")).collect();
+    f.put("states", &states(1, &transitions)).await;
+    let mut head = None;
+    for (i, (date, verified)) in days.iter().enumerate() {
+        let start = t0 + i as i64 * HOUR;
+        let (m, next) = metrics_with(
+            i as i64 + 2,
+            start,
+            start + HOUR,
+            head.as_ref(),
+            1,
+            &history,
+            |b| {
+                b.window.kind = WindowKind::Day;
+                b.window.start = format!("{date}T00:00:00+08:00");
+                b.equipment[0].verified_nc = *verified;
+            },
+        );
+        f.put("metrics", &m.to_string()).await;
+        head = Some(next);
+    }
+}
