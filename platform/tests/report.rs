@@ -15,30 +15,13 @@ mod common;
 
 use std::process::Command;
 
-use common::pg::PgCluster;
-use common::{chain, Fixture, Place, Which, GW, REGION, USCC};
+use common::{chain, new_database, Fixture, Which, GW, REGION, USCC};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
 use zgsz_contract::chain::{entry_digest, hex};
 use zgsz_platform::config::Backend;
 use zgsz_platform::report::{intake, Verdict};
 use zgsz_platform::store::{Gateway, Store};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Which::Sqlite).await
-            }
-            #[tokio::test]
-            #[ignore = "needs PostgreSQL (initdb, pg_ctl)"]
-            async fn postgres() {
-                super::$name(super::Which::Postgres).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     a_report_is_compared_with_the_chain_received,
@@ -51,18 +34,7 @@ fn key() -> SigningKey {
 
 /// A store with [`GW`] enrolled under [`key`], and the receiver's config.
 async fn fixture(which: Which) -> Option<Fixture> {
-    let (backend, place) = match which {
-        Which::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("p.db");
-            (Backend::Sqlite { path }, Place::Sqlite(dir))
-        }
-        Which::Postgres => {
-            let cluster = PgCluster::shared()?;
-            let url = cluster.create_database();
-            (Backend::Postgres { url }, Place::Postgres(cluster))
-        }
-    };
+    let (backend, place) = new_database(which)?;
     Store::open(&backend)
         .await
         .unwrap()

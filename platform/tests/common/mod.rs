@@ -35,6 +35,23 @@ pub enum Place {
     None,
 }
 
+/// An empty database on `which`; `None` when PostgreSQL is not installed
+/// (outside CI; see [`pg`]).
+pub fn new_database(which: Which) -> Option<(Backend, Place)> {
+    Some(match which {
+        Which::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.db");
+            (Backend::Sqlite { path }, Place::Sqlite(dir))
+        }
+        Which::Postgres => {
+            let cluster = PgCluster::shared()?;
+            let url = cluster.create_database();
+            (Backend::Postgres { url }, Place::Postgres(cluster))
+        }
+    })
+}
+
 /// A receiver's store with the gateway [`GW`] enrolled, and its config.
 pub struct Fixture {
     pub store: Store,
@@ -48,18 +65,7 @@ pub struct Fixture {
 impl Fixture {
     /// `None` when PostgreSQL is not installed (outside CI; see [`pg`]).
     pub async fn new(which: Which) -> Option<Fixture> {
-        let (backend, place) = match which {
-            Which::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("p.db");
-                (Backend::Sqlite { path }, Place::Sqlite(dir))
-            }
-            Which::Postgres => {
-                let cluster = PgCluster::shared()?;
-                let url = cluster.create_database();
-                (Backend::Postgres { url }, Place::Postgres(cluster))
-            }
-        };
+        let (backend, place) = new_database(which)?;
         Some(Fixture::on(backend, place, "t").await)
     }
 
