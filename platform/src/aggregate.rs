@@ -190,6 +190,17 @@ pub struct AreaInput {
     pub rejected: BTreeSet<String>,
 }
 
+impl AreaInput {
+    /// The region codes with an enrolled gateway, sorted, each once: the
+    /// rows of every district table.
+    pub fn regions(&self) -> Vec<&str> {
+        let mut r: Vec<&str> = self.registered.iter().map(|(_, r)| r.as_str()).collect();
+        r.sort_unstable();
+        r.dedup();
+        r
+    }
+}
+
 /// The figures of `region` (a region code; `None`: the whole city) over
 /// the days `from..=to` (`YYYY-MM-DD`).
 pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> AreaFigures {

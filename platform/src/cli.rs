@@ -93,10 +93,7 @@ fn print_figures(input: &AreaInput, from: &str, to: &str) {
     };
     println!("{from}..={to}; rates as mean of enterprises / pooled (numerator/denominator)");
     println!("area\tregistered\treporting\tat_or_above_65%\tcnc_verified\tcnc_declared\tnetworking\tnc_time_share\texcluded");
-    let mut regions: Vec<&str> = input.registered.iter().map(|(_, r)| r.as_str()).collect();
-    regions.sort_unstable();
-    regions.dedup();
-    let rows = regions.into_iter().map(Some).chain([None]);
+    let rows = input.regions().into_iter().map(Some).chain([None]);
     for region in rows {
         let f = area(input, region, from, to);
         let excluded: Vec<String> = f

@@ -63,10 +63,8 @@ pub const HEADERS: [&str; 17] = [
 /// The rows: every region code with an enrolled gateway, sorted, then the
 /// city, over `from..=to`.
 pub fn table(input: &AreaInput, from: &str, to: &str) -> Vec<Vec<Cell>> {
-    let mut regions: Vec<&str> = input.registered.iter().map(|(_, r)| r.as_str()).collect();
-    regions.sort_unstable();
-    regions.dedup();
-    let mut rows: Vec<Vec<Cell>> = regions
+    let mut rows: Vec<Vec<Cell>> = input
+        .regions()
         .iter()
         .map(|r| row(r, district_name(r), &area(input, Some(r), from, to)))
         .collect();

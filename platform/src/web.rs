@@ -187,13 +187,6 @@ async fn period(web: &Web, p: &Period) -> Result<(AreaInput, String, String), Re
     Ok((input, from, to))
 }
 
-fn regions(input: &AreaInput) -> Vec<String> {
-    let mut r: Vec<String> = input.registered.iter().map(|(_, r)| r.clone()).collect();
-    r.sort();
-    r.dedup();
-    r
-}
-
 async fn city_page(State(web): State<Web>, Query(p): Query<Period>) -> Response {
     let (input, from, to) = match period(&web, &p).await {
         Ok(x) => x,
@@ -203,12 +196,10 @@ async fn city_page(State(web): State<Web>, Query(p): Query<Period>) -> Response 
         Ok(p) => p.len(),
         Err(e) => return failed(e),
     };
-    let districts: Vec<(String, _)> = regions(&input)
+    let districts: Vec<(String, _)> = input
+        .regions()
         .into_iter()
-        .map(|r| {
-            let f = area(&input, Some(&r), &from, &to);
-            (r, f)
-        })
+        .map(|r| (r.to_string(), area(&input, Some(r), &from, &to)))
         .collect();
     let city = area(&input, None, &from, &to);
     let svg = crate::pages::trend(&daily_trend(&input, None, &from, &to));
@@ -227,11 +218,12 @@ async fn figures_api(State(web): State<Web>, Query(p): Query<Period>) -> Respons
         Ok(x) => x,
         Err(r) => return r,
     };
-    let districts: Vec<_> = regions(&input)
+    let districts: Vec<_> = input
+        .regions()
         .into_iter()
         .map(|r| {
-            let f = area(&input, Some(&r), &from, &to);
-            json!({"region_code": r, "name": crate::export::district_name(&r), "figures": f})
+            let f = area(&input, Some(r), &from, &to);
+            json!({"region_code": r, "name": crate::export::district_name(r), "figures": f})
         })
         .collect();
     Json(json!({
@@ -254,7 +246,7 @@ async fn district_page(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !regions(&input).contains(&code) {
+    if !input.regions().contains(&code.as_str()) {
         return (StatusCode::NOT_FOUND, "no enrolled gateway in this region").into_response();
     }
     let sort = p
