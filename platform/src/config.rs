@@ -19,9 +19,10 @@ pub struct Config {
     pub http: Option<Http>,
 }
 
-/// `[http]`: where `run` serves `POST /api/v1/reports`. There is no login
-/// yet, so the default is loopback; put it behind a reverse proxy that
-/// authenticates before listening anywhere else.
+/// `[http]`: where `run` serves the pages (behind their login) and
+/// `POST /api/v1/reports`, which has no login; so the default is
+/// loopback, and anywhere else belongs behind a reverse proxy that
+/// authenticates.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
