@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::store::db::args;
-use crate::store::{Store, StoreError};
+use crate::store::{ReportRecord, Store, StoreError};
 
 /// How far one gateway instance's chain is verified.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +52,8 @@ pub struct EnterpriseView {
     /// `[from, to)` of the timeline: the day before the newest transition.
     pub timeline_span: Option<(i64, i64)>,
     pub timeline: Vec<MachineTimeline>,
+    /// The evidence reports taken in for its gateways, newest first.
+    pub reports: Vec<ReportRecord>,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -158,12 +160,18 @@ impl Store {
         }
         tx.commit().await?;
         gateways.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
+        let mut reports = Vec::new();
+        for g in &gateways {
+            reports.extend(self.reports_of(Some(&g.gateway_id)).await?);
+        }
+        reports.sort_by(|a, b| (b.received_ts, &b.id).cmp(&(a.received_ts, &a.id)));
         timeline.sort_by(|a, b| (&a.gateway_id, &a.equipment).cmp(&(&b.gateway_id, &b.equipment)));
         Ok(Some(EnterpriseView {
             uscc: uscc.to_string(),
             gateways,
             timeline_span: span,
             timeline,
+            reports,
         }))
     }
 }

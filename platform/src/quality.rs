@@ -92,10 +92,13 @@ impl Problem {
             Problem::Stale {
                 last_contact_ts: Some(ts),
                 ..
-            } => format!("last contact at {ts} (ms since the epoch)"),
+            } => format!("last contact {}", crate::pages::when(*ts)),
             Problem::Stale { .. } => "never heard from since enrolment".to_string(),
             Problem::ClockUnsynchronized { status_ts, .. } => {
-                format!("reported in the status of {status_ts} (ms since the epoch)")
+                format!(
+                    "reported in the status of {}",
+                    crate::pages::when(*status_ts)
+                )
             }
             Problem::DeclaredVerifiedGap {
                 windows,

@@ -12,6 +12,7 @@ mod common;
 
 use common::{chain, Fixture, Which, GW, HOUR, USCC};
 use serde_json::Value;
+use zgsz_platform::store::ReportRecord;
 
 on_both_backends!(the_enterprise_view_follows_the_chain_and_the_states);
 
@@ -56,7 +57,55 @@ async fn the_enterprise_view_follows_the_chain_and_the_states(which: Which) {
         .collect();
     assert_eq!(states, ["idle", "running_nc"].repeat(4));
 
+    assert!(view.reports.is_empty());
+
+    // Report intakes: one refused for this gateway, one for another
+    // gateway, which this enterprise's page must not show.
+    let intake = |gateway_id: &str, verdict: &str, ts: i64| ReportRecord {
+        id: String::new(),
+        received_ts: ts,
+        gateway_id: gateway_id.to_string(),
+        period_from: "2027-01-15".into(),
+        period_to: "2027-01-16".into(),
+        report_sha256: format!("{ts:064}"),
+        verdict: verdict.into(),
+        reasons: r#"[{"code":"signature","text":"the signature does not verify"}]"#.into(),
+        entries: 48,
+        matched: 40,
+        not_received: 8,
+        mismatched: 0,
+    };
+    f.store
+        .record_report(&intake(GW, "refused", 1_800_000_000_000), "{}", "00")
+        .await
+        .unwrap();
+    f.store
+        .record_report(
+            &intake("other-gw", "accepted", 1_800_000_001_000),
+            "{}",
+            "00",
+        )
+        .await
+        .unwrap();
+    let view = f.store.enterprise(USCC).await.unwrap().unwrap();
+    assert_eq!(view.reports.len(), 1);
+    assert_eq!(
+        (
+            view.reports[0].gateway_id.as_str(),
+            view.reports[0].verdict.as_str()
+        ),
+        (GW, "refused")
+    );
+
     let html = zgsz_platform::pages::enterprise(&view, &[]);
+    assert!(
+        html.contains("拒绝 <span class=\"en\">refused</span>"),
+        "{html}"
+    );
+    assert!(html.contains("the signature does not verify"));
+    assert!(html.contains("<td class=\"num\">40/48</td>"));
+    // 1,800,000,000,000 ms is 2027-01-15 08:00 UTC.
+    assert!(html.contains("2027-01-15 16:00 (UTC+8)"));
     assert!(html.contains(&format!("企业 {USCC}")));
     assert!(
         html.contains("<td class=\"flag\">4</td>"),

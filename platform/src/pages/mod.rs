@@ -33,6 +33,28 @@ pub fn pct(v: Option<f64>) -> String {
     v.map_or("–".to_string(), |v| format!("{:.1}%", v * 100.0))
 }
 
+/// A timestamp (ms since the epoch) in China Standard Time, the zone the
+/// programme's days are counted in: `2026-11-30 16:04 (UTC+8)`.
+pub fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000) + 8 * 3600;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} (UTC+8)",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
 /// The page around `body`.
 pub fn page(title_zh: &str, title_en: &str, body: &str) -> String {
     format!(
@@ -273,13 +295,13 @@ pub fn enterprise(
     let mut body = String::from(
         "<p><a href=\"../\">全市 <span class=\"en\">City</span></a></p>\
 <h2>网关 <span class=\"en\">Gateways</span></h2><table><thead><tr><th>网关 <span class=\"en\">Gateway</span></th>\
-<th>最近联系 <span class=\"en\">Last contact (UTC ms)</span></th><th>实例 <span class=\"en\">Instance</span></th>\
+<th>最近联系 <span class=\"en\">Last contact</span></th><th>实例 <span class=\"en\">Instance</span></th>\
 <th>已核验至 <span class=\"en\">Verified to index</span></th><th>窗口 <span class=\"en\">Windows</span></th>\
 <th>断裂 <span class=\"en\">Breaks</span></th><th>待核验 <span class=\"en\">Pending</span></th>\
 <th>配置哈希 <span class=\"en\">config_hash history</span></th></tr></thead><tbody>",
     );
     for g in &view.gateways {
-        let contact = g.last_contact_ts.map_or("–".into(), |t| t.to_string());
+        let contact = g.last_contact_ts.map_or("–".into(), when);
         if g.chains.is_empty() {
             let _ = write!(
                 body,
@@ -335,7 +357,11 @@ pub fn enterprise(
             ratio(&f.nc_time_share)
         );
     }
-    body.push_str("</tbody></table><h2>设备状态（最近一天） <span class=\"en\">Equipment states, last day</span></h2>");
+    body.push_str("</tbody></table>");
+    reports(&mut body, &view.reports);
+    body.push_str(
+        "<h2>设备状态（最近一天） <span class=\"en\">Equipment states, last day</span></h2>",
+    );
     match view.timeline_span {
         Some((from, to)) => body.push_str(&chart::timeline(from, to, &view.timeline)),
         None => {
@@ -343,4 +369,49 @@ pub fn enterprise(
         }
     }
     page(&format!("企业 {}", view.uscc), "Enterprise", &body)
+}
+
+/// The evidence reports taken in, with the verdict and why.
+fn reports(body: &mut String, reports: &[crate::store::ReportRecord]) {
+    body.push_str("<h2>证据报告 <span class=\"en\">Evidence reports</span></h2>");
+    if reports.is_empty() {
+        body.push_str("<p>尚未上传 <span class=\"en\">None uploaded.</span></p>");
+        return;
+    }
+    body.push_str(
+        "<table><thead><tr><th>收到 <span class=\"en\">Received</span></th>\
+<th>网关 <span class=\"en\">Gateway</span></th><th>期间 <span class=\"en\">Period</span></th>\
+<th>结论 <span class=\"en\">Verdict</span></th><th>一致 <span class=\"en\">Matched</span></th>\
+<th>未收到 <span class=\"en\">Not received</span></th><th>不符 <span class=\"en\">Mismatched</span></th>\
+<th>原因 <span class=\"en\">Reasons</span></th></tr></thead><tbody>",
+    );
+    for r in reports {
+        // As the intake answered: `[{"code", "text"}]`.
+        let reasons: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&r.reasons)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v["text"].as_str().map(esc))
+            .collect();
+        let (zh, class) = if r.verdict == "accepted" {
+            ("接受", "")
+        } else {
+            ("拒绝", " class=\"flag\"")
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{} – {}</td><td{class}>{zh} <span class=\"en\">{}</span></td>\
+<td class=\"num\">{}/{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            when(r.received_ts),
+            esc(&r.gateway_id),
+            esc(&r.period_from),
+            esc(&r.period_to),
+            esc(&r.verdict),
+            r.matched,
+            r.entries,
+            r.not_received,
+            r.mismatched,
+            reasons.join("<br>")
+        );
+    }
+    body.push_str("</tbody></table>");
 }

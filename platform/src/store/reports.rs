@@ -5,7 +5,7 @@ use super::db::args;
 use super::{Store, StoreError};
 
 /// One intake as recorded, without the report and signature themselves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReportRecord {
     /// `<received_ts>-<report_sha256>`.
     pub id: String,
@@ -86,12 +86,22 @@ impl Store {
 
     /// Every intake, newest first, without the bodies.
     pub async fn reports(&mut self) -> Result<Vec<ReportRecord>, StoreError> {
+        self.reports_of(None).await
+    }
+
+    /// The intakes of reports naming `gateway_id` (every intake with
+    /// `None`), newest first, without the bodies.
+    pub async fn reports_of(
+        &mut self,
+        gateway_id: Option<&str>,
+    ) -> Result<Vec<ReportRecord>, StoreError> {
         let mut tx = self.begin(false).await?;
         let rows = tx
             .query(
                 "SELECT id, received_ts, gateway_id, period_from, period_to, report_sha256,
-                   verdict, reasons, entries, matched, not_received, mismatched FROM reports",
-                args![],
+                   verdict, reasons, entries, matched, not_received, mismatched FROM reports
+                 WHERE ?1 = '' OR gateway_id = ?1",
+                args![gateway_id.unwrap_or_default()],
             )
             .await?;
         tx.commit().await?;
