@@ -38,6 +38,10 @@ pub struct Site {
     pub users: Vec<crate::auth::User>,
     /// `verify.stale_after_s`, in ms.
     pub stale_ms: i64,
+    /// A login link's secret: `GET /login/link/{secret}` opens a session
+    /// as [`crate::web::LINK_USER`]. Never from the config: only the demo
+    /// makes one, to print a URL that opens its pages.
+    pub link: Option<String>,
 }
 
 impl Site {
@@ -55,6 +59,7 @@ impl Site {
             }),
             stale_ms: i64::try_from(cfg.verify.stale_after_s.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            link: None,
         }
     }
 }
@@ -66,7 +71,7 @@ pub fn router(store: Store, site: Site) -> Router {
         .route("/api/v1/reports", post(post_report).get(list_reports))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .with_state(shared.clone())
-        .merge(crate::web::router(shared, site.users, site.stale_ms))
+        .merge(crate::web::router(shared, site))
 }
 
 /// Binds `[http] listen`, so that a taken port fails `run` at start.

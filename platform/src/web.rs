@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::aggregate::{area, daily_trend, enterprise_days, AreaInput};
-use crate::auth::{Sessions, User};
+use crate::auth::Sessions;
 use crate::store::{now_ms, Store};
 
 /// The session cookie's name.
@@ -34,15 +34,20 @@ struct Web {
     sessions: Arc<Mutex<Sessions>>,
     /// `verify.stale_after_s`, in ms.
     stale_ms: i64,
+    /// The login link's secret, if any (see [`crate::http::Site::link`]).
+    link: Option<Arc<str>>,
 }
 
-/// The pages, the API and the login, on `store`; `stale_ms`: how long a
-/// gateway may be silent before the data-quality page lists it.
-pub fn router(store: Arc<Mutex<Store>>, users: Vec<User>, stale_ms: i64) -> Router {
+/// Who a login link logs in as.
+pub const LINK_USER: &str = "demo";
+
+/// The pages, the API and the login, on `store`, for `site`'s users.
+pub fn router(store: Arc<Mutex<Store>>, site: crate::http::Site) -> Router {
     let web = Web {
         store,
-        sessions: Arc::new(Mutex::new(Sessions::new(users, IDLE))),
-        stale_ms,
+        sessions: Arc::new(Mutex::new(Sessions::new(site.users, IDLE))),
+        stale_ms: site.stale_ms,
+        link: site.link.map(Arc::from),
     };
     let private = Router::new()
         .route("/", get(city_page))
@@ -56,6 +61,7 @@ pub fn router(store: Arc<Mutex<Store>>, users: Vec<User>, stale_ms: i64) -> Rout
     Router::new()
         .route("/login", get(login_form).post(login))
         .route("/logout", get(logout))
+        .route("/login/link/:secret", get(login_link))
         .merge(private)
         .with_state(web)
 }
@@ -111,17 +117,7 @@ struct Credentials {
 
 async fn login(State(web): State<Web>, Form(c): Form<Credentials>) -> Response {
     match web.sessions.lock().await.login(&c.name, &c.password) {
-        Ok(Some(token)) => (
-            StatusCode::SEE_OTHER,
-            [
-                (
-                    header::SET_COOKIE,
-                    format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
-                ),
-                (header::LOCATION, "/".to_string()),
-            ],
-        )
-            .into_response(),
+        Ok(Some(token)) => session_cookie(&token, "/"),
         Ok(None) => (
             StatusCode::UNAUTHORIZED,
             Html(crate::pages::page(
@@ -133,6 +129,57 @@ async fn login(State(web): State<Web>, Form(c): Form<Credentials>) -> Response {
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// `?next=/path`: where a login link leads.
+#[derive(Deserialize)]
+struct LinkQuery {
+    next: Option<String>,
+}
+
+/// A login link: a session as [`LINK_USER`] for the right secret, then
+/// on to `next` (a path on this site only). Anything else is the login
+/// form, as if no link existed.
+async fn login_link(
+    State(web): State<Web>,
+    Path(secret): Path<String>,
+    Query(n): Query<LinkQuery>,
+) -> Response {
+    let Some(link) = web.link.as_deref() else {
+        return Redirect::to("/login").into_response();
+    };
+    if !same_secret(link.as_bytes(), secret.as_bytes()) {
+        return Redirect::to("/login").into_response();
+    }
+    let next = n
+        .next
+        .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
+        .unwrap_or_else(|| "/".to_string());
+    match web.sessions.lock().await.open_for(LINK_USER) {
+        Ok(token) => session_cookie(&token, &next),
+        Err(e) => failed(e),
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// 303 to `next` with the session cookie of `token`.
+fn session_cookie(token: &str, next: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::SET_COOKIE,
+                format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
+            ),
+            (header::LOCATION, next.to_string()),
+        ],
+    )
+        .into_response()
 }
 
 async fn logout(State(web): State<Web>, req: Request) -> Redirect {

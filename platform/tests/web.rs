@@ -58,6 +58,7 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
             password_hash: hash_password("正确 right").unwrap(),
         }],
         stale_ms: 7_200_000,
+        link: None,
     };
     let store = Store::open(&f.backend).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -89,6 +90,10 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
             "{path}: {body}"
         );
     }
+    // No login link was made: a link is only the login form.
+    let (status, head, _) = request(addr, "GET", "/login/link/x", None, None).await;
+    assert_eq!(status, 303);
+    assert!(head.contains("location: /login\r\n") && !head.contains("set-cookie"));
     let forged = format!("zgsz_session={}", "a".repeat(64));
     assert_eq!(request(addr, "GET", "/", Some(&forged), None).await.0, 303);
     let (status, _, body) = request(addr, "GET", "/login", None, None).await;
@@ -154,6 +159,63 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
     // Logged out: nothing again.
     assert_eq!(get("/logout".into()).await.0, 303);
     assert_eq!(get("/".into()).await.0, 303);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// The set-cookie of a response head, as a request's cookie.
+fn cookie_of(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_string)
+}
+
+/// The demo's login link: the right secret opens a session and leads on,
+/// within the site only; a wrong one is the login form.
+#[tokio::test]
+async fn a_login_link_opens_a_session_only_with_its_secret() {
+    let mut f = Fixture::new(Which::Sqlite).await.unwrap();
+    common::day_windows(&mut f, &[("2026-11-02", true)]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let secret = "5".repeat(64);
+    let site = Site {
+        users: Vec::new(),
+        stale_ms: 7_200_000,
+        link: Some(secret.clone()),
+    };
+    let store = Store::open(&f.backend).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(zgsz_platform::http::serve(listener, store, site, async {
+        let _ = stopped.await;
+    }));
+
+    for wrong in ["5".repeat(63), "6".repeat(64), format!("{secret}5")] {
+        let path = format!("/login/link/{wrong}?next=/quality");
+        let (status, head, _) = request(addr, "GET", &path, None, None).await;
+        assert_eq!(status, 303);
+        assert!(head.contains("location: /login\r\n"), "{head}");
+        assert_eq!(cookie_of(&head), None);
+    }
+    let path = format!("/login/link/{secret}?next=/district/321003");
+    let (status, head, _) = request(addr, "GET", &path, None, None).await;
+    assert_eq!(status, 303);
+    assert!(head.contains("location: /district/321003\r\n"), "{head}");
+    let cookie = cookie_of(&head).unwrap();
+    let (status, _, page) = request(addr, "GET", "/district/321003", Some(&cookie), None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(USCC));
+    // Never off the site.
+    for next in [
+        "//elsewhere.example/",
+        "https://elsewhere.example/",
+        "%5C%5Celsewhere",
+    ] {
+        let path = format!("/login/link/{secret}?next={next}");
+        let (_, head, _) = request(addr, "GET", &path, None, None).await;
+        assert!(head.contains("location: /\r\n"), "{next}: {head}");
+    }
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
