@@ -93,6 +93,61 @@ impl Clock for ScaledClock {
     }
 }
 
+/// A clock that starts `behind` in the past, runs `speed` times faster
+/// until it has caught up with the system time, and from then on is the
+/// system time: the city demo's gateways produce a week of history in a
+/// minute, then go on live, so that what they send and when the platform
+/// receives it agree again.
+#[derive(Debug)]
+pub struct CatchUpClock {
+    /// Clock time at `real_start`.
+    start_ms: i64,
+    /// System time at `real_start`.
+    system_start_ms: i64,
+    real_start: Instant,
+    speed: f64,
+}
+
+impl CatchUpClock {
+    /// `speed` ≥ 1; `behind`: how far in the past the clock starts.
+    pub fn new(speed: f64, behind: Duration) -> CatchUpClock {
+        let now = SystemClock.now_ms();
+        CatchUpClock {
+            start_ms: now - i64::try_from(behind.as_millis()).unwrap_or(i64::MAX / 2),
+            system_start_ms: now,
+            real_start: Instant::now(),
+            speed: if speed.is_finite() {
+                speed.max(1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+
+    /// Whether the clock has caught up with the system time.
+    pub fn caught_up(&self) -> bool {
+        let real = self.real_start.elapsed().as_secs_f64() * 1000.0;
+        self.start_ms as f64 + real * self.speed >= self.system_start_ms as f64 + real
+    }
+}
+
+impl Clock for CatchUpClock {
+    fn now_ms(&self) -> i64 {
+        // Monotonic elapsed time on both branches, so the clock never steps.
+        let real = self.real_start.elapsed().as_secs_f64() * 1000.0;
+        let fast = self.start_ms + (real * self.speed) as i64;
+        fast.min(self.system_start_ms + real as i64)
+    }
+
+    fn to_real(&self, d: Duration) -> Duration {
+        if self.caught_up() {
+            d
+        } else {
+            d.div_f64(self.speed)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +164,25 @@ mod tests {
             SystemClock.to_real(Duration::from_secs(1)),
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn a_catch_up_clock_runs_fast_until_it_meets_the_system_time() {
+        // A minute behind at ×3,600: caught up after about 17 ms.
+        let c = CatchUpClock::new(3600.0, Duration::from_secs(60));
+        assert!(SystemClock.now_ms() - c.now_ms() > 50_000);
+        assert!(!c.caught_up());
+        assert_eq!(c.to_real(Duration::from_secs(3600)), Duration::from_secs(1));
+        while !c.caught_up() {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let (before, clock, after) = (SystemClock.now_ms(), c.now_ms(), SystemClock.now_ms());
+        // Now the system time (give or take the rounding of the two bases).
+        assert!(
+            clock >= before - 2 && clock <= after + 2,
+            "{before} {clock} {after}"
+        );
+        assert_eq!(c.to_real(Duration::from_secs(1)), Duration::from_secs(1));
     }
 }

@@ -166,3 +166,58 @@ fn print_accounting(a: &Accounting, verdict: &Verdict) {
         );
     }
 }
+
+/// `demo`: starts the city, prints where to look, and how far the
+/// receiver has got every few seconds, until `stop`.
+#[cfg(feature = "demo")]
+pub async fn demo(
+    opts: &zgsz_platform::demo::Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let city = zgsz_platform::demo::City::start(opts)
+        .await
+        .context("starting the demo city")?;
+    println!("zgsz-platform demo: a city on this machine");
+    println!(
+        "  {} enterprises, {} gateways running the real agent against simulated machines",
+        city.enterprises, city.gateways
+    );
+    println!("  embedded MQTT broker:  {}", city.broker);
+    println!("  receiver database:     {}", city.database.display());
+    println!(
+        "  history: {} days, made in about {} s; then the city runs live",
+        opts.days,
+        opts.speed
+            .map_or(zgsz_platform::demo::CATCH_UP.as_secs(), |s| {
+                (f64::from(opts.days) * 86_400.0 / s) as u64
+            })
+    );
+    println!("  pages (this link logs you in):");
+    println!("    {}", city.link);
+    println!("  stop with Ctrl-C");
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut live = false;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let p = city.progress().await?;
+        println!(
+            "[{}] {} windows stored, {} verified ({} days){}",
+            zgsz_platform::pages::when(p.now_ms),
+            p.windows,
+            p.verified,
+            p.days,
+            if p.caught_up { "" } else { "; making history" }
+        );
+        if p.caught_up && !live {
+            live = true;
+            println!("  the history is in; the city now runs live: {}", city.link);
+        }
+    }
+    city.stop().await.context("stopping the demo city")?;
+    Ok(())
+}

@@ -400,14 +400,21 @@ impl Config {
     }
 
     /// The shared-subscription filters of the three streams.
+    ///
+    /// An empty `share_group` (refused in a config file; the demo sets
+    /// it) subscribes without a shared subscription, for a single
+    /// instance on a broker whose shared subscriptions keep one filter per
+    /// group, as the demo's embedded broker does.
     pub fn filters(&self) -> Vec<String> {
         ["metrics", "states", "status"]
             .iter()
             .map(|s| {
-                format!(
-                    "$share/{}/{}/+/+/+/{s}",
-                    self.mqtt.share_group, self.mqtt.topic_prefix
-                )
+                let filter = format!("{}/+/+/+/{s}", self.mqtt.topic_prefix);
+                if self.mqtt.share_group.is_empty() {
+                    filter
+                } else {
+                    format!("$share/{}/{filter}", self.mqtt.share_group)
+                }
             })
             .collect()
     }

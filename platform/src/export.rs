@@ -22,8 +22,15 @@ pub const DISTRICTS: [(&str, &str); 6] = [
 /// The city row's code and name.
 pub const CITY: (&str, &str) = ("321000", "扬州市");
 
+/// The row of enterprises registered under the city's own code rather
+/// than a district's (市本级), when there are any.
+pub const CITY_LEVEL: &str = "市本级";
+
 /// The name of `code`, or the code itself when it is not a Yangzhou area.
 pub fn district_name(code: &str) -> &str {
+    if code == CITY.0 {
+        return CITY_LEVEL;
+    }
     DISTRICTS
         .iter()
         .find(|(c, _)| *c == code)

@@ -13,6 +13,8 @@
 pub mod aggregate;
 pub mod auth;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod enterprise;
 pub mod export;
 pub mod gaps;

@@ -97,6 +97,30 @@ enum Command {
     /// Read a password on stdin and print its argon2id hash, for a user
     /// of the pages in the config.
     HashPassword,
+    /// A city on this machine: the real agent for twenty simulated
+    /// enterprises across Yangzhou's region codes, an embedded broker,
+    /// this receiver, and its pages on loopback. A week of figures exists
+    /// within a minute; then the city runs live until Ctrl-C.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Days of history made before the city goes live.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
+        days: u32,
+        /// Time compression while the history is made (default: the
+        /// history takes about 50 s).
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Where the pages are served (loopback).
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        listen: std::net::SocketAddr,
+        /// Keep the receiver's database and the gateways' state here
+        /// (default: a temporary directory, removed at the end).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Stop after this long, e.g. 90s or 10m (default: at Ctrl-C).
+        #[arg(long, value_parser = duration)]
+        duration: Option<Duration>,
+    },
     /// List the sealed windows with their verdicts.
     Windows {
         #[arg(long)]
@@ -205,6 +229,31 @@ async fn command(command: Command) -> anyhow::Result<ExitCode> {
             let (_, mut store) = open(&config).await?;
             cli::windows(&mut store).await?;
         }
+        #[cfg(feature = "demo")]
+        Command::Demo {
+            days,
+            speed,
+            listen,
+            dir,
+            duration,
+        } => {
+            let opts = zgsz_platform::demo::Options {
+                days,
+                speed,
+                listen,
+                dir,
+            };
+            let stop = async move {
+                match duration {
+                    Some(d) => tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = shutdown() => {}
+                    },
+                    None => shutdown().await,
+                }
+            };
+            cli::demo(&opts, stop).await?;
+        }
         Command::Retire { config, quiet_s } => {
             let (cfg, mut store) = open(&config).await?;
             let r = zgsz_platform::retire::retire(&cfg, &mut store, Duration::from_secs(quiet_s))
@@ -287,6 +336,21 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         task.await.context("the report endpoint")??;
     }
     Ok(ingested?)
+}
+
+/// A duration argument: `90s`, `10m`, `1h`.
+#[cfg(feature = "demo")]
+fn duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: write e.g. 90s, 10m or 1h"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: write e.g. 90s, 10m or 1h")),
+    }
 }
 
 /// A `YYYY-MM-DD` argument.

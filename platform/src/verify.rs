@@ -14,7 +14,7 @@
 use serde_json::Value;
 use zgsz_contract::chain::{entry_digest, metrics_lines, sha256_hex, transitions_lines, GENESIS};
 use zgsz_contract::payload::Metrics;
-use zgsz_contract::{Ratio, State};
+use zgsz_contract::{Ratio, State, WindowKind};
 
 use crate::store::db::{args, Arg, Tx};
 use crate::store::StoreError;
@@ -149,7 +149,13 @@ pub fn flags(
     if clock_sync == Some("unsynchronized") {
         f.push("clock_unsynchronized");
     }
-    if let (Some(d), Some(v)) = (
+    // Judged by the day, and only on a day something ran: an hour of the
+    // night, or a closed Sunday, verifies no machine, and flagging those
+    // would bury the enterprise whose "CNC" machines run by hand.
+    let ran = body.indicators.nc_time_share.denominator > 0;
+    if let (WindowKind::Day, true, Some(d), Some(v)) = (
+        body.window.kind,
+        ran,
         body.indicators.cnc_rate_declared.value,
         body.indicators.cnc_rate_verified.value,
     ) {

@@ -12,7 +12,7 @@
 mod common;
 
 use common::{metrics_with, states, status, Fixture, Which, HOUR};
-use zgsz_contract::State;
+use zgsz_contract::{Ratio, State, StateTimes, WindowKind};
 use zgsz_platform::ingest::Handled;
 
 on_both_backends!(
@@ -133,9 +133,11 @@ async fn an_unsynchronised_clock_flags_the_windows_that_arrive_while_it_lasts(wh
 }
 
 async fn a_declared_verified_gap_is_flagged_over_the_configured_threshold(which: Which) {
-    // Hour 2: the lathe is declared NC but not verified NC (declared 1/1,
-    // verified 0/1: a gap of 1.0).
+    // Window 2: the lathe ran, but is declared NC and not verified NC
+    // (declared 1/1, verified 0/1: a gap of 1.0). Days; see below for
+    // hours and for days when nothing ran.
     let (st, w) = hours(2, |h, b| {
+        b.window.kind = WindowKind::Day;
         if h == 1 {
             b.equipment[0].verified_nc = false;
             b.processes[0].verified_nc = 0;
@@ -163,5 +165,45 @@ async fn a_declared_verified_gap_is_flagged_over_the_configured_threshold(which:
             ],
             "threshold {threshold}"
         );
+    }
+}
+
+on_both_backends!(a_gap_in_an_hour_or_on_a_day_when_nothing_ran_is_not_flagged);
+
+/// An hour of the night, or a closed day, verifies no machine: not a
+/// sign of overstatement.
+async fn a_gap_in_an_hour_or_on_a_day_when_nothing_ran_is_not_flagged(which: Which) {
+    let (st, w) = hours(3, |h, b| {
+        b.equipment[0].verified_nc = false;
+        b.processes[0].verified_nc = 0;
+        // 1: an hour with running time; 2 and 3: days with none.
+        if h > 0 {
+            b.window.kind = WindowKind::Day;
+            let e = &mut b.equipment[0];
+            e.time_ms = StateTimes {
+                offline: 0,
+                idle: HOUR as u64,
+                running_manual: 0,
+                running_nc: 0,
+            };
+            e.ran_nc = false;
+            e.nc_time_share = Ratio::new(0, 0, "nothing ran");
+            e.utilisation = Ratio::new(0, HOUR as u64, "none");
+            b.processes[0].nc_time_share = Ratio::new(0, 0, "nothing ran");
+            b.processes[0].utilisation = Ratio::new(0, HOUR as u64, "none");
+        }
+    });
+    let Some(mut f) = Fixture::new(which).await else {
+        return;
+    };
+    f.put("states", &st).await;
+    for m in &w {
+        assert_eq!(f.put("metrics", m).await, Handled::Stored);
+    }
+    let got = flags(&mut f).await;
+    assert_eq!(got.len(), 3);
+    for (index, verdict, flags) in got {
+        assert_eq!(verdict, "verified", "window {index}");
+        assert!(flags.is_empty(), "window {index}: {flags:?}");
     }
 }

@@ -471,6 +471,17 @@ impl ShopFloor {
         Ok(floor)
     }
 
+    /// Starts the given Modbus machines on a plant day that follows
+    /// `clock` (see [`ShopFloor::start_plant_day`]; the same ids behave
+    /// the same way on every floor).
+    pub async fn start_plant_day_with(
+        list: &[(&str, MachineKind, u64, u64)],
+        clock: Arc<dyn Clock>,
+        offset: time::UtcOffset,
+    ) -> std::io::Result<ShopFloor> {
+        Self::start_inner(list, &[], Some(PlantDay { clock, offset })).await
+    }
+
     #[cfg(feature = "opcua-sim")]
     async fn start_opcua(&mut self, day: Option<PlantDay>) -> std::io::Result<()> {
         let pki = tempfile::Builder::new().prefix("zgsz-sim-pki-").tempdir()?;

@@ -131,7 +131,9 @@ pub fn city(
             (Some(d), Some(v)) => format!("{:+.1} pt", (d - v) * 100.0),
             _ => "–".into(),
         };
-        let link = if code == CITY.0 {
+        // The city's own total has no page; 市本级 (the city's code as a
+        // region) has one, like a district.
+        let link = if !class.is_empty() {
             format!("{} {}", esc(name), esc(code))
         } else {
             format!(
