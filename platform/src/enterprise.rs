@@ -48,6 +48,9 @@ pub struct MachineTimeline {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EnterpriseView {
     pub uscc: String,
+    /// The registered name, as its gateways' latest figures give it
+    /// (empty before any arrived).
+    pub name: String,
     pub gateways: Vec<GatewayView>,
     /// `[from, to)` of the timeline: the day before the newest transition.
     pub timeline_span: Option<(i64, i64)>,
@@ -74,6 +77,7 @@ impl Store {
         }
         let mut gateways = Vec::new();
         let mut newest: Option<i64> = None;
+        let mut name = String::new();
         for g in &gws {
             let id = g.text(0)?;
             let contact = tx
@@ -90,6 +94,23 @@ impl Store {
             };
             if last_transition > 0 {
                 newest = Some(newest.map_or(last_transition, |n| n.max(last_transition)));
+            }
+            if name.is_empty() {
+                let latest = tx
+                    .query_opt(
+                        "SELECT payload FROM messages WHERE gateway_id = ?1 AND stream = 'metrics'
+                         ORDER BY received_ts DESC LIMIT 1",
+                        args![&id],
+                    )
+                    .await?;
+                if let Some(r) = latest {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&r.text(0)?).unwrap_or_default();
+                    name = v["enterprise_name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                }
             }
             let windows = tx
                 .query(
@@ -168,6 +189,7 @@ impl Store {
         timeline.sort_by(|a, b| (&a.gateway_id, &a.equipment).cmp(&(&b.gateway_id, &b.equipment)));
         Ok(Some(EnterpriseView {
             uscc: uscc.to_string(),
+            name,
             gateways,
             timeline_span: span,
             timeline,

@@ -155,6 +155,7 @@ async fn the_demo_citys_pages_render_in_headless_chromium() {
             g.gateway_id
         );
     }
+    assert!(enterprise.contains(roster::DOWN.0), "the enterprise's name");
     assert!(enterprise.contains("每日指标"));
     assert!(
         svgs_are_sound(&enterprise, "enterprise") >= 1,

@@ -36,6 +36,8 @@ async fn the_enterprise_view_follows_the_chain_and_the_states(which: Which) {
     }
     let view = f.store.enterprise(USCC).await.unwrap().unwrap();
     assert_eq!(view.gateways.len(), 1);
+    // The name, from the figures (the test streams call it "E").
+    assert_eq!(view.name, "E");
     let g = &view.gateways[0];
     assert_eq!(g.gateway_id, GW);
     assert!(g.last_contact_ts.is_some());

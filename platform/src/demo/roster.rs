@@ -167,8 +167,13 @@ pub fn gateways() -> Vec<Gateway> {
 /// Device ids the simulator knows (lathe-02 is set up by hand in the
 /// morning, lathe-03 is run by hand every third day, mill-01 is down every
 /// fourth day, mill-02 stops after lunch), so the daily figures move.
+///
+/// Only plants of six machines or more get those ids: in a smaller one a
+/// machine down for a day moves the verified rate by a third or more, as
+/// much as the overstating enterprise's gap, and would hide it.
 fn machine_ids(codes: &str) -> Vec<(String, Machine)> {
-    let (mut lathes, mut mills, mut benches) = (0, 0, 0);
+    let first = if codes.len() >= 6 { 0 } else { 3 };
+    let (mut lathes, mut mills, mut benches) = (first, first, 0);
     codes
         .chars()
         .filter_map(Machine::code)

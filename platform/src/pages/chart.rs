@@ -124,16 +124,15 @@ pub fn timeline(from: i64, to: i64, machines: &[crate::enterprise::MachineTimeli
         }
     }
     let ly = h - 12.0;
-    for (k, (state, zh)) in [
+    let mut lx = 10.0;
+    for (state, zh) in [
         ("running_nc", "数控运行"),
         ("running_manual", "手动运行"),
         ("idle", "空闲"),
         ("offline", "离线"),
     ]
     .iter()
-    .enumerate()
     {
-        let lx = label + k as f64 * 130.0;
         let _ = write!(
             svg,
             "<rect x=\"{lx}\" y=\"{y0}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{tx}\" y=\"{ly}\" font-size=\"12\">{zh} {state}</text>",
@@ -141,6 +140,9 @@ pub fn timeline(from: i64, to: i64, machines: &[crate::enterprise::MachineTimeli
             y0 = ly - 10.0,
             tx = lx + 16.0
         );
+        // Each entry as wide as its text: a CJK character is about as
+        // wide as the font size, a Latin one a little over half of it.
+        lx += 16.0 + 12.0 * zh.chars().count() as f64 + 7.0 * (state.len() + 1) as f64 + 14.0;
     }
     svg.push_str("</svg>");
     svg

@@ -370,7 +370,11 @@ pub fn enterprise(
             body.push_str("<p>尚无状态数据 <span class=\"en\">No states received yet.</span></p>")
         }
     }
-    page(&format!("企业 {}", view.uscc), "Enterprise", &body)
+    page(
+        format!("企业 {} {}", view.uscc, view.name).trim_end(),
+        "Enterprise",
+        &body,
+    )
 }
 
 /// The evidence reports taken in, with the verdict and why.
