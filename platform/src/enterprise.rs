@@ -42,6 +42,11 @@ pub struct MachineTimeline {
     pub equipment: String,
     /// (ts, state), the first at or before the timeline's start.
     pub changes: Vec<(i64, String)>,
+    /// Where the gateway's evidence ends, when that is more than an hour
+    /// before the timeline's end: the newest message it created or
+    /// transition it sent. After
+    /// it nothing is known (a gateway that went down), so nothing is drawn.
+    pub until: Option<i64>,
 }
 
 /// What the enterprise page shows, apart from the figures.
@@ -138,6 +143,19 @@ impl Store {
         let span = newest.map(|n| (n - DAY_MS, n + 1));
         if let Some((from, to)) = span {
             for g in &gateways {
+                let until = tx
+                    .query_opt(
+                        "SELECT COALESCE(MAX(x), 0) FROM (
+                           SELECT MAX(created_ts) AS x FROM messages WHERE gateway_id = ?1
+                           UNION ALL SELECT MAX(ts) FROM transitions WHERE gateway_id = ?1) AS newest",
+                        args![&g.gateway_id],
+                    )
+                    .await?
+                    .map(|r| r.int(0))
+                    .transpose()?
+                    // A gateway that still reports has created a message
+                    // within the last hourly window.
+                    .filter(|t| *t + DAY_MS / 24 < to);
                 let rows = tx
                     .query(
                         "SELECT equipment, state, ts FROM transitions
@@ -175,6 +193,7 @@ impl Store {
                         gateway_id: g.gateway_id.clone(),
                         equipment: eq,
                         changes,
+                        until,
                     });
                 }
             }

@@ -93,7 +93,11 @@ fn colour(state: &str) -> &'static str {
 /// One bar per machine over `[from, to)`, coloured by state, with a legend.
 pub fn timeline(from: i64, to: i64, machines: &[crate::enterprise::MachineTimeline]) -> String {
     let row = 22.0;
-    let label = 160.0;
+    // Two gateways of one enterprise may each have a "mill-01": then the
+    // labels name the gateway too.
+    let first = machines.first().map_or("", |m| m.gateway_id.as_str());
+    let several = machines.iter().any(|m| m.gateway_id != first);
+    let label = if several { 300.0 } else { 160.0 };
     let h = PAD + row * machines.len() as f64 + 30.0;
     let span = (to - from).max(1) as f64;
     let x = |ts: i64| label + ((ts.clamp(from, to) - from) as f64 / span) * (W - label - 10.0);
@@ -102,15 +106,21 @@ pub fn timeline(from: i64, to: i64, machines: &[crate::enterprise::MachineTimeli
     );
     for (i, m) in machines.iter().enumerate() {
         let y = 10.0 + row * i as f64;
+        let name = if several {
+            format!("{} · {}", m.gateway_id, m.equipment)
+        } else {
+            m.equipment.clone()
+        };
         let _ = write!(
             svg,
             "<text x=\"{tx}\" y=\"{ty:.1}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
-            esc(&m.equipment),
+            esc(&name),
             tx = label - 6.0,
             ty = y + 13.0
         );
+        let last = m.until.unwrap_or(to);
         for (j, (ts, state)) in m.changes.iter().enumerate() {
-            let end = m.changes.get(j + 1).map_or(to, |(t, _)| *t);
+            let end = m.changes.get(j + 1).map_or(last, |(t, _)| *t);
             let (x0, x1) = (x(*ts), x(end));
             if x1 > x0 {
                 let _ = write!(
@@ -146,4 +156,41 @@ pub fn timeline(from: i64, to: i64, machines: &[crate::enterprise::MachineTimeli
     }
     svg.push_str("</svg>");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enterprise::MachineTimeline;
+
+    fn machine(gateway_id: &str, until: Option<i64>) -> MachineTimeline {
+        MachineTimeline {
+            gateway_id: gateway_id.into(),
+            equipment: "mill-01".into(),
+            changes: vec![(0, "idle".into()), (500, "running_nc".into())],
+            until,
+        }
+    }
+
+    /// The width of each bar of `class`, in order.
+    fn widths(svg: &str, class: &str) -> Vec<f64> {
+        svg.split(&format!("<rect class=\"{class}\""))
+            .skip(1)
+            .filter_map(|r| r.split("width=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_that_went_down_draws_nothing_after_its_last_evidence() {
+        let live = timeline(0, 1000, &[machine("gw1", None)]);
+        let down = timeline(0, 1000, &[machine("gw1", Some(750))]);
+        let (a, b) = (widths(&live, "running_nc"), widths(&down, "running_nc"));
+        assert_eq!((a.len(), b.len()), (1, 1));
+        // Half of the bar (500..1000) against a quarter (500..750).
+        assert!((a[0] / b[0] - 2.0).abs() < 0.01, "{a:?} {b:?}");
+        assert!(!live.contains("gw1 · mill-01"));
+        // Two gateways with the same machine id: each label says which.
+        let two = timeline(0, 1000, &[machine("gw1", None), machine("gw2", Some(750))]);
+        assert!(two.contains("gw1 · mill-01") && two.contains("gw2 · mill-01"));
+    }
 }
