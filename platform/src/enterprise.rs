@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::store::db::args;
+use crate::store::db::{args, Tx};
 use crate::store::{ReportRecord, Store, StoreError};
 
 /// How far one gateway instance's chain is verified.
@@ -139,63 +139,11 @@ impl Store {
                 chains: by.into_iter().map(|(i, w)| chain_status(i, w)).collect(),
             });
         }
-        let mut timeline = Vec::new();
         let span = newest.map(|n| (n - DAY_MS, n + 1));
+        let mut timeline = Vec::new();
         if let Some((from, to)) = span {
             for g in &gateways {
-                let until = tx
-                    .query_opt(
-                        "SELECT COALESCE(MAX(x), 0) FROM (
-                           SELECT MAX(created_ts) AS x FROM messages WHERE gateway_id = ?1
-                           UNION ALL SELECT MAX(ts) FROM transitions WHERE gateway_id = ?1) AS newest",
-                        args![&g.gateway_id],
-                    )
-                    .await?
-                    .map(|r| r.int(0))
-                    .transpose()?
-                    // A gateway that still reports has created a message
-                    // within the last hourly window.
-                    .filter(|t| *t + DAY_MS / 24 < to);
-                let rows = tx
-                    .query(
-                        "SELECT equipment, state, ts FROM transitions
-                         WHERE gateway_id = ?1 AND ts >= ?2 AND ts < ?3",
-                        args![&g.gateway_id, from, to],
-                    )
-                    .await?;
-                let equipment = tx
-                    .query(
-                        "SELECT DISTINCT equipment FROM transitions WHERE gateway_id = ?1",
-                        args![&g.gateway_id],
-                    )
-                    .await?;
-                for e in &equipment {
-                    let eq = e.text(0)?;
-                    let before = tx
-                        .query_opt(
-                            "SELECT state, ts FROM transitions
-                             WHERE gateway_id = ?1 AND equipment = ?2 AND ts < ?3
-                             ORDER BY ts DESC, id DESC LIMIT 1",
-                            args![&g.gateway_id, &eq, from],
-                        )
-                        .await?;
-                    let mut changes = Vec::new();
-                    if let Some(b) = before {
-                        changes.push((b.int(1)?, b.text(0)?));
-                    }
-                    for r in &rows {
-                        if r.text(0)? == eq {
-                            changes.push((r.int(2)?, r.text(1)?));
-                        }
-                    }
-                    changes.sort();
-                    timeline.push(MachineTimeline {
-                        gateway_id: g.gateway_id.clone(),
-                        equipment: eq,
-                        changes,
-                        until,
-                    });
-                }
+                timeline.extend(machines(&mut tx, &g.gateway_id, from, to).await?);
             }
         }
         tx.commit().await?;
@@ -215,6 +163,71 @@ impl Store {
             reports,
         }))
     }
+}
+
+/// The machines of `gateway_id` over `[from, to)`, each with the state it
+/// was in at `from` and every change after.
+async fn machines(
+    tx: &mut Tx<'_>,
+    gateway_id: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<MachineTimeline>, StoreError> {
+    let mut out = Vec::new();
+    let until = tx
+        .query_opt(
+            "SELECT COALESCE(MAX(x), 0) FROM (
+               SELECT MAX(created_ts) AS x FROM messages WHERE gateway_id = ?1
+               UNION ALL SELECT MAX(ts) FROM transitions WHERE gateway_id = ?1) AS newest",
+            args![gateway_id],
+        )
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        // A gateway that still reports has created a message
+        // within the last hourly window.
+        .filter(|t| *t + DAY_MS / 24 < to);
+    let rows = tx
+        .query(
+            "SELECT equipment, state, ts FROM transitions
+             WHERE gateway_id = ?1 AND ts >= ?2 AND ts < ?3",
+            args![gateway_id, from, to],
+        )
+        .await?;
+    let equipment = tx
+        .query(
+            "SELECT DISTINCT equipment FROM transitions WHERE gateway_id = ?1",
+            args![gateway_id],
+        )
+        .await?;
+    for e in &equipment {
+        let eq = e.text(0)?;
+        let before = tx
+            .query_opt(
+                "SELECT state, ts FROM transitions
+                 WHERE gateway_id = ?1 AND equipment = ?2 AND ts < ?3
+                 ORDER BY ts DESC, id DESC LIMIT 1",
+                args![gateway_id, &eq, from],
+            )
+            .await?;
+        let mut changes = Vec::new();
+        if let Some(b) = before {
+            changes.push((b.int(1)?, b.text(0)?));
+        }
+        for r in &rows {
+            if r.text(0)? == eq {
+                changes.push((r.int(2)?, r.text(1)?));
+            }
+        }
+        changes.sort();
+        out.push(MachineTimeline {
+            gateway_id: gateway_id.to_string(),
+            equipment: eq,
+            changes,
+            until,
+        });
+    }
+    Ok(out)
 }
 
 /// The status of one instance's windows (index, verdict, config_hash,
