@@ -216,6 +216,10 @@ pub async fn demo(
         if p.caught_up && !live {
             live = true;
             println!("  the history is in; the city now runs live: {}", city.link);
+            // What a diagnostic service provider would upload.
+            for (gateway, verdict) in city.upload_reports().await? {
+                println!("  evidence report of {gateway} uploaded: {verdict}");
+            }
         }
     }
     city.stop().await.context("stopping the demo city")?;

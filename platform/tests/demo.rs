@@ -102,6 +102,17 @@ async fn the_demo_citys_pages_render_in_headless_chromium() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Two gateways' evidence reports, one of them again with a figure
+    // edited after signing.
+    let uploads = city.upload_reports().await.unwrap();
+    let verdicts: Vec<&str> = uploads.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(verdicts.len(), 3, "{uploads:?}");
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == "refused").count(),
+        1,
+        "{uploads:?}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile");
     let dump = |next: &str| {
@@ -157,6 +168,9 @@ async fn the_demo_citys_pages_render_in_headless_chromium() {
     }
     assert!(enterprise.contains(roster::DOWN.0), "the enterprise's name");
     assert!(enterprise.contains("每日指标"));
+    // Its report uploads, with their verdicts.
+    assert!(enterprise.contains("接受 <span class=\"en\">accepted</span>"));
+    assert!(enterprise.contains("拒绝 <span class=\"en\">refused</span>"));
     assert!(
         svgs_are_sound(&enterprise, "enterprise") >= 1,
         "no state timeline"

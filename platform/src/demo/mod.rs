@@ -49,6 +49,8 @@ pub const CATCH_UP: Duration = Duration::from_secs(50);
 /// stops during the catch-up.
 const STALE_AFTER_S: u64 = 20;
 
+const DAY_MS: i64 = 86_400_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("{what}: {source}")]
@@ -82,9 +84,14 @@ pub struct City {
     pub database: PathBuf,
     /// Gateways started (the silent one is not).
     pub gateways: usize,
+    /// The gateways' clock at the start, ms since the epoch.
+    pub start_ms: i64,
     pub enterprises: usize,
-    /// A connection of its own for [`City::progress`].
+    /// A connection of its own for [`City::progress`] and the reports.
     reader: tokio::sync::Mutex<Store>,
+    /// The configs of the gateways started, by gateway id.
+    configs: Vec<(String, zgsz_agent::config::Config)>,
+    dir: PathBuf,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     receiver: JoinHandle<Result<(), StoreError>>,
@@ -112,6 +119,7 @@ impl City {
             .speed
             .unwrap_or(history.as_secs_f64() / CATCH_UP.as_secs_f64() + 1.0);
         let clock = Arc::new(CatchUpClock::new(speed, history));
+        let start_ms = clock.now_ms();
         let (dir, temp) = match &opts.dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
@@ -184,6 +192,7 @@ impl City {
         })];
 
         let mut started = 0;
+        let mut configs = Vec::new();
         let mut enterprises = std::collections::BTreeSet::new();
         for (g, state) in gateways.iter().zip(&keys) {
             enterprises.insert(g.uscc.clone());
@@ -192,7 +201,8 @@ impl City {
                 Fate::Runs => None,
                 Fate::DownAfterDays(d) => Some(d),
             };
-            let (agent, floor) = start_gateway(g, state, &clock, speed, broker.port()).await?;
+            let (agent, floor, cfg) = start_gateway(g, state, &clock, speed, broker.port()).await?;
+            configs.push((g.gateway_id.clone(), cfg));
             started += 1;
             let down_at = days.map(|d| clock.now_ms() + i64::from(d) * 86_400_000);
             tasks.push(tokio::spawn(run_gateway(
@@ -210,8 +220,11 @@ impl City {
             clock,
             database,
             gateways: started,
+            start_ms,
             enterprises: enterprises.len(),
             reader: tokio::sync::Mutex::new(Store::open(&backend).await?),
+            configs,
+            dir,
             stop,
             tasks,
             receiver,
@@ -230,6 +243,68 @@ impl City {
             verified: verified.clone().count(),
             days: verified.filter(|w| w.kind == "day").count(),
         })
+    }
+
+    /// What a diagnostic service provider does: the evidence reports of
+    /// two gateways over the history's whole days, made and signed by the
+    /// agent's own code and taken in as `POST /api/v1/reports` takes
+    /// them; and one of them again with one figure edited, which is
+    /// refused. Returns (gateway, verdict) of each intake.
+    pub async fn upload_reports(&self) -> Result<Vec<(String, String)>, DemoError> {
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        let wanted = [roster::OVERSTATING, roster::DOWN.0];
+        let gateways = roster::gateways();
+        for (gateway_id, cfg) in &self.configs {
+            let Some(g) = gateways.iter().find(|g| &g.gateway_id == gateway_id) else {
+                continue;
+            };
+            if !wanted.contains(&g.enterprise) || g.fate != Fate::Runs {
+                continue;
+            }
+            let fail = |why: String| DemoError::Gateway {
+                gateway: gateway_id.clone(),
+                why,
+            };
+            let date = |ms: i64| {
+                let text = zgsz_agent::metrics::rfc3339(ms, cfg.metrics.utc_offset);
+                zgsz_agent::report::parse_date(text.get(..10).unwrap_or_default())
+                    .ok_or_else(|| fail(format!("no date in {text}")))
+            };
+            // The history's first and last whole days.
+            let (from, to) = (date(self.start_ms + DAY_MS)?, date(now - DAY_MS)?);
+            if from > to {
+                continue;
+            }
+            let (key, _) = zgsz_agent::signing::GatewayKey::load_or_create(&cfg.agent.state_dir)
+                .map_err(|e| fail(e.to_string()))?;
+            let report = zgsz_agent::report::build(cfg, &key, from, to, now)
+                .map_err(|e| fail(e.to_string()))?;
+            let dir = self.dir.join("reports").join(gateway_id);
+            zgsz_agent::report::write(&dir, &report, &key).map_err(|e| fail(e.to_string()))?;
+            let read = |name: &str| {
+                let path = dir.join(name);
+                std::fs::read(&path).map_err(io(format!("reading {}", path.display())))
+            };
+            let (json, sig) = (
+                read(zgsz_agent::report::JSON_FILE)?,
+                read(zgsz_agent::report::SIG_FILE)?,
+            );
+            let mut store = self.reader.lock().await;
+            let i = crate::report::intake(&mut store, &json, &sig).await?;
+            out.push((gateway_id.clone(), i.verdict.as_str().to_string()));
+            if g.enterprise == roster::DOWN.0 {
+                // One figure changed after signing.
+                let text = String::from_utf8_lossy(&json).replacen(
+                    "\"numerator\": 1",
+                    "\"numerator\": 2",
+                    1,
+                );
+                let i = crate::report::intake(&mut store, text.as_bytes(), &sig).await?;
+                out.push((gateway_id.clone(), i.verdict.as_str().to_string()));
+            }
+        }
+        Ok(out)
     }
 
     /// Stops the gateways, then the receiver and the pages.
@@ -287,7 +362,7 @@ async fn start_gateway(
     clock: &Arc<CatchUpClock>,
     speed: f64,
     broker_port: u16,
-) -> Result<(RunningAgent, ShopFloor), DemoError> {
+) -> Result<(RunningAgent, ShopFloor, zgsz_agent::config::Config), DemoError> {
     let fail = |why: String| DemoError::Gateway {
         gateway: g.gateway_id.clone(),
         why,
@@ -319,7 +394,7 @@ async fn start_gateway(
     cfg.set_broker("127.0.0.1", broker_port);
     cfg.set_state_dir(state);
     let agent = zgsz_agent::agent::start(&cfg, shared).map_err(|e| fail(e.to_string()))?;
-    Ok((agent, floor))
+    Ok((agent, floor, cfg))
 }
 
 /// Runs one gateway until the demo stops, or until `down_at` on the
