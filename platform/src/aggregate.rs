@@ -405,7 +405,11 @@ pub fn daily_trend<D: Day>(
     // Each date's figures from that date's days only: one pass over the
     // days, not one per date.
     let mut by_date: BTreeMap<&str, Vec<&D>> = BTreeMap::new();
-    for d in input.days.iter().filter(|d| (from..=to).contains(&d.date())) {
+    for d in input
+        .days
+        .iter()
+        .filter(|d| (from..=to).contains(&d.date()))
+    {
         by_date.entry(d.date()).or_default().push(d);
     }
     by_date

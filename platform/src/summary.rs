@@ -165,7 +165,10 @@ fn pooled_cnc(industry: Industry, days: &[&DaySummary]) -> ((u64, u64), (u64, u6
                     .count() as u64
             };
             let n = key.len() as u64;
-            ((with(&|p| p.control), n), (with(&|p| p.control_verified), n))
+            (
+                (with(&|p| p.control), n),
+                (with(&|p| p.control_verified), n),
+            )
         }
     }
 }

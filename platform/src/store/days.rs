@@ -113,7 +113,10 @@ pub(crate) async fn set_verdict(
 /// never breaks.
 pub(crate) async fn backfill(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     let gateways = tx
-        .query("SELECT gateway_id, uscc, region_code FROM gateways", args![])
+        .query(
+            "SELECT gateway_id, uscc, region_code FROM gateways",
+            args![],
+        )
         .await?;
     for g in gateways {
         let (gateway, uscc, region) = (g.text(0)?, g.text(1)?, g.text(2)?);
@@ -237,6 +240,11 @@ impl Store {
         }
         with_processes(&mut tx, &keys, &mut days, from, to).await?;
         tx.commit().await?;
+        // The order pooled gateways are listed in, the same on both
+        // backends.
+        days.sort_unstable_by(|a, b| {
+            (&a.uscc, &a.date, &a.gateway_id).cmp(&(&b.uscc, &b.date, &b.gateway_id))
+        });
         Ok(AreaInput {
             registered: reg,
             days,
