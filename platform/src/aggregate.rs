@@ -77,6 +77,13 @@ pub trait Day {
     fn pooled(industry: Industry, days: &[&Self]) -> DayFigures
     where
         Self: Sized;
+    /// [`Day::pooled`] as counts only: what [`area`] adds up.
+    fn pooled_counts(industry: Industry, days: &[&Self]) -> DayCounts
+    where
+        Self: Sized,
+    {
+        DayCounts::of(&Self::pooled(industry, days))
+    }
 }
 
 impl Day for GatewayDay {
@@ -126,6 +133,37 @@ impl Day for DaySummary {
     fn pooled(industry: Industry, days: &[&Self]) -> DayFigures {
         crate::summary::pooled(industry, days)
     }
+    fn pooled_counts(industry: Industry, days: &[&Self]) -> DayCounts {
+        crate::summary::pooled_counts(industry, days)
+    }
+}
+
+/// [`DayFigures`] as (numerator, denominator) pairs, without the text of a
+/// null ratio's reason: a year of enterprise-days is added up without an
+/// allocation per day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DayCounts {
+    pub cnc_rate_declared: (u64, u64),
+    pub cnc_rate_verified: (u64, u64),
+    pub networking_rate: (u64, u64),
+    pub nc_time_share: (u64, u64),
+}
+
+impl DayCounts {
+    pub fn of(f: &DayFigures) -> DayCounts {
+        let parts = |r: &Ratio| (r.numerator, r.denominator);
+        DayCounts {
+            cnc_rate_declared: parts(&f.cnc_rate_declared),
+            cnc_rate_verified: parts(&f.cnc_rate_verified),
+            networking_rate: parts(&f.networking_rate),
+            nc_time_share: parts(&f.nc_time_share),
+        }
+    }
+}
+
+/// A ratio's value as [`Ratio::new`] computes it.
+fn value((n, d): (u64, u64)) -> Option<f64> {
+    (d != 0).then(|| n as f64 / d as f64)
 }
 
 /// The ratios of a day's headline that the figures use.
@@ -317,26 +355,47 @@ fn area_of<D: Day>(
         .filter(|(_, r)| in_area(r))
         .map(|(u, _)| u.as_str())
         .collect();
-    let chosen: Vec<&D> = days
+    let mut chosen: Vec<&D> = days
         .iter()
         .filter(|d| in_area(d.region_code()) && in_period(d.date()))
         .copied()
         .collect();
-    let mixed: BTreeSet<&str> = mixed_industry(&chosen);
-    let pooled_days: Vec<EnterpriseDay> = pool_days(&chosen);
-    let mut per: BTreeMap<&str, Vec<&EnterpriseDay>> = BTreeMap::new();
-    for d in &pooled_days {
-        per.entry(d.uscc.as_str()).or_default().push(d);
+    // By enterprise and date; stable, so a day's gateways keep their order
+    // (and the store's days come sorted already).
+    chosen.sort_by(|a, b| (a.uscc(), a.date()).cmp(&(b.uscc(), b.date())));
+    // Enterprises whose gateways report different industries on some day;
+    // and per enterprise, the region of its first day and its days pooled
+    // (a day whose gateways disagree left out).
+    let mut mixed: BTreeSet<&str> = BTreeSet::new();
+    let mut per: BTreeMap<&str, (&str, Vec<DayCounts>)> = BTreeMap::new();
+    for e in chosen.chunk_by(|a, b| a.uscc() == b.uscc()) {
+        let Some(first) = e.first() else { continue };
+        if e.iter().any(|d| d.industry() != first.industry()) {
+            mixed.insert(first.uscc());
+        }
+        let mut region = None;
+        let mut pooled = Vec::new();
+        for ds in e.chunk_by(|a, b| a.date() == b.date()) {
+            let Some(d0) = ds.first() else { continue };
+            if ds.iter().any(|d| d.industry() != d0.industry()) {
+                continue;
+            }
+            region.get_or_insert(d0.region_code());
+            pooled.push(D::pooled_counts(d0.industry(), ds));
+        }
+        if let Some(region) = region {
+            per.insert(first.uscc(), (region, pooled));
+        }
     }
     let mut enterprises = Vec::new();
     let mut usccs: BTreeSet<&str> = registered.clone();
     usccs.extend(per.keys().copied());
     usccs.extend(mixed.iter().copied());
     for uscc in usccs {
-        let days = per.get(uscc).map_or(&[][..], Vec::as_slice);
-        let region_code = days
-            .first()
-            .map(|d| d.region_code.clone())
+        let (region, days) = per.get(uscc).map_or((None, &[][..]), |(r, d)| {
+            (Some((*r).to_string()), d.as_slice())
+        });
+        let region_code = region
             .or_else(|| {
                 input
                     .registered
@@ -353,19 +412,22 @@ fn area_of<D: Day>(
             mixed.contains(uscc),
         ));
     }
-    let counted: Vec<(&EnterprisePeriod, Vec<&EnterpriseDay>)> = enterprises
+    let counted: Vec<(&EnterprisePeriod, &[DayCounts])> = enterprises
         .iter()
         .filter(|e| e.excluded.is_none())
-        .map(|e| (e, per.get(e.uscc.as_str()).cloned().unwrap_or_default()))
+        .map(|e| {
+            let days = per.get(e.uscc.as_str()).map_or(&[][..], |(_, d)| d);
+            (e, days)
+        })
         .collect();
     let combine = |rate: &dyn Fn(&EnterprisePeriod) -> Option<f64>,
-                   ratio: &dyn Fn(&DayFigures) -> &Ratio| {
+                   ratio: &dyn Fn(&DayCounts) -> (u64, u64)| {
         let rates: Vec<f64> = counted.iter().filter_map(|(e, _)| rate(e)).collect();
         let (n, d) = counted
             .iter()
             .flat_map(|(_, ds)| ds.iter())
-            .map(|d| ratio(&d.figures))
-            .fold((0, 0), |(n, d), r| (n + r.numerator, d + r.denominator));
+            .map(ratio)
+            .fold((0, 0), |(n, d), (a, b)| (n + a, d + b));
         Combined {
             mean_of_enterprises: mean(&rates),
             enterprises: rates.len(),
@@ -379,10 +441,10 @@ fn area_of<D: Day>(
         }
     }
     AreaFigures {
-        cnc_rate_declared: combine(&|e| e.cnc_rate_declared, &|h| &h.cnc_rate_declared),
-        cnc_rate_verified: combine(&|e| e.cnc_rate_verified, &|h| &h.cnc_rate_verified),
-        networking_rate: combine(&|e| e.networking_rate, &|h| &h.networking_rate),
-        nc_time_share: combine(&|e| e.nc_time_share.value, &|h| &h.nc_time_share),
+        cnc_rate_declared: combine(&|e| e.cnc_rate_declared, &|h| h.cnc_rate_declared),
+        cnc_rate_verified: combine(&|e| e.cnc_rate_verified, &|h| h.cnc_rate_verified),
+        networking_rate: combine(&|e| e.networking_rate, &|h| h.networking_rate),
+        nc_time_share: combine(&|e| e.nc_time_share.value, &|h| h.nc_time_share),
         registered: registered.len(),
         reporting: enterprises.iter().filter(|e| e.days > 0).count(),
         at_target: counted
@@ -421,40 +483,20 @@ pub fn daily_trend<D: Day>(
         .collect()
 }
 
-/// USCCs whose gateways report different industries on some day.
-fn mixed_industry<'a, D: Day>(days: &[&'a D]) -> BTreeSet<&'a str> {
-    let mut seen: BTreeMap<&str, Industry> = BTreeMap::new();
-    let mut mixed = BTreeSet::new();
-    for d in days {
-        if *seen.entry(d.uscc()).or_insert(d.industry()) != d.industry() {
-            mixed.insert(d.uscc());
-        }
-    }
-    mixed
-}
-
 fn enterprise_period(
     uscc: &str,
     region_code: String,
-    days: &[&EnterpriseDay],
+    days: &[DayCounts],
     rejected: bool,
     mixed: bool,
 ) -> EnterprisePeriod {
-    let daily = |f: &dyn Fn(&DayFigures) -> &Ratio| {
-        mean(
-            &days
-                .iter()
-                .filter_map(|d| f(&d.figures).value)
-                .collect::<Vec<_>>(),
-        )
+    let daily = |f: &dyn Fn(&DayCounts) -> (u64, u64)| {
+        mean(&days.iter().filter_map(|d| value(f(d))).collect::<Vec<_>>())
     };
     let (n, d) = days.iter().fold((0, 0), |(n, d), day| {
-        (
-            n + day.figures.nc_time_share.numerator,
-            d + day.figures.nc_time_share.denominator,
-        )
+        (n + day.nc_time_share.0, d + day.nc_time_share.1)
     });
-    let cnc_rate_verified = daily(&|h| &h.cnc_rate_verified);
+    let cnc_rate_verified = daily(&|h| h.cnc_rate_verified);
     let excluded = if rejected {
         Some(Exclusion::RejectedData)
     } else if mixed {
@@ -470,9 +512,9 @@ fn enterprise_period(
         uscc: uscc.to_string(),
         region_code,
         days: days.len(),
-        cnc_rate_declared: daily(&|h| &h.cnc_rate_declared),
+        cnc_rate_declared: daily(&|h| h.cnc_rate_declared),
         cnc_rate_verified,
-        networking_rate: daily(&|h| &h.networking_rate),
+        networking_rate: daily(&|h| h.networking_rate),
         nc_time_share: Ratio::new(n, d, "no equipment ran in the period"),
         excluded,
     }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use zgsz_contract::payload::Metrics;
 use zgsz_contract::{Industry, Ratio};
 
-use crate::aggregate::DayFigures;
+use crate::aggregate::{DayCounts, DayFigures};
 
 /// What one gateway's day has in one process id (declared by the gateway
 /// or named by its equipment).
@@ -120,23 +120,33 @@ fn no_key(industry: Industry, any_key: bool) -> &'static str {
 /// [`zgsz_contract::payload::pooled_headline`] computes them from the
 /// bodies: the days must share `industry`.
 pub fn pooled(industry: Industry, days: &[&DaySummary]) -> DayFigures {
+    let c = pooled_counts(industry, days);
+    let why = no_key(industry, days.iter().any(|d| d.any_key));
+    let ratio = |(n, d): (u64, u64), why: &str| Ratio::new(n, d, why);
+    DayFigures {
+        cnc_rate_declared: ratio(c.cnc_rate_declared, why),
+        cnc_rate_verified: ratio(c.cnc_rate_verified, why),
+        networking_rate: ratio(c.networking_rate, "no equipment is configured"),
+        nc_time_share: ratio(c.nc_time_share, "no equipment ran in this window"),
+    }
+}
+
+/// [`pooled`] as counts.
+pub fn pooled_counts(industry: Industry, days: &[&DaySummary]) -> DayCounts {
     let add = |f: &dyn Fn(&DaySummary) -> (u64, u64)| {
         days.iter()
             .map(|d| f(d))
             .fold((0, 0), |(n, d), (a, b)| (n + a, d + b))
     };
-    let any_key = days.iter().any(|d| d.any_key);
     let (declared, verified) = match days {
         [one] => (one.cnc_rate_declared, one.cnc_rate_verified),
         _ => pooled_cnc(industry, days),
     };
-    let why = no_key(industry, any_key);
-    let ratio = |(n, d): (u64, u64), why: &str| Ratio::new(n, d, why);
-    DayFigures {
-        cnc_rate_declared: ratio(declared, why),
-        cnc_rate_verified: ratio(verified, why),
-        networking_rate: ratio(add(&|d| d.networking_rate), "no equipment is configured"),
-        nc_time_share: ratio(add(&|d| d.nc_time_share), "no equipment ran in this window"),
+    DayCounts {
+        cnc_rate_declared: declared,
+        cnc_rate_verified: verified,
+        networking_rate: add(&|d| d.networking_rate),
+        nc_time_share: add(&|d| d.nc_time_share),
     }
 }
 

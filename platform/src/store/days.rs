@@ -234,9 +234,10 @@ impl Store {
             .collect::<Result<BTreeSet<_>, StoreError>>()?;
         let mut keys = Vec::with_capacity(rows.len());
         let mut days = Vec::with_capacity(rows.len());
-        for r in &rows {
-            keys.push((r.text(0)?, r.text(1)?, r.int(2)?));
-            days.push(summary(r)?);
+        for mut r in rows {
+            let d = summary(&mut r)?;
+            keys.push((r.take_text(1)?, r.int(2)?));
+            days.push(d);
         }
         with_processes(&mut tx, &keys, &mut days, from, to).await?;
         tx.commit().await?;
@@ -287,13 +288,13 @@ impl Store {
 }
 
 /// A row of [`Store::area_input_of`]'s query, without its process counts.
-fn summary(r: &Row) -> Result<DaySummary, StoreError> {
-    let industry = r.text(6)?;
+fn summary(r: &mut Row) -> Result<DaySummary, StoreError> {
+    let industry = r.take_text(6)?;
     Ok(DaySummary {
-        gateway_id: r.text(0)?,
-        uscc: r.text(3)?,
-        region_code: r.text(4)?,
-        date: r.text(5)?,
+        gateway_id: r.take_text(0)?,
+        uscc: r.take_text(3)?,
+        region_code: r.take_text(4)?,
+        date: r.take_text(5)?,
         industry: Industry::parse(&industry)
             .ok_or_else(|| StoreError::Decode(format!("industry {industry:?}")))?,
         any_key: r.int(7)? != 0,
@@ -309,7 +310,7 @@ fn summary(r: &Row) -> Result<DaySummary, StoreError> {
 /// gateway's (same USCC and date): one query per such enterprise.
 async fn with_processes(
     tx: &mut Tx<'_>,
-    keys: &[(String, String, i64)],
+    keys: &[(String, i64)],
     days: &mut [DaySummary],
     from: &str,
     to: &str,
@@ -328,8 +329,9 @@ async fn with_processes(
     }
     let at: HashMap<(&str, &str, i64), usize> = keys
         .iter()
+        .zip(days.iter())
         .enumerate()
-        .map(|(i, (g, inst, idx))| ((g.as_str(), inst.as_str(), *idx), i))
+        .map(|(i, ((inst, idx), d))| ((d.gateway_id.as_str(), inst.as_str(), *idx), i))
         .collect();
     let mut found: BTreeMap<usize, Vec<ProcessCounts>> = BTreeMap::new();
     for uscc in &pooled {

@@ -138,6 +138,17 @@ impl Row {
         }
     }
 
+    /// Column `i` (from 0), text, taken out of the row (left empty): no
+    /// copy, for reading many rows.
+    pub(crate) fn take_text(&mut self, i: usize) -> Result<String, StoreError> {
+        match self.0.get_mut(i) {
+            Some(Cell::Text(v)) => Ok(std::mem::take(v)),
+            other => Err(StoreError::Decode(format!(
+                "column {i}: expected text, found {other:?}"
+            ))),
+        }
+    }
+
     fn from_sqlite(r: &rusqlite::Row, n: usize) -> Result<Row, StoreError> {
         use rusqlite::types::ValueRef;
         let mut cells = Vec::with_capacity(n);
