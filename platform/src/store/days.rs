@@ -12,7 +12,7 @@
 //! broken windows of a period are found by index rather than by parsing
 //! every broken payload ever stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use zgsz_contract::payload::{Metrics, MetricsMessage};
 use zgsz_contract::Industry;
@@ -21,6 +21,10 @@ use super::db::{args, Row, Tx};
 use super::{Store, StoreError};
 use crate::aggregate::{AreaInput, GatewayDay};
 use crate::summary::{DaySummary, ProcessCounts};
+
+/// A day read, with its window's instance and chain index (to find its
+/// process counts if it is pooled).
+type Loaded = (DaySummary, String, i64);
 
 /// Which days [`Store::area_input_of`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,20 +190,36 @@ impl Store {
                 args![from, to],
             )
             .await?;
-        let rows = match scope {
+        // By USCC as they arrive (in date order, by the index), then the
+        // USCCs in order: the days grouped by enterprise and date without
+        // sorting a year of rows by text.
+        let mut by: HashMap<String, Vec<Loaded>> = HashMap::new();
+        let mut each = |mut r: Row| {
+            let d = summary(&mut r)?;
+            let key = (r.take_text(1)?, r.int(2)?);
+            match by.get_mut(&d.uscc) {
+                Some(v) => v.push((d, key.0, key.1)),
+                None => {
+                    by.insert(d.uscc.clone(), vec![(d, key.0, key.1)]);
+                }
+            }
+            Ok(())
+        };
+        match scope {
             Scope::City => {
-                tx.query(
+                tx.query_each(
                     "SELECT gateway_id, instance, chain_index, uscc, region_code, local_date,
                        industry, any_key, cnc_declared_n, cnc_declared_d, cnc_verified_n,
                        cnc_verified_d, networked_n, networked_d, nc_time_n, nc_time_d
                      FROM day_figures
                      WHERE verdict = 'verified' AND local_date >= ?1 AND local_date <= ?2",
                     args![from, to],
+                    &mut each,
                 )
-                .await?
+                .await?;
             }
             Scope::Region(r) => {
-                tx.query(
+                tx.query_each(
                     "SELECT gateway_id, instance, chain_index, uscc, region_code, local_date,
                        industry, any_key, cnc_declared_n, cnc_declared_d, cnc_verified_n,
                        cnc_verified_d, networked_n, networked_d, nc_time_n, nc_time_d
@@ -207,11 +227,12 @@ impl Store {
                      WHERE verdict = 'verified' AND region_code = ?3
                        AND local_date >= ?1 AND local_date <= ?2",
                     args![from, to, r],
+                    &mut each,
                 )
-                .await?
+                .await?;
             }
             Scope::Enterprise(u) => {
-                tx.query(
+                tx.query_each(
                     "SELECT gateway_id, instance, chain_index, uscc, region_code, local_date,
                        industry, any_key, cnc_declared_n, cnc_declared_d, cnc_verified_n,
                        cnc_verified_d, networked_n, networked_d, nc_time_n, nc_time_d
@@ -219,10 +240,11 @@ impl Store {
                      WHERE verdict = 'verified' AND uscc = ?3
                        AND local_date >= ?1 AND local_date <= ?2",
                     args![from, to, u],
+                    &mut each,
                 )
-                .await?
+                .await?;
             }
-        };
+        }
         let mut reg = registered
             .iter()
             .map(|r| Ok((r.text(0)?, r.text(1)?)))
@@ -232,20 +254,17 @@ impl Store {
             .iter()
             .map(|r| r.text(0))
             .collect::<Result<BTreeSet<_>, StoreError>>()?;
-        let mut keys = Vec::with_capacity(rows.len());
-        let mut days = Vec::with_capacity(rows.len());
-        for mut r in rows {
-            let d = summary(&mut r)?;
-            keys.push((r.take_text(1)?, r.int(2)?));
-            days.push(d);
+        let mut usccs: Vec<(String, Vec<Loaded>)> = by.into_iter().collect();
+        usccs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut days = Vec::new();
+        for (_, mut mine) in usccs {
+            // The order the gateways of a day are listed in, the same on
+            // both backends; nearly sorted already, so nearly free.
+            mine.sort_by(|a, b| (&a.0.date, &a.0.gateway_id).cmp(&(&b.0.date, &b.0.gateway_id)));
+            with_processes(&mut tx, &mut mine, from, to).await?;
+            days.extend(mine.into_iter().map(|(d, _, _)| d));
         }
-        with_processes(&mut tx, &keys, &mut days, from, to).await?;
         tx.commit().await?;
-        // The order pooled gateways are listed in, the same on both
-        // backends.
-        days.sort_unstable_by(|a, b| {
-            (&a.uscc, &a.date, &a.gateway_id).cmp(&(&b.uscc, &b.date, &b.gateway_id))
-        });
         Ok(AreaInput {
             registered: reg,
             days,
@@ -306,56 +325,45 @@ fn summary(r: &mut Row) -> Result<DaySummary, StoreError> {
     })
 }
 
-/// Reads the process counts of the days that are pooled with another
-/// gateway's (same USCC and date): one query per such enterprise.
+/// Reads the process counts of one enterprise's days (sorted by date)
+/// when some date has more than one gateway's: only then are they pooled.
 async fn with_processes(
     tx: &mut Tx<'_>,
-    keys: &[(String, i64)],
-    days: &mut [DaySummary],
+    days: &mut [Loaded],
     from: &str,
     to: &str,
 ) -> Result<(), StoreError> {
-    let mut per: HashMap<(&str, &str), usize> = HashMap::new();
-    for d in days.iter() {
-        *per.entry((d.uscc.as_str(), d.date.as_str())).or_insert(0) += 1;
-    }
-    let pooled: BTreeSet<String> = per
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|((u, _), _)| u.to_string())
-        .collect();
-    if pooled.is_empty() {
+    let pooled = days.windows(2).any(|w| match w {
+        [a, b] => a.0.date == b.0.date,
+        _ => false,
+    });
+    let Some(uscc) = days.first().map(|d| d.0.uscc.clone()).filter(|_| pooled) else {
         return Ok(());
+    };
+    let mut counts: HashMap<(String, String, i64), Vec<ProcessCounts>> = HashMap::new();
+    let rows = tx
+        .query(
+            "SELECT gateway_id, instance, chain_index, processes FROM day_figures
+             WHERE verdict = 'verified' AND uscc = ?1
+               AND local_date >= ?2 AND local_date <= ?3",
+            args![&uscc, from, to],
+        )
+        .await?;
+    for r in rows {
+        let p = serde_json::from_str(&r.text(3)?)
+            .map_err(|e| StoreError::Decode(format!("process counts: {e}")))?;
+        counts.insert((r.text(0)?, r.text(1)?, r.int(2)?), p);
     }
-    let at: HashMap<(&str, &str, i64), usize> = keys
-        .iter()
-        .zip(days.iter())
-        .enumerate()
-        .map(|(i, ((inst, idx), d))| ((d.gateway_id.as_str(), inst.as_str(), *idx), i))
-        .collect();
-    let mut found: BTreeMap<usize, Vec<ProcessCounts>> = BTreeMap::new();
-    for uscc in &pooled {
-        let rows = tx
-            .query(
-                "SELECT gateway_id, instance, chain_index, processes FROM day_figures
-                 WHERE verdict = 'verified' AND uscc = ?1
-                   AND local_date >= ?2 AND local_date <= ?3",
-                args![uscc, from, to],
-            )
-            .await?;
-        for r in rows {
-            let (g, inst, idx) = (r.text(0)?, r.text(1)?, r.int(2)?);
-            if let Some(i) = at.get(&(g.as_str(), inst.as_str(), idx)) {
-                let p = serde_json::from_str(&r.text(3)?)
-                    .map_err(|e| StoreError::Decode(format!("process counts: {e}")))?;
-                found.insert(*i, p);
-            }
-        }
-    }
-    for (i, p) in found {
-        if let Some(d) = days.get_mut(i) {
+    for (d, instance, index) in days.iter_mut() {
+        let key = (
+            std::mem::take(&mut d.gateway_id),
+            std::mem::take(instance),
+            *index,
+        );
+        if let Some(p) = counts.remove(&key) {
             d.processes = p;
         }
+        d.gateway_id = key.0;
     }
     Ok(())
 }

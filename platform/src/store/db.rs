@@ -454,6 +454,36 @@ impl Tx<'_> {
         }
     }
 
+    /// Runs a query, handing each row to `each` as it is read instead of
+    /// collecting them: a year of rows is never all held as [`Row`]s.
+    pub(crate) async fn query_each(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        mut each: impl FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let mut stmt = tx.conn.prepare_cached(sql)?;
+                let n = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+                while let Some(r) = rows.next()? {
+                    each(Row::from_sqlite(r, n)?)?;
+                }
+                Ok(())
+            }
+            Tx::Postgres(pg) => {
+                let stmt = pg.statement(sql).await?;
+                let params: Vec<_> = args.iter().map(Arg::pg).collect();
+                let rows = PgTx::timed(pg.poisoned, pg.tx.query(&stmt, &params)).await?;
+                for r in &rows {
+                    each(Row::from_pg(r)?)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Runs a query; its first row, if any.
     pub(crate) async fn query_opt(
         &mut self,
