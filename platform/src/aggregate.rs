@@ -22,11 +22,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use zgsz_contract::payload::{pooled_headline, Metrics, MetricsMessage};
-use zgsz_contract::{Headline, Industry, Ratio};
+use zgsz_contract::payload::{pooled_headline, Metrics};
+use zgsz_contract::{Industry, Ratio};
 
-use crate::store::db::args;
-use crate::store::StoreError;
+use crate::summary::DaySummary;
 
 /// The programme's 2024 target for 重点企业关键工序数控化率.
 pub const TARGET: f64 = 0.65;
@@ -64,6 +63,118 @@ pub fn is_date(s: &str) -> bool {
         })
 }
 
+/// One gateway's verified day as the figures read it: from its payload
+/// ([`GatewayDay`]) or from the store's summary of it ([`DaySummary`]).
+pub trait Day {
+    fn gateway_id(&self) -> &str;
+    fn uscc(&self) -> &str;
+    fn region_code(&self) -> &str;
+    /// `YYYY-MM-DD` in the plant's offset.
+    fn date(&self) -> &str;
+    fn industry(&self) -> Industry;
+    /// The figures of one enterprise's gateways on one date, pooled as if
+    /// one gateway had all their equipment; `days` share the industry.
+    fn pooled(industry: Industry, days: &[&Self]) -> DayFigures
+    where
+        Self: Sized;
+    /// [`Day::pooled`] as counts only: what [`area`] adds up.
+    fn pooled_counts(industry: Industry, days: &[&Self]) -> DayCounts
+    where
+        Self: Sized,
+    {
+        DayCounts::of(&Self::pooled(industry, days))
+    }
+}
+
+impl Day for GatewayDay {
+    fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+    fn uscc(&self) -> &str {
+        &self.uscc
+    }
+    fn region_code(&self) -> &str {
+        &self.region_code
+    }
+    fn date(&self) -> &str {
+        &self.date
+    }
+    fn industry(&self) -> Industry {
+        self.body.industry
+    }
+    fn pooled(industry: Industry, days: &[&Self]) -> DayFigures {
+        let bodies: Vec<&Metrics> = days.iter().map(|d| &d.body).collect();
+        let h = pooled_headline(industry, &bodies);
+        DayFigures {
+            cnc_rate_declared: h.cnc_rate_declared,
+            cnc_rate_verified: h.cnc_rate_verified,
+            networking_rate: h.networking_rate,
+            nc_time_share: h.nc_time_share,
+        }
+    }
+}
+
+impl Day for DaySummary {
+    fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+    fn uscc(&self) -> &str {
+        &self.uscc
+    }
+    fn region_code(&self) -> &str {
+        &self.region_code
+    }
+    fn date(&self) -> &str {
+        &self.date
+    }
+    fn industry(&self) -> Industry {
+        self.industry
+    }
+    fn pooled(industry: Industry, days: &[&Self]) -> DayFigures {
+        crate::summary::pooled(industry, days)
+    }
+    fn pooled_counts(industry: Industry, days: &[&Self]) -> DayCounts {
+        crate::summary::pooled_counts(industry, days)
+    }
+}
+
+/// [`DayFigures`] as (numerator, denominator) pairs, without the text of a
+/// null ratio's reason: a year of enterprise-days is added up without an
+/// allocation per day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DayCounts {
+    pub cnc_rate_declared: (u64, u64),
+    pub cnc_rate_verified: (u64, u64),
+    pub networking_rate: (u64, u64),
+    pub nc_time_share: (u64, u64),
+}
+
+impl DayCounts {
+    pub fn of(f: &DayFigures) -> DayCounts {
+        let parts = |r: &Ratio| (r.numerator, r.denominator);
+        DayCounts {
+            cnc_rate_declared: parts(&f.cnc_rate_declared),
+            cnc_rate_verified: parts(&f.cnc_rate_verified),
+            networking_rate: parts(&f.networking_rate),
+            nc_time_share: parts(&f.nc_time_share),
+        }
+    }
+}
+
+/// A ratio's value as [`Ratio::new`] computes it.
+fn value((n, d): (u64, u64)) -> Option<f64> {
+    (d != 0).then(|| n as f64 / d as f64)
+}
+
+/// The ratios of a day's headline that the figures use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayFigures {
+    pub cnc_rate_declared: Ratio,
+    pub cnc_rate_verified: Ratio,
+    pub networking_rate: Ratio,
+    pub nc_time_share: Ratio,
+}
+
 /// An enterprise's figures for one day, its gateways pooled.
 #[derive(Debug, Clone)]
 pub struct EnterpriseDay {
@@ -73,7 +184,7 @@ pub struct EnterpriseDay {
     pub industry: Industry,
     /// The gateways whose day windows were pooled.
     pub gateways: Vec<String>,
-    pub figures: Headline,
+    pub figures: DayFigures,
 }
 
 /// Why an enterprise's figures are left out of a regional figure.
@@ -153,44 +264,58 @@ pub struct AreaFigures {
 }
 
 /// Pools each enterprise's gateways, day by day; sorted by USCC and date.
-pub fn enterprise_days(days: &[GatewayDay]) -> Vec<EnterpriseDay> {
-    let mut by: BTreeMap<(&str, &str), Vec<&GatewayDay>> = BTreeMap::new();
+pub fn enterprise_days<D: Day>(days: &[D]) -> Vec<EnterpriseDay> {
+    let refs: Vec<&D> = days.iter().collect();
+    pool_days(&refs)
+}
+
+fn pool_days<D: Day>(days: &[&D]) -> Vec<EnterpriseDay> {
+    let mut by: BTreeMap<(&str, &str), Vec<&D>> = BTreeMap::new();
     for d in days {
-        by.entry((d.uscc.as_str(), d.date.as_str()))
-            .or_default()
-            .push(d);
+        by.entry((d.uscc(), d.date())).or_default().push(d);
     }
     by.into_iter()
         .filter_map(|((uscc, date), ds)| {
-            let industry = ds.first()?.body.industry;
-            if ds.iter().any(|d| d.body.industry != industry) {
+            let industry = ds.first()?.industry();
+            if ds.iter().any(|d| d.industry() != industry) {
                 return None;
             }
-            let bodies: Vec<&Metrics> = ds.iter().map(|d| &d.body).collect();
             Some(EnterpriseDay {
                 uscc: uscc.to_string(),
-                region_code: ds.first()?.region_code.clone(),
+                region_code: ds.first()?.region_code().to_string(),
                 date: date.to_string(),
                 industry,
-                gateways: ds.iter().map(|d| d.gateway_id.clone()).collect(),
-                figures: pooled_headline(industry, &bodies),
+                gateways: ds.iter().map(|d| d.gateway_id().to_string()).collect(),
+                figures: D::pooled(industry, &ds),
             })
         })
         .collect()
 }
 
-/// What [`area`] works from.
-#[derive(Debug, Clone, Default)]
-pub struct AreaInput {
+/// What [`area`] works from: hand-built days ([`GatewayDay`]), or the
+/// store's summaries ([`DaySummary`], from [`crate::store::Store::area_input`]).
+#[derive(Debug, Clone)]
+pub struct AreaInput<D = GatewayDay> {
     /// (USCC, region code) of every enterprise with an enrolled gateway.
     pub registered: Vec<(String, String)>,
-    /// Every gateway's verified day windows.
-    pub days: Vec<GatewayDay>,
+    /// Every gateway's verified day windows (of the period and region
+    /// asked for, when read from the store).
+    pub days: Vec<D>,
     /// USCCs with a broken window in the period.
     pub rejected: BTreeSet<String>,
 }
 
-impl AreaInput {
+impl<D> Default for AreaInput<D> {
+    fn default() -> Self {
+        AreaInput {
+            registered: Vec::new(),
+            days: Vec::new(),
+            rejected: BTreeSet::new(),
+        }
+    }
+}
+
+impl<D> AreaInput<D> {
     /// The region codes with an enrolled gateway, sorted, each once: the
     /// rows of every district table.
     pub fn regions(&self) -> Vec<&str> {
@@ -203,7 +328,25 @@ impl AreaInput {
 
 /// The figures of `region` (a region code; `None`: the whole city) over
 /// the days `from..=to` (`YYYY-MM-DD`).
-pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> AreaFigures {
+pub fn area<D: Day>(
+    input: &AreaInput<D>,
+    region: Option<&str>,
+    from: &str,
+    to: &str,
+) -> AreaFigures {
+    let days: Vec<&D> = input.days.iter().collect();
+    area_of(input, &days, region, from, to)
+}
+
+/// [`area`] over `days`, a part of `input.days` holding every day of the
+/// period.
+fn area_of<D: Day>(
+    input: &AreaInput<D>,
+    days: &[&D],
+    region: Option<&str>,
+    from: &str,
+    to: &str,
+) -> AreaFigures {
     let in_area = |r: &str| region.is_none_or(|x| x == r);
     let in_period = |d: &str| (from..=to).contains(&d);
     let registered: BTreeSet<&str> = input
@@ -212,27 +355,47 @@ pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> Ar
         .filter(|(_, r)| in_area(r))
         .map(|(u, _)| u.as_str())
         .collect();
-    let chosen: Vec<GatewayDay> = input
-        .days
+    let mut chosen: Vec<&D> = days
         .iter()
-        .filter(|d| in_area(&d.region_code) && in_period(&d.date))
-        .cloned()
+        .filter(|d| in_area(d.region_code()) && in_period(d.date()))
+        .copied()
         .collect();
-    let mixed: BTreeSet<&str> = mixed_industry(&chosen);
-    let pooled_days: Vec<EnterpriseDay> = enterprise_days(&chosen);
-    let mut per: BTreeMap<&str, Vec<&EnterpriseDay>> = BTreeMap::new();
-    for d in &pooled_days {
-        per.entry(d.uscc.as_str()).or_default().push(d);
+    // By enterprise and date; stable, so a day's gateways keep their order
+    // (and the store's days come sorted already).
+    chosen.sort_by(|a, b| (a.uscc(), a.date()).cmp(&(b.uscc(), b.date())));
+    // Enterprises whose gateways report different industries on some day;
+    // and per enterprise, the region of its first day and its days pooled
+    // (a day whose gateways disagree left out).
+    let mut mixed: BTreeSet<&str> = BTreeSet::new();
+    let mut per: BTreeMap<&str, (&str, Vec<DayCounts>)> = BTreeMap::new();
+    for e in chosen.chunk_by(|a, b| a.uscc() == b.uscc()) {
+        let Some(first) = e.first() else { continue };
+        if e.iter().any(|d| d.industry() != first.industry()) {
+            mixed.insert(first.uscc());
+        }
+        let mut region = None;
+        let mut pooled = Vec::new();
+        for ds in e.chunk_by(|a, b| a.date() == b.date()) {
+            let Some(d0) = ds.first() else { continue };
+            if ds.iter().any(|d| d.industry() != d0.industry()) {
+                continue;
+            }
+            region.get_or_insert(d0.region_code());
+            pooled.push(D::pooled_counts(d0.industry(), ds));
+        }
+        if let Some(region) = region {
+            per.insert(first.uscc(), (region, pooled));
+        }
     }
     let mut enterprises = Vec::new();
     let mut usccs: BTreeSet<&str> = registered.clone();
     usccs.extend(per.keys().copied());
     usccs.extend(mixed.iter().copied());
     for uscc in usccs {
-        let days = per.get(uscc).map_or(&[][..], Vec::as_slice);
-        let region_code = days
-            .first()
-            .map(|d| d.region_code.clone())
+        let (region, days) = per.get(uscc).map_or((None, &[][..]), |(r, d)| {
+            (Some((*r).to_string()), d.as_slice())
+        });
+        let region_code = region
             .or_else(|| {
                 input
                     .registered
@@ -249,19 +412,22 @@ pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> Ar
             mixed.contains(uscc),
         ));
     }
-    let counted: Vec<(&EnterprisePeriod, Vec<&EnterpriseDay>)> = enterprises
+    let counted: Vec<(&EnterprisePeriod, &[DayCounts])> = enterprises
         .iter()
         .filter(|e| e.excluded.is_none())
-        .map(|e| (e, per.get(e.uscc.as_str()).cloned().unwrap_or_default()))
+        .map(|e| {
+            let days = per.get(e.uscc.as_str()).map_or(&[][..], |(_, d)| d);
+            (e, days)
+        })
         .collect();
     let combine = |rate: &dyn Fn(&EnterprisePeriod) -> Option<f64>,
-                   ratio: &dyn Fn(&Headline) -> &Ratio| {
+                   ratio: &dyn Fn(&DayCounts) -> (u64, u64)| {
         let rates: Vec<f64> = counted.iter().filter_map(|(e, _)| rate(e)).collect();
         let (n, d) = counted
             .iter()
             .flat_map(|(_, ds)| ds.iter())
-            .map(|d| ratio(&d.figures))
-            .fold((0, 0), |(n, d), r| (n + r.numerator, d + r.denominator));
+            .map(ratio)
+            .fold((0, 0), |(n, d), (a, b)| (n + a, d + b));
         Combined {
             mean_of_enterprises: mean(&rates),
             enterprises: rates.len(),
@@ -275,10 +441,10 @@ pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> Ar
         }
     }
     AreaFigures {
-        cnc_rate_declared: combine(&|e| e.cnc_rate_declared, &|h| &h.cnc_rate_declared),
-        cnc_rate_verified: combine(&|e| e.cnc_rate_verified, &|h| &h.cnc_rate_verified),
-        networking_rate: combine(&|e| e.networking_rate, &|h| &h.networking_rate),
-        nc_time_share: combine(&|e| e.nc_time_share.value, &|h| &h.nc_time_share),
+        cnc_rate_declared: combine(&|e| e.cnc_rate_declared, &|h| h.cnc_rate_declared),
+        cnc_rate_verified: combine(&|e| e.cnc_rate_verified, &|h| h.cnc_rate_verified),
+        networking_rate: combine(&|e| e.networking_rate, &|h| h.networking_rate),
+        nc_time_share: combine(&|e| e.nc_time_share.value, &|h| h.nc_time_share),
         registered: registered.len(),
         reporting: enterprises.iter().filter(|e| e.days > 0).count(),
         at_target: counted
@@ -292,61 +458,45 @@ pub fn area(input: &AreaInput, region: Option<&str>, from: &str, to: &str) -> Ar
 
 /// The verified CNC rate (mean of enterprise rates) of `region` (`None`:
 /// the city) on each day of `from..=to` that has any verified day window.
-pub fn daily_trend(
-    input: &AreaInput,
+pub fn daily_trend<D: Day>(
+    input: &AreaInput<D>,
     region: Option<&str>,
     from: &str,
     to: &str,
 ) -> Vec<(String, Option<f64>)> {
-    let dates: BTreeSet<&str> = input
+    // Each date's figures from that date's days only: one pass over the
+    // days, not one per date.
+    let mut by_date: BTreeMap<&str, Vec<&D>> = BTreeMap::new();
+    for d in input
         .days
         .iter()
-        .map(|d| d.date.as_str())
-        .filter(|d| (from..=to).contains(d))
-        .collect();
-    dates
+        .filter(|d| (from..=to).contains(&d.date()))
+    {
+        by_date.entry(d.date()).or_default().push(d);
+    }
+    by_date
         .into_iter()
-        .map(|d| {
-            let f = area(input, region, d, d);
+        .map(|(d, days)| {
+            let f = area_of(input, &days, region, d, d);
             (d.to_string(), f.cnc_rate_verified.mean_of_enterprises)
         })
         .collect()
 }
 
-/// USCCs whose gateways report different industries on some day.
-fn mixed_industry(days: &[GatewayDay]) -> BTreeSet<&str> {
-    let mut seen: BTreeMap<&str, Industry> = BTreeMap::new();
-    let mut mixed = BTreeSet::new();
-    for d in days {
-        if *seen.entry(&d.uscc).or_insert(d.body.industry) != d.body.industry {
-            mixed.insert(d.uscc.as_str());
-        }
-    }
-    mixed
-}
-
 fn enterprise_period(
     uscc: &str,
     region_code: String,
-    days: &[&EnterpriseDay],
+    days: &[DayCounts],
     rejected: bool,
     mixed: bool,
 ) -> EnterprisePeriod {
-    let daily = |f: &dyn Fn(&Headline) -> &Ratio| {
-        mean(
-            &days
-                .iter()
-                .filter_map(|d| f(&d.figures).value)
-                .collect::<Vec<_>>(),
-        )
+    let daily = |f: &dyn Fn(&DayCounts) -> (u64, u64)| {
+        mean(&days.iter().filter_map(|d| value(f(d))).collect::<Vec<_>>())
     };
     let (n, d) = days.iter().fold((0, 0), |(n, d), day| {
-        (
-            n + day.figures.nc_time_share.numerator,
-            d + day.figures.nc_time_share.denominator,
-        )
+        (n + day.nc_time_share.0, d + day.nc_time_share.1)
     });
-    let cnc_rate_verified = daily(&|h| &h.cnc_rate_verified);
+    let cnc_rate_verified = daily(&|h| h.cnc_rate_verified);
     let excluded = if rejected {
         Some(Exclusion::RejectedData)
     } else if mixed {
@@ -362,9 +512,9 @@ fn enterprise_period(
         uscc: uscc.to_string(),
         region_code,
         days: days.len(),
-        cnc_rate_declared: daily(&|h| &h.cnc_rate_declared),
+        cnc_rate_declared: daily(&|h| h.cnc_rate_declared),
         cnc_rate_verified,
-        networking_rate: daily(&|h| &h.networking_rate),
+        networking_rate: daily(&|h| h.networking_rate),
         nc_time_share: Ratio::new(n, d, "no equipment ran in the period"),
         excluded,
     }
@@ -372,62 +522,4 @@ fn enterprise_period(
 
 fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
-impl crate::store::Store {
-    /// What [`area`] needs, from the database: the registered enterprises,
-    /// every verified day window, and the USCCs with a broken window whose
-    /// local date falls in `from..=to`.
-    pub async fn area_input(&mut self, from: &str, to: &str) -> Result<AreaInput, StoreError> {
-        let mut tx = self.begin(false).await?;
-        let registered = tx
-            .query("SELECT DISTINCT uscc, region_code FROM gateways", args![])
-            .await?;
-        let windows = tx
-            .query(
-                "SELECT w.gateway_id, g.uscc, g.region_code, w.kind, w.verdict, m.payload
-                 FROM windows w
-                 JOIN gateways g ON g.gateway_id = w.gateway_id
-                 JOIN messages m ON m.gateway_id = w.gateway_id AND m.msg_id = w.msg_id
-                 WHERE (w.kind = 'day' AND w.verdict = 'verified') OR w.verdict = 'broken'",
-                args![],
-            )
-            .await?;
-        tx.commit().await?;
-        let mut reg = registered
-            .iter()
-            .map(|r| Ok((r.text(0)?, r.text(1)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        reg.sort();
-        let mut days = Vec::new();
-        let mut rejected = BTreeSet::new();
-        for r in &windows {
-            // A stored payload parsed once already; one that no longer
-            // parses (a newer schema) is left out rather than guessed at.
-            let Ok(m) = serde_json::from_str::<MetricsMessage>(&r.text(5)?) else {
-                continue;
-            };
-            let Some(date) = GatewayDay::date_of(&m.body) else {
-                continue;
-            };
-            if r.text(4)? == "broken" {
-                if (from..=to).contains(&date.as_str()) {
-                    rejected.insert(r.text(1)?);
-                }
-                continue;
-            }
-            days.push(GatewayDay {
-                gateway_id: r.text(0)?,
-                uscc: r.text(1)?,
-                region_code: r.text(2)?,
-                date,
-                body: m.body,
-            });
-        }
-        Ok(AreaInput {
-            registered: reg,
-            days,
-            rejected,
-        })
-    }
 }

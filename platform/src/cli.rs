@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use zgsz_platform::aggregate::{area, AreaInput, Combined};
+use zgsz_platform::aggregate::{area, AreaInput, Combined, Day};
 use zgsz_platform::config::Config;
 use zgsz_platform::export;
 use zgsz_platform::gaps::{count, Accounting, Verdict};
@@ -80,7 +80,7 @@ pub async fn windows(store: &mut Store) -> anyhow::Result<()> {
 }
 
 /// The `figures` table: one row per district, then the city.
-fn print_figures(input: &AreaInput, from: &str, to: &str) {
+fn print_figures<D: Day>(input: &AreaInput<D>, from: &str, to: &str) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
     let both = |c: &Combined| {
         format!(

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::aggregate::{area, AreaFigures, AreaInput, Combined, TARGET};
+use crate::aggregate::{area, AreaFigures, AreaInput, Combined, Day, TARGET};
 
 /// The Yangzhou county-level areas the programme scores, by GB/T 2260 code.
 pub const DISTRICTS: [(&str, &str); 6] = [
@@ -69,7 +69,7 @@ pub const HEADERS: [&str; 17] = [
 
 /// The rows: every region code with an enrolled gateway, sorted, then the
 /// city, over `from..=to`.
-pub fn table(input: &AreaInput, from: &str, to: &str) -> Vec<Vec<Cell>> {
+pub fn table<D: Day>(input: &AreaInput<D>, from: &str, to: &str) -> Vec<Vec<Cell>> {
     let mut rows: Vec<Vec<Cell>> = input
         .regions()
         .iter()

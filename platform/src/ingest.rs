@@ -35,6 +35,7 @@ use rumqttc::{
 use serde::Deserialize;
 use serde_json::Value;
 use zgsz_contract::payload::{Envelope, MetricsMessage, StatesMessage, StatusMessage};
+use zgsz_contract::WindowKind;
 
 use crate::config::Config;
 use crate::store::db::{args, Arg, Tx};
@@ -555,11 +556,17 @@ async fn metrics(tx: &mut Tx<'_>, cfg: &Config, at: &Arrival<'_>) -> Result<Hand
         clock.as_deref(),
         cfg.verify.max_declared_verified_gap,
     );
+    let verdict = if broken.is_some() {
+        "broken"
+    } else {
+        "pending"
+    };
+    let local_date = crate::aggregate::GatewayDay::date_of(&m.body).unwrap_or_default();
     tx.execute(
         "INSERT INTO windows (gateway_id, instance, chain_index, msg_id, kind, start_ts,
            end_ts, config_hash, states_upto_seq, prev, digest, metrics_sha256,
-           transitions_sha256, verdict, reason, flags, equipment)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+           transitions_sha256, verdict, reason, flags, equipment, local_date)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         args![
             gateway,
             &instance,
@@ -574,17 +581,19 @@ async fn metrics(tx: &mut Tx<'_>, cfg: &Config, at: &Arrival<'_>) -> Result<Hand
             &seal.digest,
             &seal.metrics_sha256,
             &seal.transitions_sha256,
-            if broken.is_some() {
-                "broken"
-            } else {
-                "pending"
-            },
+            verdict,
             broken.as_deref().unwrap_or_default(),
             &flags,
-            &equipment
+            &equipment,
+            &local_date
         ],
     )
     .await?;
+    if m.body.window.kind == WindowKind::Day {
+        let t = at.topic;
+        let key = (gateway, instance.as_str(), index);
+        crate::store::days::record(tx, key, verdict, t.uscc, t.region_code, &m.body).await?;
+    }
     crate::verify::flag_next_config_change(tx, gateway, &instance, index, &m.body.config_hash)
         .await?;
     crate::verify::settle(tx, gateway, &instance).await?;

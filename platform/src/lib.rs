@@ -25,6 +25,7 @@ pub mod quality;
 pub mod report;
 pub mod retire;
 pub mod store;
+pub mod summary;
 pub mod topic;
 pub mod verify;
 pub mod web;

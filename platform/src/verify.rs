@@ -174,7 +174,7 @@ pub(crate) async fn settle(
 ) -> Result<(), StoreError> {
     let pending = tx
         .query(
-            "SELECT chain_index FROM windows
+            "SELECT chain_index, kind FROM windows
              WHERE gateway_id = ?1 AND instance = ?2 AND verdict = 'pending'
              ORDER BY chain_index",
             args![gateway, instance],
@@ -189,6 +189,10 @@ pub(crate) async fn settle(
             args![verdict, &reason, gateway, instance, index],
         )
         .await?;
+        // A day window's figures count from the moment it is verified.
+        if verdict != "pending" && row.text(1)? == "day" {
+            crate::store::days::set_verdict(tx, (gateway, instance, index), verdict).await?;
+        }
     }
     Ok(())
 }

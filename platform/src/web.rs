@@ -22,7 +22,8 @@ use tokio::sync::Mutex;
 
 use crate::aggregate::{area, daily_trend, enterprise_days, AreaInput};
 use crate::auth::Sessions;
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Scope, Store};
+use crate::summary::DaySummary;
 
 /// The session cookie's name.
 const COOKIE: &str = "zgsz_session";
@@ -209,8 +210,13 @@ fn bad_date() -> Response {
         .into_response()
 }
 
-/// The figures' input and the period asked for (or all there is).
-async fn period(web: &Web, p: &Period) -> Result<(AreaInput, String, String), Response> {
+/// The figures' input of `scope` and the period asked for (or all there
+/// is, in the whole city).
+async fn period(
+    web: &Web,
+    p: &Period,
+    scope: Scope<'_>,
+) -> Result<(AreaInput<DaySummary>, String, String), Response> {
     if [&p.from, &p.to]
         .iter()
         .any(|d| d.as_deref().is_some_and(|d| !crate::aggregate::is_date(d)))
@@ -219,23 +225,23 @@ async fn period(web: &Web, p: &Period) -> Result<(AreaInput, String, String), Re
     }
     let from = p.from.clone().unwrap_or_else(|| "0000-01-01".into());
     let to = p.to.clone().unwrap_or_else(|| "9999-12-31".into());
-    let input = web
-        .store
-        .lock()
-        .await
-        .area_input(&from, &to)
+    let mut store = web.store.lock().await;
+    let input = store
+        .area_input_of(&from, &to, scope)
         .await
         .map_err(failed)?;
-    let dates = input.days.iter().map(|d| d.date.as_str());
-    let first = dates.clone().filter(|d| *d >= from.as_str()).min();
-    let last = dates.filter(|d| *d <= to.as_str()).max();
-    let from = p.from.clone().or(first.map(str::to_string)).unwrap_or(from);
-    let to = p.to.clone().or(last.map(str::to_string)).unwrap_or(to);
+    let (first, last) = if p.from.is_some() && p.to.is_some() {
+        (None, None)
+    } else {
+        store.day_span(&from, &to).await.map_err(failed)?
+    };
+    let from = p.from.clone().or(first).unwrap_or(from);
+    let to = p.to.clone().or(last).unwrap_or(to);
     Ok((input, from, to))
 }
 
 async fn city_page(State(web): State<Web>, Query(p): Query<Period>) -> Response {
-    let (input, from, to) = match period(&web, &p).await {
+    let (input, from, to) = match period(&web, &p, Scope::City).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -261,7 +267,7 @@ async fn city_page(State(web): State<Web>, Query(p): Query<Period>) -> Response 
 }
 
 async fn figures_api(State(web): State<Web>, Query(p): Query<Period>) -> Response {
-    let (input, from, to) = match period(&web, &p).await {
+    let (input, from, to) = match period(&web, &p, Scope::City).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -289,7 +295,7 @@ async fn district_page(
     Path(code): Path<String>,
     Query(p): Query<Period>,
 ) -> Response {
-    let (input, from, to) = match period(&web, &p).await {
+    let (input, from, to) = match period(&web, &p, Scope::Region(&code)).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -333,11 +339,10 @@ async fn enterprise_data(
         Err(e) => return Err(failed(e)),
     };
     let input = store
-        .area_input("0000-01-01", "9999-12-31")
+        .area_input_of("0000-01-01", "9999-12-31", Scope::Enterprise(uscc))
         .await
         .map_err(failed)?;
-    let mine: Vec<_> = input.days.into_iter().filter(|d| d.uscc == uscc).collect();
-    Ok((view, enterprise_days(&mine)))
+    Ok((view, enterprise_days(&input.days)))
 }
 
 async fn enterprise_page(State(web): State<Web>, Path(uscc): Path<String>) -> Response {

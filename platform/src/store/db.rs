@@ -138,6 +138,17 @@ impl Row {
         }
     }
 
+    /// Column `i` (from 0), text, taken out of the row (left empty): no
+    /// copy, for reading many rows.
+    pub(crate) fn take_text(&mut self, i: usize) -> Result<String, StoreError> {
+        match self.0.get_mut(i) {
+            Some(Cell::Text(v)) => Ok(std::mem::take(v)),
+            other => Err(StoreError::Decode(format!(
+                "column {i}: expected text, found {other:?}"
+            ))),
+        }
+    }
+
     fn from_sqlite(r: &rusqlite::Row, n: usize) -> Result<Row, StoreError> {
         use rusqlite::types::ValueRef;
         let mut cells = Vec::with_capacity(n);
@@ -439,6 +450,36 @@ impl Tx<'_> {
                 let params: Vec<_> = args.iter().map(Arg::pg).collect();
                 let rows = PgTx::timed(pg.poisoned, pg.tx.query(&stmt, &params)).await?;
                 rows.iter().map(Row::from_pg).collect()
+            }
+        }
+    }
+
+    /// Runs a query, handing each row to `each` as it is read instead of
+    /// collecting them: a year of rows is never all held as [`Row`]s.
+    pub(crate) async fn query_each(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        mut each: impl FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let mut stmt = tx.conn.prepare_cached(sql)?;
+                let n = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+                while let Some(r) = rows.next()? {
+                    each(Row::from_sqlite(r, n)?)?;
+                }
+                Ok(())
+            }
+            Tx::Postgres(pg) => {
+                let stmt = pg.statement(sql).await?;
+                let params: Vec<_> = args.iter().map(Arg::pg).collect();
+                let rows = PgTx::timed(pg.poisoned, pg.tx.query(&stmt, &params)).await?;
+                for r in &rows {
+                    each(Row::from_pg(r)?)?;
+                }
+                Ok(())
             }
         }
     }

@@ -10,9 +10,11 @@
 //! `(gateway_id, msg_id)` of `messages`, not an in-memory set: several
 //! receiver instances share one database.
 
+pub(crate) mod days;
 pub(crate) mod db;
 mod reports;
 
+pub use days::Scope;
 pub use reports::{ReportRecord, StoredDigest};
 
 use std::path::PathBuf;
@@ -148,6 +150,45 @@ const MIGRATIONS: &[(i64, &str)] = &[
         evicted_states BIGINT NOT NULL,
         PRIMARY KEY (gateway_id, instance)
     )",
+    ),
+    // Each day window's figures as counts (see `days`): the district and
+    // city pages read these rows, filtered by date and region, instead of
+    // parsing a year of payloads per request. The verdict is the window's,
+    // kept in step. Every window keeps its local date, so that the broken
+    // windows of a period are found by index. Day windows stored before
+    // get their rows, and windows not verified their date, from the
+    // payloads once, when this migration is applied (`days::backfill`).
+    (
+        6,
+        "CREATE TABLE day_figures (
+        gateway_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        chain_index BIGINT NOT NULL,
+        verdict TEXT NOT NULL,
+        local_date TEXT NOT NULL,
+        uscc TEXT NOT NULL,
+        region_code TEXT NOT NULL,
+        industry TEXT NOT NULL,
+        any_key BIGINT NOT NULL,
+        cnc_declared_n BIGINT NOT NULL,
+        cnc_declared_d BIGINT NOT NULL,
+        cnc_verified_n BIGINT NOT NULL,
+        cnc_verified_d BIGINT NOT NULL,
+        networked_n BIGINT NOT NULL,
+        networked_d BIGINT NOT NULL,
+        nc_time_n BIGINT NOT NULL,
+        nc_time_d BIGINT NOT NULL,
+        processes TEXT NOT NULL,
+        PRIMARY KEY (gateway_id, instance, chain_index)
+    );
+    CREATE INDEX day_figures_by_date ON day_figures (local_date)
+        WHERE verdict = 'verified';
+    CREATE INDEX day_figures_by_region ON day_figures (region_code, local_date)
+        WHERE verdict = 'verified';
+    CREATE INDEX day_figures_by_uscc ON day_figures (uscc, local_date)
+        WHERE verdict = 'verified';
+    ALTER TABLE windows ADD COLUMN local_date TEXT NOT NULL DEFAULT '';
+    CREATE INDEX windows_broken ON windows (local_date) WHERE verdict = 'broken';",
     ),
 ];
 
@@ -317,6 +358,9 @@ impl Store {
                 .await?;
             if done.is_none() {
                 tx.batch(sql).await?;
+                if *version == 6 {
+                    days::backfill(&mut tx).await?;
+                }
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_ts) VALUES (?1, ?2)",
                     args![*version, now_ms()],
