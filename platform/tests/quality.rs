@@ -13,7 +13,7 @@ mod common;
 
 use common::{metrics_with, states, status, Fixture, Which, GW, HOUR};
 use serde_json::json;
-use zgsz_contract::State;
+use zgsz_contract::{State, WindowKind};
 use zgsz_platform::quality::Problem;
 use zgsz_platform::store::Gateway;
 
@@ -53,9 +53,14 @@ async fn every_kind_of_problem_is_listed_with_its_gateway(which: Which) {
             1,
             &history,
             |b| {
-                // Index 2: declared NC, not verified. Index 5 on: a new model.
+                // Index 2: a day on which the lathe, declared NC, ran
+                // only by hand. Index 5 on: a new model.
                 if h == 1 {
-                    b.equipment[0].verified_nc = false;
+                    b.window.kind = WindowKind::Day;
+                    let e = &mut b.equipment[0];
+                    e.verified_nc = false;
+                    e.time_ms.idle = HOUR as u64 / 2;
+                    e.time_ms.running_manual = HOUR as u64 / 2;
                 }
                 if h >= 4 {
                     b.config_hash = "d".repeat(64);
