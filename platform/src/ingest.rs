@@ -593,6 +593,11 @@ async fn metrics(tx: &mut Tx<'_>, cfg: &Config, at: &Arrival<'_>) -> Result<Hand
         let t = at.topic;
         let key = (gateway, instance.as_str(), index);
         crate::store::days::record(tx, key, verdict, t.uscc, t.region_code, &m.body).await?;
+        tx.execute(
+            "UPDATE gateways SET enterprise_name = ?2 WHERE gateway_id = ?1 AND enterprise_name <> ?2",
+            args![gateway, &m.body.enterprise_name],
+        )
+        .await?;
     }
     crate::verify::flag_next_config_change(tx, gateway, &instance, index, &m.body.config_hash)
         .await?;

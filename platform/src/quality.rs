@@ -223,3 +223,84 @@ impl Store {
         Ok(problems)
     }
 }
+
+/// What the district page says of one enterprise beside its figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EnterpriseNotes {
+    /// As its gateways' day figures last gave it; empty before any arrived.
+    pub name: String,
+    /// Windows of the period with each flag (`config_hash_changed`,
+    /// `clock_unsynchronized`, `declared_verified_gap`), and `broken`
+    /// windows, by that name.
+    pub flags: std::collections::BTreeMap<String, usize>,
+}
+
+impl Store {
+    /// The name and the window flags of every enterprise registered in
+    /// `region`, over the local dates `from..=to`. Reads the flagged and
+    /// broken windows of the period by index, not the period's windows.
+    pub async fn region_notes(
+        &mut self,
+        region: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<std::collections::BTreeMap<String, EnterpriseNotes>, StoreError> {
+        let mut tx = self.begin(false).await?;
+        let rows = tx
+            .query_many(&[
+                (
+                    "SELECT uscc, MAX(enterprise_name) FROM gateways WHERE region_code = ?1
+                     GROUP BY uscc",
+                    args![region],
+                ),
+                (
+                    "SELECT g.uscc, w.flags FROM windows w
+                     JOIN gateways g ON g.gateway_id = w.gateway_id
+                     WHERE w.flags <> '' AND w.local_date >= ?2 AND w.local_date <= ?3
+                       AND g.region_code = ?1",
+                    args![region, from, to],
+                ),
+                (
+                    "SELECT g.uscc FROM windows w
+                     JOIN gateways g ON g.gateway_id = w.gateway_id
+                     WHERE w.verdict = 'broken' AND w.local_date >= ?2 AND w.local_date <= ?3
+                       AND g.region_code = ?1",
+                    args![region, from, to],
+                ),
+            ])
+            .await?;
+        tx.commit().await?;
+        let mut out: std::collections::BTreeMap<String, EnterpriseNotes> = Default::default();
+        let [names, flagged, broken] = rows.as_slice() else {
+            return Err(StoreError::Invalid("three answers expected".into()));
+        };
+        for r in names {
+            out.entry(r.text(0)?).or_default().name = r.text(1)?;
+        }
+        for r in flagged {
+            let notes = out.entry(r.text(0)?).or_default();
+            for flag in r.text(1)?.split(',').filter(|f| !f.is_empty()) {
+                *notes.flags.entry(flag.to_string()).or_default() += 1;
+            }
+        }
+        for r in broken {
+            *out.entry(r.text(0)?)
+                .or_default()
+                .flags
+                .entry("broken".to_string())
+                .or_default() += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// A window flag's bilingual name, for the pages.
+pub fn flag_name(flag: &str) -> &str {
+    match flag {
+        "broken" => "链断裂 chain break",
+        CONFIG_HASH_CHANGED => "配置变更 config changed",
+        "clock_unsynchronized" => "时钟未同步 clock unsynchronised",
+        crate::verify::DECLARED_VERIFIED_GAP => "申报与核验差距大 declared–verified gap",
+        other => other,
+    }
+}

@@ -56,6 +56,7 @@ pub fn router(store: Arc<Mutex<Store>>, site: crate::http::Site) -> Router {
         .route("/enterprise/:uscc", get(enterprise_page))
         .route("/quality", get(quality_page))
         .route("/api/v1/figures", get(figures_api))
+        .route("/api/v1/districts/:code", get(district_api))
         .route("/api/v1/enterprises/:uscc", get(enterprise_api))
         .route("/api/v1/quality", get(quality_api))
         .route_layer(axum::middleware::from_fn_with_state(web.clone(), gate));
@@ -308,12 +309,44 @@ async fn district_page(
         .and_then(crate::pages::Sort::parse)
         .unwrap_or(crate::pages::Sort::Uscc);
     let f = area(&input, Some(&code), &from, &to);
+    let notes = match web.store.lock().await.region_notes(&code, &from, &to).await {
+        Ok(n) => n,
+        Err(e) => return failed(e),
+    };
     Html(crate::pages::district(
         &code,
         &format!("{from} – {to}"),
         &f,
+        &notes,
         sort,
     ))
+    .into_response()
+}
+
+async fn district_api(
+    State(web): State<Web>,
+    Path(code): Path<String>,
+    Query(p): Query<Period>,
+) -> Response {
+    let (input, from, to) = match period(&web, &p, Scope::Region(&code)).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !input.regions().contains(&code.as_str()) {
+        return (StatusCode::NOT_FOUND, "no enrolled gateway in this region").into_response();
+    }
+    let notes = match web.store.lock().await.region_notes(&code, &from, &to).await {
+        Ok(n) => n,
+        Err(e) => return failed(e),
+    };
+    Json(json!({
+        "region_code": code,
+        "name": crate::export::district_name(&code),
+        "from": from,
+        "to": to,
+        "figures": area(&input, Some(&code), &from, &to),
+        "enterprises": notes,
+    }))
     .into_response()
 }
 

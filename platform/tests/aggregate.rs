@@ -440,11 +440,11 @@ fn the_district_page_sorts_its_enterprises() {
             .map(|u| html.find(&format!("enterprise/{u}\"")).unwrap())
             .collect()
     };
-    let by_uscc = district("321003", D1, &f, Sort::Uscc);
+    let by_uscc = district("321003", D1, &f, &Default::default(), Sort::Uscc);
     let o = order(&by_uscc);
     assert!(o.windows(2).all(|w| w[0] < w[1]), "{o:?}");
     // Verified, lowest first: B (50 %) before A (85.7 %).
-    let by_rate = district("321003", D1, &f, Sort::Verified);
+    let by_rate = district("321003", D1, &f, &Default::default(), Sort::Verified);
     let o = order(&by_rate);
     assert!(o[1] < o[0]);
     assert!(by_uscc.contains("邗江区 321003"));

@@ -150,7 +150,14 @@ async fn the_demo_citys_pages_render_in_headless_chromium() {
     assert_eq!(mine.len(), 3);
     for g in &mine {
         assert!(district.contains(&g.uscc), "{} missing", g.enterprise);
+        assert!(
+            district.contains(g.enterprise),
+            "{}'s name missing",
+            g.enterprise
+        );
     }
+    // The overstating enterprise's days are flagged.
+    assert!(district.contains("申报与核验差距大 declared–verified gap ×"));
     svgs_are_sound(&district, "district");
 
     // The enterprise with two gateways, one of which went down.

@@ -53,6 +53,7 @@ async fn every_kind_of_problem_is_listed_with_its_gateway(which: Which) {
             1,
             &history,
             |b| {
+                b.window.start = format!("2027-01-15T{h:02}:00:00+08:00");
                 // Index 2: a day on which the lathe, declared NC, ran
                 // only by hand. Index 5 on: a new model.
                 if h == 1 {
@@ -118,6 +119,25 @@ async fn every_kind_of_problem_is_listed_with_its_gateway(which: Which) {
             ..
         }
     ));
+    // The district page's notes: the enterprise's name and its flagged
+    // windows of the day, counted by flag.
+    let notes = f
+        .store
+        .region_notes(common::REGION, "2027-01-15", "2027-01-15")
+        .await
+        .unwrap();
+    let n = &notes[common::USCC];
+    assert_eq!(n.name, "E");
+    assert_eq!(n.flags.get("declared_verified_gap"), Some(&1));
+    assert_eq!(n.flags.get("config_hash_changed"), Some(&1));
+    assert_eq!(n.flags.get("broken"), Some(&1));
+    assert!(n.flags.get("clock_unsynchronized") >= Some(&4), "{n:?}");
+    let other_day = f
+        .store
+        .region_notes(common::REGION, "2027-01-16", "2027-01-16")
+        .await
+        .unwrap();
+    assert!(other_day[common::USCC].flags.is_empty());
     // The page lists the same, each with its detail.
     let page = zgsz_platform::pages::quality(&problems);
     for p in &problems {

@@ -74,6 +74,7 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
         &format!("/enterprise/{USCC}"),
         "/quality",
         "/api/v1/figures",
+        "/api/v1/districts/321003",
         &format!("/api/v1/enterprises/{USCC}"),
         "/api/v1/quality",
     ];
@@ -140,6 +141,14 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
     assert_eq!(status, 200);
     assert!(district.contains(&format!("enterprise/{USCC}")));
     assert_eq!(get("/district/999999".into()).await.0, 404);
+    let (status, _, json) = get("/api/v1/districts/321003".into()).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["name"], "邗江区");
+    assert_eq!(v["figures"]["reporting"], 1);
+    // The name from the figures (the test streams call it "E").
+    assert_eq!(v["enterprises"][USCC]["name"], "E");
+    assert_eq!(get("/api/v1/districts/999999".into()).await.0, 404);
     let (status, _, enterprise) = get(format!("/enterprise/{USCC}")).await;
     assert_eq!(status, 200);
     assert!(enterprise.contains("2026-11-03"), "{enterprise}");

@@ -189,7 +189,13 @@ impl Sort {
 
 /// A district: its figures, then its enterprises with theirs and why any
 /// was left out, in `sort` order.
-pub fn district(code: &str, period: &str, f: &AreaFigures, sort: Sort) -> String {
+pub fn district(
+    code: &str,
+    period: &str,
+    f: &AreaFigures,
+    notes: &std::collections::BTreeMap<String, crate::quality::EnterpriseNotes>,
+    sort: Sort,
+) -> String {
     let mut rows: Vec<&crate::aggregate::EnterprisePeriod> = f.enterprises.iter().collect();
     let gap =
         |e: &crate::aggregate::EnterprisePeriod| match (e.cnc_rate_declared, e.cnc_rate_verified) {
@@ -230,6 +236,7 @@ pub fn district(code: &str, period: &str, f: &AreaFigures, sort: Sort) -> String
 <th>申报数控化率 <span class=\"en\">Declared</span></th>\
 <th><a href=\"?sort=gap\">申报−核验 <span class=\"en\">Declared − verified</span></a></th>\
 <th>联网率 <span class=\"en\">Networking</span></th><th>数控时间占比 <span class=\"en\">NC time share</span></th>\
+<th>企业 <span class=\"en\">Enterprise</span></th>\
 <th>备注 <span class=\"en\">Note</span></th></tr></thead><tbody>",
     );
     for e in rows {
@@ -239,16 +246,26 @@ pub fn district(code: &str, period: &str, f: &AreaFigures, sort: Sort) -> String
             ""
         };
         let g = gap(e).map_or("–".into(), |g| format!("{:+.1} pt", g * 100.0));
+        let n = notes.get(&e.uscc);
+        // Why it is left out, then each flag with its count of windows.
+        let mut note: Vec<String> = e.excluded.iter().map(|x| esc(x.describe())).collect();
+        for (flag, windows) in n.map(|n| &n.flags).into_iter().flatten() {
+            note.push(format!(
+                "{} ×{windows}",
+                esc(crate::quality::flag_name(flag))
+            ));
+        }
         let _ = write!(
             body,
             "<tr><td><a href=\"../enterprise/{u}\">{u}</a></td><td class=\"num\">{}</td><td class=\"num{below}\">{}</td>\
-<td class=\"num\">{}</td><td class=\"num\">{g}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"flag\">{}</td></tr>",
+<td class=\"num\">{}</td><td class=\"num\">{g}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"flag\">{}</td></tr>",
             e.days,
             pct(e.cnc_rate_verified),
             pct(e.cnc_rate_declared),
             pct(e.networking_rate),
             pct(e.nc_time_share.value),
-            e.excluded.map_or(String::new(), |x| esc(x.describe())),
+            esc(n.map_or("", |n| n.name.as_str())),
+            note.join("<br>"),
             u = esc(&e.uscc),
         );
     }

@@ -190,6 +190,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE windows ADD COLUMN local_date TEXT NOT NULL DEFAULT '';
     CREATE INDEX windows_broken ON windows (local_date) WHERE verdict = 'broken';",
     ),
+    // The district page lists each enterprise with its name and the flags
+    // of its windows in the period: the name as the gateway's day figures
+    // last gave it (set at ingest), the flagged windows by index.
+    (
+        7,
+        "ALTER TABLE gateways ADD COLUMN enterprise_name TEXT NOT NULL DEFAULT '';
+    CREATE INDEX windows_flagged ON windows (local_date) WHERE flags <> '';",
+    ),
 ];
 
 /// The schema version the migrations reach.
