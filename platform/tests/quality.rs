@@ -119,25 +119,7 @@ async fn every_kind_of_problem_is_listed_with_its_gateway(which: Which) {
             ..
         }
     ));
-    // The district page's notes: the enterprise's name and its flagged
-    // windows of the day, counted by flag.
-    let notes = f
-        .store
-        .region_notes(common::REGION, "2027-01-15", "2027-01-15")
-        .await
-        .unwrap();
-    let n = &notes[common::USCC];
-    assert_eq!(n.name, "E");
-    assert_eq!(n.flags.get("declared_verified_gap"), Some(&1));
-    assert_eq!(n.flags.get("config_hash_changed"), Some(&1));
-    assert_eq!(n.flags.get("broken"), Some(&1));
-    assert!(n.flags.get("clock_unsynchronized") >= Some(&4), "{n:?}");
-    let other_day = f
-        .store
-        .region_notes(common::REGION, "2027-01-16", "2027-01-16")
-        .await
-        .unwrap();
-    assert!(other_day[common::USCC].flags.is_empty());
+    district_notes(&mut f).await;
     // The page lists the same, each with its detail.
     let page = zgsz_platform::pages::quality(&problems);
     for p in &problems {
@@ -159,4 +141,26 @@ async fn every_kind_of_problem_is_listed_with_its_gateway(which: Which) {
                 ..
             }
         )));
+}
+
+/// The district page's notes of the fixture: the enterprise's name and
+/// its flagged windows of the day, counted by flag.
+async fn district_notes(f: &mut Fixture) {
+    let notes = f
+        .store
+        .region_notes(common::REGION, "2027-01-15", "2027-01-15")
+        .await
+        .unwrap();
+    let n = &notes[common::USCC];
+    assert_eq!(n.name, "E");
+    assert_eq!(n.flags.get("declared_verified_gap"), Some(&1));
+    assert_eq!(n.flags.get("config_hash_changed"), Some(&1));
+    assert_eq!(n.flags.get("broken"), Some(&1));
+    assert!(n.flags.get("clock_unsynchronized") >= Some(&4), "{n:?}");
+    let other_day = f
+        .store
+        .region_notes(common::REGION, "2027-01-16", "2027-01-16")
+        .await
+        .unwrap();
+    assert!(other_day[common::USCC].flags.is_empty());
 }
