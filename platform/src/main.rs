@@ -144,14 +144,25 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    // The demo runs twenty agents and a broker in this process: their
+    // routine logs would bury the link it prints. RUST_LOG still rules.
+    #[cfg(feature = "demo")]
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    #[cfg(not(feature = "demo"))]
+    let quiet = false;
+    let default = if quiet {
+        "warn,rumqttd=off,zgsz_agent=error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if let Command::HashPassword = &cli.command {
         let mut password = String::new();
         std::io::stdin()
