@@ -129,6 +129,13 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
         "{city}"
     );
     assert!(city.contains("2026-11-02 – 2026-11-03"));
+    // The day, week, month and year to date, ending on the last day stored.
+    for from in ["2026-11-03", "2026-10-28", "2026-11-01", "2026-01-01"] {
+        assert!(
+            city.contains(&format!("?from={from}&amp;to=2026-11-03\"")),
+            "{from}"
+        );
+    }
     assert!(city.contains("100.0%"), "{city}");
     assert!(city.contains("<svg"));
     let (status, _, json) = get("/api/v1/figures?from=2026-11-02&to=2026-11-02".into()).await;
@@ -139,6 +146,9 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
     assert_eq!(get("/api/v1/figures?from=11-02".into()).await.0, 400);
     let (status, _, district) = get("/district/321003?sort=verified".into()).await;
     assert_eq!(status, 200);
+    // Sorting keeps the period; another period keeps the sort.
+    assert!(district.contains("?from=2026-11-02&amp;to=2026-11-03&amp;sort=gap"));
+    assert!(district.contains("?from=2026-11-01&amp;to=2026-11-03&amp;sort=verified"));
     assert!(district.contains(&format!("enterprise/{USCC}")));
     assert_eq!(get("/district/999999".into()).await.0, 404);
     let (status, _, json) = get("/api/v1/districts/321003".into()).await;

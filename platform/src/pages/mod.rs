@@ -38,7 +38,16 @@ pub fn pct(v: Option<f64>) -> String {
 pub fn when(ms: i64) -> String {
     let secs = ms.div_euclid(1000) + 8 * 3600;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let (year, month, day) = civil(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} (UTC+8)",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (H. Hinnant's algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -47,11 +56,45 @@ pub fn when(ms: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// (year, month, day) to days since 1970-01-01; the inverse of [`civil`].
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Links to the periods people ask for, ending on `last` (YYYY-MM-DD): the
+/// day, the week (seven days), the month and the year to date, and every
+/// day stored; `extra` is appended to each query (e.g. `&sort=gap`).
+pub fn period_links(last: &str, extra: &str) -> String {
+    let parts: Vec<i64> = last.split('-').filter_map(|p| p.parse().ok()).collect();
+    let [y, m, d] = parts.as_slice() else {
+        return String::new();
+    };
+    let date = |(y, m, d): (i64, i64, i64)| format!("{y:04}-{m:02}-{d:02}");
+    let week = date(civil(days_from_civil(*y, *m, *d) - 6));
+    let link = |from: &str, zh: &str, en: &str| {
+        format!(
+            "<a href=\"?from={from}&amp;to={last}{extra}\">{zh} <span class=\"en\">{en}</span></a>",
+            from = esc(from),
+            last = esc(last),
+            extra = esc(extra)
+        )
+    };
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} (UTC+8)",
-        rest / 3600,
-        rest % 3600 / 60
+        "<p>{} · {} · {} · {} · <a href=\"?{}\">全部 <span class=\"en\">all days</span></a></p>",
+        link(last, "日", "day"),
+        link(&week, "近7日", "week"),
+        link(&date((*y, *m, 1)), "本月", "month"),
+        link(&date((*y, 1, 1)), "年初至今", "year to date"),
+        esc(extra.trim_start_matches('&'))
     )
 }
 
@@ -110,6 +153,9 @@ pub fn city(
         esc(period),
         TARGET * 100.0
     );
+    if let Some((_, last)) = period.split_once(" – ") {
+        body.push_str(&period_links(last, ""));
+    }
     body.push_str(
         "<table><thead><tr><th>区县 <span class=\"en\">District</span></th>\
 <th>登记 <span class=\"en\">Registered</span></th><th>报送 <span class=\"en\">Reporting</span></th>\
@@ -185,6 +231,15 @@ impl Sort {
             _ => None,
         }
     }
+
+    /// As [`Sort::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sort::Uscc => "uscc",
+            Sort::Verified => "verified",
+            Sort::Gap => "gap",
+        }
+    }
 }
 
 /// A district: its figures, then its enterprises with theirs and why any
@@ -229,15 +284,22 @@ pub fn district(
         pct(f.cnc_rate_verified.mean_of_enterprises),
         pct(f.cnc_rate_verified.pooled.value)
     );
-    body.push_str(
-        "<table><thead><tr><th><a href=\"?sort=uscc\">统一社会信用代码 <span class=\"en\">USCC</span></a></th>\
+    let (from, to) = period.split_once(" – ").unwrap_or((period, period));
+    body.push_str(&period_links(to, &format!("&sort={}", sort.name())));
+    let by = |s: &str| format!("?from={}&amp;to={}&amp;sort={s}", esc(from), esc(to));
+    let _ = write!(
+        body,
+        "<table><thead><tr><th><a href=\"{}\">统一社会信用代码 <span class=\"en\">USCC</span></a></th>\
 <th>天数 <span class=\"en\">Days</span></th>\
-<th><a href=\"?sort=verified\">核验数控化率 <span class=\"en\">Verified</span></a></th>\
+<th><a href=\"{}\">核验数控化率 <span class=\"en\">Verified</span></a></th>\
 <th>申报数控化率 <span class=\"en\">Declared</span></th>\
-<th><a href=\"?sort=gap\">申报−核验 <span class=\"en\">Declared − verified</span></a></th>\
+<th><a href=\"{}\">申报−核验 <span class=\"en\">Declared − verified</span></a></th>\
 <th>联网率 <span class=\"en\">Networking</span></th><th>数控时间占比 <span class=\"en\">NC time share</span></th>\
 <th>企业 <span class=\"en\">Enterprise</span></th>\
 <th>备注 <span class=\"en\">Note</span></th></tr></thead><tbody>",
+        by("uscc"),
+        by("verified"),
+        by("gap")
     );
     for e in rows {
         let below = if e.cnc_rate_verified.is_some_and(|v| v < TARGET) {
@@ -437,4 +499,26 @@ fn reports(body: &mut String, reports: &[crate::store::ReportRecord]) {
         );
     }
     body.push_str("</tbody></table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn period_links_end_on_the_last_day() {
+        let l = period_links("2026-03-02", "&sort=gap");
+        // Seven days back crosses February.
+        assert!(
+            l.contains("?from=2026-02-24&amp;to=2026-03-02&amp;sort=gap"),
+            "{l}"
+        );
+        assert!(l.contains("?from=2026-03-01&amp;to=2026-03-02"));
+        assert!(l.contains("?from=2026-01-01&amp;to=2026-03-02"));
+        assert!(l.contains("?from=2026-03-02&amp;to=2026-03-02"));
+        assert!(l.contains("href=\"?sort=gap\""));
+        assert_eq!(period_links("not a date", ""), "");
+        assert_eq!(civil(days_from_civil(2024, 2, 29)), (2024, 2, 29));
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+    }
 }
