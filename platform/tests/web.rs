@@ -130,12 +130,10 @@ async fn nothing_is_served_without_a_login_and_everything_with_one() {
     );
     assert!(city.contains("2026-11-02 – 2026-11-03"));
     // The day, week, month and year to date, ending on the last day stored.
-    for from in ["2026-11-03", "2026-10-28", "2026-11-01", "2026-01-01"] {
-        assert!(
-            city.contains(&format!("?from={from}&amp;to=2026-11-03\"")),
-            "{from}"
-        );
-    }
+    let link = |from: &&str| city.contains(&format!("?from={from}&amp;to=2026-11-03\""));
+    assert!(["2026-11-03", "2026-10-28", "2026-11-01", "2026-01-01"]
+        .iter()
+        .all(link));
     assert!(city.contains("100.0%"), "{city}");
     assert!(city.contains("<svg"));
     let (status, _, json) = get("/api/v1/figures?from=2026-11-02&to=2026-11-02".into()).await;
