@@ -291,28 +291,45 @@ async fn figures_api(State(web): State<Web>, Query(p): Query<Period>) -> Respons
     .into_response()
 }
 
+/// What a district page shows: its figures over the period, its
+/// enterprises' names and flags, and the period; or the response that
+/// says why not.
+type District = (
+    crate::aggregate::AreaFigures,
+    std::collections::BTreeMap<String, crate::quality::EnterpriseNotes>,
+    String,
+    String,
+);
+
+async fn district_data(web: &Web, code: &str, p: &Period) -> Result<District, Response> {
+    let (input, from, to) = period(web, p, Scope::Region(code)).await?;
+    if !input.regions().contains(&code) {
+        return Err((StatusCode::NOT_FOUND, "no enrolled gateway in this region").into_response());
+    }
+    let notes = web
+        .store
+        .lock()
+        .await
+        .region_notes(code, &from, &to)
+        .await
+        .map_err(failed)?;
+    Ok((area(&input, Some(code), &from, &to), notes, from, to))
+}
+
 async fn district_page(
     State(web): State<Web>,
     Path(code): Path<String>,
     Query(p): Query<Period>,
 ) -> Response {
-    let (input, from, to) = match period(&web, &p, Scope::Region(&code)).await {
+    let (f, notes, from, to) = match district_data(&web, &code, &p).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !input.regions().contains(&code.as_str()) {
-        return (StatusCode::NOT_FOUND, "no enrolled gateway in this region").into_response();
-    }
     let sort = p
         .sort
         .as_deref()
         .and_then(crate::pages::Sort::parse)
         .unwrap_or(crate::pages::Sort::Uscc);
-    let f = area(&input, Some(&code), &from, &to);
-    let notes = match web.store.lock().await.region_notes(&code, &from, &to).await {
-        Ok(n) => n,
-        Err(e) => return failed(e),
-    };
     Html(crate::pages::district(
         &code,
         &format!("{from} – {to}"),
@@ -328,23 +345,16 @@ async fn district_api(
     Path(code): Path<String>,
     Query(p): Query<Period>,
 ) -> Response {
-    let (input, from, to) = match period(&web, &p, Scope::Region(&code)).await {
+    let (f, notes, from, to) = match district_data(&web, &code, &p).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    if !input.regions().contains(&code.as_str()) {
-        return (StatusCode::NOT_FOUND, "no enrolled gateway in this region").into_response();
-    }
-    let notes = match web.store.lock().await.region_notes(&code, &from, &to).await {
-        Ok(n) => n,
-        Err(e) => return failed(e),
     };
     Json(json!({
         "region_code": code,
         "name": crate::export::district_name(&code),
         "from": from,
         "to": to,
-        "figures": area(&input, Some(&code), &from, &to),
+        "figures": f,
         "enterprises": notes,
     }))
     .into_response()
