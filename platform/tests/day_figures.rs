@@ -348,18 +348,21 @@ async fn a_database_filled_before_migration_6_gets_its_day_figures_when_reopened
     };
     fill(&mut f).await;
     let before = stored_figures(&mut f.store).await;
-    // What migration 6 added, taken away: the database as a receiver
-    // without it left it.
+    // What migrations 6 and 7 added, taken away: the database as a
+    // receiver without them left it.
     sql(
         &f.backend,
-        "DROP TABLE day_figures;
+        "DROP INDEX windows_flagged;
+         ALTER TABLE gateways DROP COLUMN enterprise_name;
+         DELETE FROM schema_migrations WHERE version = 7;
+         DROP TABLE day_figures;
          DROP INDEX windows_broken;
          ALTER TABLE windows DROP COLUMN local_date;
          DELETE FROM schema_migrations WHERE version = 6;",
     )
     .await;
     f.store = Store::open(&f.backend).await.unwrap();
-    assert_eq!(f.store.schema_version().await.unwrap(), 6);
+    assert_eq!(f.store.schema_version().await.unwrap(), 7);
     let after = stored_figures(&mut f.store).await;
     assert_eq!(before, after);
 }
