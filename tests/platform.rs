@@ -22,6 +22,13 @@ use common::{CompressedDemo, Mosquitto};
 use zgsz_platform::config::{Backend, Config as PlatformConfig};
 use zgsz_platform::store::{Gateway, Store, WindowRow};
 
+/// One test of this file at a time. Each runs the agent at 7,200 times
+/// real time beside its receivers; three at once on two cores starve the
+/// agents' uplinks, and `RunningAgent::stop` does not wait for the uplink
+/// to drain, so a seal sealed just before the stop may never be published
+/// and "every seal verified" would wait for it in vain.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts a receiver instance `client_id` of the group `city` on `db`;
 /// sending on the returned channel stops it.
 async fn receiver(
@@ -121,6 +128,7 @@ fn sealed(state_dir: &std::path::Path) -> BTreeSet<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
 async fn every_seal_of_the_demo_plant_is_stored_once_and_verified() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let broker = Mosquitto::require("");
     let mut demo = CompressedDemo::start().await;
     demo.cfg.set_broker("127.0.0.1", broker.port);
@@ -168,6 +176,7 @@ async fn every_seal_of_the_demo_plant_is_stored_once_and_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto (.ci/run installs it and runs ignored tests)"]
 async fn two_instances_on_one_shared_subscription_split_the_work_and_count_nothing_twice() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let broker = Mosquitto::require("");
     let mut demo = CompressedDemo::start().await;
     demo.cfg.set_broker("127.0.0.1", broker.port);
@@ -215,6 +224,7 @@ async fn two_instances_on_one_shared_subscription_split_the_work_and_count_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto and PostgreSQL (.ci/run installs them and runs ignored tests)"]
 async fn postgres_restarted_under_load_the_receiver_reconnects_and_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(cluster) = pg::PgCluster::start() else {
         return;
     };
