@@ -542,7 +542,11 @@ fn database(db: Db, dir: &Path) -> (Backend, Option<pg::PgCluster>) {
         ),
         Db::Postgres => {
             let cluster = pg::PgCluster::start().expect("PostgreSQL (initdb, pg_ctl)");
-            cluster.reconfigure("fsync = on\nmax_connections = 20\nshared_buffers = 256MB");
+            // A server set up for ingest: WAL up to 4 GB between checkpoints
+            // (the default 1 GB checkpoints every few seconds of a catch-up).
+            cluster.reconfigure(
+                "fsync = on\nmax_connections = 20\nshared_buffers = 256MB\nmax_wal_size = 4GB\ncheckpoint_timeout = 15min",
+            );
             let url = cluster.create_database();
             (Backend::Postgres { url }, Some(cluster))
         }

@@ -66,6 +66,14 @@ pub struct Database {
     /// instances sharing the load.
     #[serde(default)]
     pub url: Option<String>,
+    /// PostgreSQL: connections one instance ingests on at once, each
+    /// taking its share of the gateways. Default 4; SQLite writes on one.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+}
+
+fn default_connections() -> usize {
+    4
 }
 
 /// The storage backend `[database]` selects, as the store opens it.
@@ -360,6 +368,15 @@ impl Config {
                 problem,
             })
         };
+        if !(1..=64).contains(&self.database.connections) {
+            return bad(
+                "database.connections",
+                format!(
+                    "is {}; set 1 to 64 (default 4, for PostgreSQL; SQLite writes on one)",
+                    self.database.connections
+                ),
+            );
+        }
         match (&self.database.path, &self.database.url) {
             (Some(_), Some(_)) => bad(
                 "database.url",
@@ -440,6 +457,7 @@ client_id = "zgsz-platform-1"
     fn defaults_and_filters() {
         let c = Config::parse("p.toml", GOOD).unwrap();
         assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.database.connections, 4);
         assert_eq!(
             c.filters()[0],
             "$share/zgsz-platform/zgsz/+/+/+/metrics".to_string()
@@ -491,6 +509,14 @@ client_id = "zgsz-platform-1"
         ));
         assert!(
             e.starts_with("p.toml: mqtt.share_group: \"a/b\" must be"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "path = \"platform.db\"",
+            "path = \"platform.db\"\nconnections = 0",
+        ));
+        assert!(
+            e.starts_with("p.toml: database.connections: is 0; set 1 to 64"),
             "{e}"
         );
         let e = err(&GOOD.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nport = \"x\""));

@@ -16,7 +16,7 @@ use zgsz_contract::chain::{entry_digest, metrics_lines, sha256_hex, transitions_
 use zgsz_contract::payload::Metrics;
 use zgsz_contract::{Ratio, State, WindowKind};
 
-use crate::store::db::{args, Arg, Tx};
+use crate::store::db::{args, Arg, Row, Tx};
 use crate::store::StoreError;
 
 /// Checks what the payload proves by itself; `Some(reason)` is a break.
@@ -102,21 +102,20 @@ pub fn with_flag(flags: &str, flag: &str) -> String {
     }
 }
 
-/// Flags the entry after `index` if it arrived first (a shared
-/// subscription reorders) and its `config_hash` differs from this one's.
+/// The entry after a window, read when the window is stored (see
+/// [`flag_next_config_change`]); `?3` is the window's index + 1.
+pub(crate) const NEXT_ENTRY: &str = "SELECT config_hash, flags FROM windows
+     WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3";
+
+/// Flags the entry after window `index` if it arrived first (a shared
+/// subscription reorders) and its `config_hash` differs from this one's;
+/// `next` is that entry's [`NEXT_ENTRY`] row.
 pub(crate) async fn flag_next_config_change(
     tx: &mut Tx<'_>,
-    gateway: &str,
-    instance: &str,
-    index: i64,
+    (gateway, instance, index): (&str, &str, i64),
     config_hash: &str,
+    next: Option<Row>,
 ) -> Result<(), StoreError> {
-    let next = tx
-        .query_opt(
-            "SELECT config_hash, flags FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-            args![gateway, instance, index + 1],
-        )
-        .await?;
     if let Some(next) = next {
         let (hash, flags) = (next.text(0)?, next.text(1)?);
         if hash != config_hash {
@@ -166,81 +165,328 @@ pub fn flags(
     f.join(",")
 }
 
-/// Re-examines every pending window of (gateway, instance).
-pub(crate) async fn settle(
-    tx: &mut Tx<'_>,
-    gateway: &str,
-    instance: &str,
-) -> Result<(), StoreError> {
-    let pending = tx
-        .query(
-            "SELECT chain_index, kind FROM windows
-             WHERE gateway_id = ?1 AND instance = ?2 AND verdict = 'pending'
-             ORDER BY chain_index",
-            args![gateway, instance],
-        )
-        .await?;
-    for row in pending {
-        let index = row.int(0)?;
-        let (verdict, reason) = examine(tx, gateway, instance, index).await?;
-        tx.execute(
-            "UPDATE windows SET verdict = ?1, reason = ?2
-             WHERE gateway_id = ?3 AND instance = ?4 AND chain_index = ?5",
-            args![verdict, &reason, gateway, instance, index],
-        )
-        .await?;
-        // A day window's figures count from the moment it is verified.
-        if verdict != "pending" && row.text(1)? == "day" {
-            crate::store::days::set_verdict(tx, (gateway, instance, index), verdict).await?;
+/// The (gateway, instance) pairs whose pending windows a transaction
+/// re-examines before it commits ([`settle`]): every pair that got a
+/// states or sealed metrics message in it.
+pub(crate) type Touched = std::collections::BTreeSet<(String, String)>;
+
+/// The windows still waiting for a neighbour or for states messages.
+const PENDING: &str = "SELECT chain_index, kind FROM windows
+     WHERE gateway_id = ?1 AND instance = ?2 AND verdict = 'pending'
+     ORDER BY chain_index";
+
+/// A pending window, to be examined.
+struct Pending<'a> {
+    gateway: &'a str,
+    instance: &'a str,
+    index: i64,
+    day: bool,
+}
+
+/// Re-examines every pending window of the `touched` pairs, once per
+/// transaction rather than once per message: a batch of a catch-up brings
+/// hundreds of messages, and examining after each would repeat the work.
+///
+/// The windows are independent of each other's verdicts (a window's `prev`
+/// is checked against the digest its predecessor carries, stored whatever
+/// its verdict), so every read of every window is sent at once, in three
+/// pipelined steps (see [`Tx::query_many`]): the pending windows, each
+/// window with its predecessor's digest, and the transitions each covers.
+pub(crate) async fn settle(tx: &mut Tx<'_>, touched: &Touched) -> Result<(), StoreError> {
+    let keys: Vec<[Arg<'_>; 2]> = touched
+        .iter()
+        .map(|(g, i)| [Arg::from(g), Arg::from(i)])
+        .collect();
+    let statements: Vec<(&'static str, &[Arg<'_>])> =
+        keys.iter().map(|a| (PENDING, &a[..])).collect();
+    let mut pending = Vec::new();
+    for ((gateway, instance), rows) in touched.iter().zip(tx.query_many(&statements).await?) {
+        for row in rows {
+            pending.push(Pending {
+                gateway,
+                instance,
+                index: row.int(0)?,
+                day: row.text(1)? == "day",
+            });
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let verdicts = examine(tx, &pending).await?;
+    let updates: Vec<[Arg<'_>; 5]> = pending
+        .iter()
+        .zip(&verdicts)
+        .map(|(p, (verdict, reason))| {
+            [
+                Arg::from(*verdict),
+                Arg::from(reason),
+                Arg::from(p.gateway),
+                Arg::from(p.instance),
+                Arg::from(p.index),
+            ]
+        })
+        .collect();
+    let statements: Vec<(&'static str, &[Arg<'_>])> = updates
+        .iter()
+        .map(|a| {
+            (
+                "UPDATE windows SET verdict = ?1, reason = ?2
+                 WHERE gateway_id = ?3 AND instance = ?4 AND chain_index = ?5",
+                &a[..],
+            )
+        })
+        .collect();
+    tx.query_many(&statements).await?;
+    // A day window's figures count from the moment it is verified.
+    for (p, (verdict, _)) in pending.iter().zip(&verdicts) {
+        if p.day && *verdict != "pending" {
+            crate::store::days::set_verdict(tx, (p.gateway, p.instance, p.index), verdict).await?;
         }
     }
     Ok(())
 }
 
-/// The verdict of one window whose self-contained checks passed.
+/// What examining a window needs from its row: what its
+/// `transitions_sha256` covers.
+struct Covered {
+    transitions_sha256: String,
+    upto: i64,
+    start: i64,
+    end: i64,
+    equipment: Vec<String>,
+}
+
+/// The verdicts of windows whose self-contained checks passed, in order.
 ///
-/// Reads only what the window's `transitions_sha256` covers, by index:
-/// the transitions inside it, and each equipment's last one at or before
-/// its start (all with a seq up to `states_upto_seq`). Reading the whole
+/// Reads only what a window's `transitions_sha256` covers, by index: the
+/// transitions inside it, and each equipment's last one at or before its
+/// start (all with a seq up to `states_upto_seq`). Reading the whole
 /// history up to the window instead made a week's backlog quadratic.
 async fn examine(
     tx: &mut Tx<'_>,
-    gateway: &str,
-    instance: &str,
-    index: i64,
-) -> Result<(&'static str, String), StoreError> {
-    // The window and its predecessor's digest, at once.
-    let mut reads = tx
-        .query_many(&[
+    pending: &[Pending<'_>],
+) -> Result<Vec<(&'static str, String)>, StoreError> {
+    // Each window and its predecessor's digest.
+    let keys: Vec<([Arg<'_>; 3], [Arg<'_>; 3])> = pending
+        .iter()
+        .map(|p| {
+            let (g, i) = (Arg::from(p.gateway), Arg::from(p.instance));
+            ([g, i, Arg::from(p.index)], [g, i, Arg::from(p.index - 1)])
+        })
+        .collect();
+    let mut statements: Vec<(&'static str, &[Arg<'_>])> = Vec::with_capacity(2 * keys.len());
+    for (this, before) in &keys {
+        statements.push((
+            "SELECT msg_id, prev, transitions_sha256, states_upto_seq, start_ts, end_ts, equipment
+             FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+            &this[..],
+        ));
+        statements.push((
+            "SELECT digest FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
+            &before[..],
+        ));
+    }
+    let mut answers = tx.query_many(&statements).await?.into_iter();
+    let mut verdicts: Vec<Option<(&'static str, String)>> = Vec::with_capacity(pending.len());
+    let mut covered: Vec<Option<Covered>> = Vec::with_capacity(pending.len());
+    for p in pending {
+        let w = answers.next().and_then(|rows| rows.into_iter().next());
+        let before = answers.next().and_then(|rows| rows.into_iter().next());
+        match chained(tx, p, w, before).await? {
+            Ok(c) => {
+                verdicts.push(None);
+                covered.push(Some(c));
+            }
+            Err(v) => {
+                verdicts.push(Some(v));
+                covered.push(None);
+            }
+        }
+    }
+    // Going back from each window's start, the transitions before it
+    // (enough, as a rule, to meet each machine's last one), and the
+    // transitions inside it: two ranges of the transitions' own order.
+    let reads: Vec<(usize, [Arg<'_>; 5], [Arg<'_>; 5])> = pending
+        .iter()
+        .zip(&covered)
+        .enumerate()
+        .filter_map(|(n, (p, c))| c.as_ref().map(|c| (n, p, c)))
+        .map(|(n, p, c)| {
+            let (g, i) = (Arg::from(p.gateway), Arg::from(p.instance));
+            let (start, upto) = (Arg::from(c.start), Arg::from(c.upto));
             (
-                "SELECT msg_id, prev, transitions_sha256, states_upto_seq, start_ts, end_ts, equipment
-                 FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                args![gateway, instance, index],
-            ),
-            (
-                "SELECT digest FROM windows WHERE gateway_id = ?1 AND instance = ?2 AND chain_index = ?3",
-                args![gateway, instance, index - 1],
-            ),
-        ])
-        .await?
-        .into_iter()
-        .map(|rows| rows.into_iter().next());
-    let (Some(w), before) = (reads.next().flatten(), reads.next().flatten()) else {
-        return Ok(("pending", format!("chain index {index} is not stored")));
+                n,
+                [g, i, start, upto, Arg::from(c.back_limit())],
+                [g, i, start, Arg::from(c.end), upto],
+            )
+        })
+        .collect();
+    let mut statements: Vec<(&'static str, &[Arg<'_>])> = Vec::with_capacity(2 * reads.len());
+    for (_, back, inside) in &reads {
+        statements.push((
+            "SELECT equipment, state FROM transitions
+             WHERE gateway_id = ?1 AND instance = ?2 AND ts <= ?3 AND seq <= ?4
+             ORDER BY ts DESC, id DESC LIMIT ?5",
+            &back[..],
+        ));
+        statements.push((
+            "SELECT equipment, state, ts FROM transitions
+             WHERE gateway_id = ?1 AND instance = ?2 AND ts > ?3 AND ts < ?4 AND seq <= ?5
+             ORDER BY ts, id",
+            &inside[..],
+        ));
+    }
+    let mut answers = tx.query_many(&statements).await?.into_iter();
+    let mut seen: Vec<Option<(Initial, Vec<Row>)>> = (0..pending.len()).map(|_| None).collect();
+    for (n, _, _) in &reads {
+        let (back, inside) = (
+            answers.next().unwrap_or_default(),
+            answers.next().unwrap_or_default(),
+        );
+        if let Some(c) = &covered[*n] {
+            seen[*n] = Some((c.initial(&back)?, inside));
+        }
+    }
+    idle_machines(tx, pending, &covered, &mut seen).await?;
+    let mut out = Vec::with_capacity(pending.len());
+    for ((v, c), s) in verdicts.into_iter().zip(covered).zip(seen) {
+        out.push(match (v, c, s) {
+            (Some(v), _, _) => v,
+            (None, Some(c), Some((initial, inside))) => rebuilt(&c, &initial.states, &inside)?,
+            _ => ("pending", "not examined".to_string()),
+        });
+    }
+    Ok(out)
+}
+
+/// A machine idle for longer than the rows read back from a window's
+/// start: its last transition on its own (rare, and a scan of the
+/// gateway's history), into the window's initial states.
+async fn idle_machines(
+    tx: &mut Tx<'_>,
+    pending: &[Pending<'_>],
+    covered: &[Option<Covered>],
+    seen: &mut [Option<(Initial, Vec<Row>)>],
+) -> Result<(), StoreError> {
+    let missing: Vec<(usize, String, [Arg<'_>; 5])> = pending
+        .iter()
+        .zip(covered)
+        .zip(seen.iter())
+        .enumerate()
+        .filter_map(|(n, ((p, c), s))| Some((n, p, c.as_ref()?, s.as_ref()?)))
+        .flat_map(|(n, p, c, (initial, _))| {
+            c.equipment
+                .iter()
+                .filter(|id| initial.pending.contains(id.as_str()))
+                .map(move |id| {
+                    let (g, i) = (Arg::from(p.gateway), Arg::from(p.instance));
+                    (
+                        n,
+                        id.clone(),
+                        [g, i, Arg::from(id), Arg::from(c.start), Arg::from(c.upto)],
+                    )
+                })
+        })
+        .collect();
+    if !missing.is_empty() {
+        let statements: Vec<(&'static str, &[Arg<'_>])> = missing
+            .iter()
+            .map(|(_, _, a)| {
+                (
+                    "SELECT state FROM transitions
+                     WHERE gateway_id = ?1 AND instance = ?2 AND equipment = ?3 AND ts <= ?4
+                       AND seq <= ?5
+                     ORDER BY ts DESC, id DESC LIMIT 1",
+                    &a[..],
+                )
+            })
+            .collect();
+        let answers = tx.query_many(&statements).await?;
+        for ((n, id, _), rows) in missing.iter().zip(answers) {
+            if let (Some((initial, _)), Some(r)) = (&mut seen[*n], rows.first()) {
+                initial.states.insert(id.clone(), state(&r.text(0)?));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn state(s: &str) -> State {
+    State::parse(s).unwrap_or(State::Offline)
+}
+
+/// Each machine's state at a window's start, as far as read back.
+struct Initial {
+    states: std::collections::HashMap<String, State>,
+    /// Machines with no transition among the rows read back, when there
+    /// may be older ones: to be read on their own.
+    pending: std::collections::HashSet<String>,
+}
+
+impl Covered {
+    /// How many transitions to read back from the start: eight per machine
+    /// and eight more.
+    fn back_limit(&self) -> i64 {
+        8 * (self.equipment.len() as i64 + 1)
+    }
+
+    /// The first row of each machine among `back` (newest first) is its
+    /// last transition at or before the start.
+    fn initial(&self, back: &[Row]) -> Result<Initial, StoreError> {
+        let mut states = std::collections::HashMap::new();
+        for r in back {
+            let id = r.text(0)?;
+            if let std::collections::hash_map::Entry::Vacant(v) = states.entry(id) {
+                v.insert(state(&r.text(1)?));
+            }
+        }
+        let more = back.len() as i64 >= self.back_limit();
+        let pending = if more {
+            self.equipment
+                .iter()
+                .filter(|id| !states.contains_key(*id))
+                .cloned()
+                .collect()
+        } else {
+            Default::default()
+        };
+        Ok(Initial { states, pending })
+    }
+}
+
+/// A window's chain step: what its transitions cover when `prev` holds,
+/// or its verdict when it cannot be decided further (not stored, waiting
+/// for its predecessor, or a real break).
+async fn chained(
+    tx: &mut Tx<'_>,
+    p: &Pending<'_>,
+    w: Option<Row>,
+    before: Option<Row>,
+) -> Result<Result<Covered, (&'static str, String)>, StoreError> {
+    let Some(w) = w else {
+        return Ok(Err((
+            "pending",
+            format!("chain index {} is not stored", p.index),
+        )));
     };
-    let (msg_id, prev, transitions_sha256) = (w.text(0)?, w.text(1)?, w.text(2)?);
-    let (upto, start, end) = (w.int(3)?, w.int(4)?, w.int(5)?);
-    if index > 1 {
+    let (msg_id, prev) = (w.text(0)?, w.text(1)?);
+    if p.index > 1 {
         match before {
-            None => return Ok(("pending", format!("waiting for chain index {}", index - 1))),
+            None => {
+                return Ok(Err((
+                    "pending",
+                    format!("waiting for chain index {}", p.index - 1),
+                )))
+            }
             Some(d) if d.text(0)? != prev => {
-                return Ok((
+                return Ok(Err((
                     "broken",
                     format!(
                         "prev does not match the digest of chain index {}",
-                        index - 1
+                        p.index - 1
                     ),
-                ))
+                )))
             }
             Some(_) => {}
         }
@@ -248,67 +494,35 @@ async fn examine(
     let equipment = match serde_json::from_str::<Vec<String>>(&w.text(6)?) {
         Ok(ids) => ids,
         // Stored before the windows kept their equipment list.
-        Err(_) => equipment_of_message(tx, gateway, &msg_id).await?,
+        Err(_) => equipment_of_message(tx, p.gateway, &msg_id).await?,
     };
-    // Each equipment's last transition at or before the start, and the
-    // transitions inside, at once; the last statement is the inside.
-    let per_equipment: Vec<[Arg<'_>; 5]> = equipment
-        .iter()
-        .map(|id| {
-            [
-                Arg::from(gateway),
-                Arg::from(instance),
-                Arg::from(id),
-                Arg::from(start),
-                Arg::from(upto),
-            ]
-        })
-        .collect();
-    let inside_args = [
-        Arg::from(gateway),
-        Arg::from(instance),
-        Arg::from(start),
-        Arg::from(end),
-        Arg::from(upto),
-    ];
-    let mut statements: Vec<(&'static str, &[Arg<'_>])> = per_equipment
-        .iter()
-        .map(|a| {
-            (
-                "SELECT state FROM transitions
-                 WHERE gateway_id = ?1 AND instance = ?2 AND equipment = ?3 AND ts <= ?4
-                   AND seq <= ?5
-                 ORDER BY ts DESC, id DESC LIMIT 1",
-                &a[..],
-            )
-        })
-        .collect();
-    statements.push((
-        "SELECT equipment, state, ts FROM transitions
-         WHERE gateway_id = ?1 AND instance = ?2 AND ts > ?3 AND ts < ?4 AND seq <= ?5
-         ORDER BY ts, id",
-        &inside_args[..],
-    ));
-    let mut answers = tx.query_many(&statements).await?;
-    let rows = answers.pop().unwrap_or_default();
-    let state = |s: &str| State::parse(s).unwrap_or(State::Offline);
-    let mut initial = std::collections::HashMap::new();
-    for (id, last) in equipment.iter().zip(&answers) {
-        if let Some(r) = last.first() {
-            initial.insert(id.as_str(), state(&r.text(0)?));
-        }
-    }
-    let rows: Vec<(String, String, i64)> = rows
+    Ok(Ok(Covered {
+        transitions_sha256: w.text(2)?,
+        upto: w.int(3)?,
+        start: w.int(4)?,
+        end: w.int(5)?,
+        equipment,
+    }))
+}
+
+/// The verdict from the transitions read for a window: verified when they
+/// rebuild its `transitions_sha256`, else still waiting for states.
+fn rebuilt(
+    c: &Covered,
+    initial: &std::collections::HashMap<String, State>,
+    inside: &[Row],
+) -> Result<(&'static str, String), StoreError> {
+    let rows: Vec<(String, String, i64)> = inside
         .iter()
         .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
         .collect::<Result<_, StoreError>>()?;
     let inside = rows.iter().map(|(eq, s, ts)| (eq.as_str(), *ts, state(s)));
-    let ids: Vec<&str> = equipment.iter().map(String::as_str).collect();
-    let lines = transitions_lines(&ids, start, end, |id| initial.get(id).copied(), inside);
-    if sha256_hex(lines.as_bytes()) != transitions_sha256 {
+    let ids: Vec<&str> = c.equipment.iter().map(String::as_str).collect();
+    let lines = transitions_lines(&ids, c.start, c.end, |id| initial.get(id).copied(), inside);
+    if sha256_hex(lines.as_bytes()) != c.transitions_sha256 {
         return Ok((
             "pending",
-            format!("waiting for the states messages up to seq {upto}"),
+            format!("waiting for the states messages up to seq {}", c.upto),
         ));
     }
     Ok(("verified", String::new()))

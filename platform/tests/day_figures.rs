@@ -18,7 +18,6 @@ use serde_json::Value;
 use zgsz_contract::payload::{Metrics, MetricsMessage};
 use zgsz_contract::{Industry, Kind, State, WindowKind};
 use zgsz_platform::aggregate::{area, enterprise_days, AreaInput, Day, Exclusion, GatewayDay};
-use zgsz_platform::config::Backend;
 use zgsz_platform::ingest::{handle, Handled};
 use zgsz_platform::store::{Gateway, Store};
 use zgsz_platform::summary::DaySummary;
@@ -325,23 +324,6 @@ async fn day_rows_count_once_verified_and_a_broken_window_rejects_its_enterprise
     stored_figures(&mut f.store).await;
 }
 
-/// Runs `text` on the database of `backend`, beside the store.
-async fn sql(backend: &Backend, text: &str) {
-    match backend {
-        Backend::Sqlite { path } => rusqlite::Connection::open(path)
-            .unwrap()
-            .execute_batch(text)
-            .unwrap(),
-        Backend::Postgres { url } => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(text).await.unwrap();
-        }
-    }
-}
-
 async fn a_database_filled_before_migration_6_gets_its_day_figures_when_reopened(which: Which) {
     let Some(mut f) = Fixture::new(which).await else {
         return;
@@ -350,7 +332,7 @@ async fn a_database_filled_before_migration_6_gets_its_day_figures_when_reopened
     let before = stored_figures(&mut f.store).await;
     // What migrations 6 and 7 added, taken away: the database as a
     // receiver without them left it.
-    sql(
+    common::sql(
         &f.backend,
         "DROP INDEX windows_flagged;
          ALTER TABLE gateways DROP COLUMN enterprise_name;
@@ -362,7 +344,10 @@ async fn a_database_filled_before_migration_6_gets_its_day_figures_when_reopened
     )
     .await;
     f.store = Store::open(&f.backend).await.unwrap();
-    assert_eq!(f.store.schema_version().await.unwrap(), 7);
+    assert_eq!(
+        f.store.schema_version().await.unwrap(),
+        zgsz_platform::store::SCHEMA_VERSION
+    );
     let after = stored_figures(&mut f.store).await;
     assert_eq!(before, after);
 }

@@ -11,9 +11,12 @@
 
 mod common;
 
-use common::{states, topic, two_hours, Fixture, Which, GW, REGION, USCC};
+use common::{
+    envelope, metrics_with, states, topic, two_hours, Fixture, Which, GW, HOUR, REGION, USCC,
+};
 use serde_json::json;
-use zgsz_contract::chain::{metrics_lines, sha256_hex, GENESIS};
+use zgsz_contract::chain::{metrics_lines, seal, sha256_hex, transitions_lines, GENESIS};
+use zgsz_contract::State;
 use zgsz_platform::ingest::{handle, Handled};
 use zgsz_platform::store::{Gateway, Store};
 
@@ -26,6 +29,8 @@ on_both_backends!(
     gaps_are_listed_per_instance_and_migrations_apply_once,
     enrolment_checks_the_forms_and_refuses_a_second_enrolment,
     two_instances_writing_at_once_store_each_message_once_and_verify_every_window,
+    a_machine_idle_for_many_transitions_of_another_is_found_at_the_window_start,
+    transitions_stored_before_migration_8_verify_windows_after_it,
 );
 
 async fn reordered_streams_verify_once_the_neighbours_arrive_and_duplicates_are_dropped(
@@ -316,4 +321,96 @@ async fn two_instances_writing_at_once_store_each_message_once_and_verify_every_
     let by = one.store.stored_by().await.unwrap();
     assert!(by.len() == 2 && by.iter().all(|(_, n)| *n > 0), "{by:?}");
     assert!(one.store.rejected().await.unwrap().is_empty());
+}
+
+/// Verifying reads back from a window's start until it has met every
+/// machine's last transition, a few rows per machine at first; a machine
+/// idle for longer is then read on its own. Here the mill's one transition
+/// lies behind 40 of the lathe's: if it were not found, the window's
+/// transitions would not rebuild its seal and it would stay pending.
+async fn a_machine_idle_for_many_transitions_of_another_is_found_at_the_window_start(which: Which) {
+    let Some(mut f) = Fixture::new(which).await else {
+        return;
+    };
+    let t0 = 1_800_000_000_000 / HOUR * HOUR;
+    let mut st = envelope("zgsz.states/1", 1);
+    let mut transitions =
+        vec![json!({"id": 1, "equipment": "mill", "state": "running_nc", "ts": t0})];
+    let lathe = |k: i64| if k % 2 == 0 { "idle" } else { "running_nc" };
+    for k in 1..=40 {
+        transitions.push(
+            json!({"id": k + 1, "equipment": "lathe", "state": lathe(k), "ts": t0 + k * 60_000}),
+        );
+    }
+    st["transitions"] = json!(transitions);
+    let start = t0 + HOUR;
+    let (mut m, _) = metrics_with(2, start, start + 20 * 60_000, None, 1, &[], |b| {
+        let mut mill = b.equipment[0].clone();
+        mill.id = "mill".into();
+        mill.device = "mill".into();
+        b.equipment.push(mill);
+    });
+    // Sealed again over both machines' states at the start.
+    let initial = |id: &str| {
+        Some(if id == "mill" {
+            State::RunningNc
+        } else {
+            State::Idle
+        })
+    };
+    let t = transitions_lines(
+        &["lathe", "mill"],
+        start,
+        start + HOUR,
+        initial,
+        std::iter::empty(),
+    );
+    m["seal"] = serde_json::to_value(seal(None, &metrics_lines(&m).unwrap(), &t)).unwrap();
+    assert_eq!(f.put("states", &st.to_string()).await, Handled::Stored);
+    assert_eq!(f.put("metrics", &m.to_string()).await, Handled::Stored);
+    assert_eq!(
+        f.verdicts().await,
+        vec![(1, "verified".into(), String::new())]
+    );
+}
+
+/// Migration 8 moves the transitions into a table ordered by time; those
+/// stored before it verify the windows that arrive after it.
+async fn transitions_stored_before_migration_8_verify_windows_after_it(which: Which) {
+    let Some(mut f) = Fixture::new(which).await else {
+        return;
+    };
+    let (st, m1, m2) = two_hours();
+    assert_eq!(f.put("states", &st).await, Handled::Stored);
+    // The transitions as a receiver before migration 8 kept them.
+    common::sql(
+        &f.backend,
+        "CREATE TABLE transitions_v1 (
+            gateway_id TEXT NOT NULL, instance TEXT NOT NULL, id BIGINT NOT NULL,
+            seq BIGINT NOT NULL, equipment TEXT NOT NULL, state TEXT NOT NULL,
+            ts BIGINT NOT NULL, PRIMARY KEY (gateway_id, instance, id));
+         INSERT INTO transitions_v1 (gateway_id, instance, id, seq, equipment, state, ts)
+             SELECT gateway_id, instance, id, seq, equipment, state, ts FROM transitions;
+         DROP TABLE transitions;
+         ALTER TABLE transitions_v1 RENAME TO transitions;
+         CREATE INDEX transitions_by_ts ON transitions (gateway_id, instance, ts);
+         CREATE INDEX transitions_by_equipment ON transitions (gateway_id, instance, equipment, ts);
+         DELETE FROM schema_migrations WHERE version = 8;",
+    )
+    .await;
+    f.store = Store::open(&f.backend).await.unwrap();
+    assert_eq!(
+        f.store.schema_version().await.unwrap(),
+        zgsz_platform::store::SCHEMA_VERSION
+    );
+    assert_eq!(f.put("metrics", &m2.to_string()).await, Handled::Stored);
+    assert_eq!(f.put("metrics", &m1.to_string()).await, Handled::Stored);
+    assert_eq!(
+        f.verdicts().await,
+        vec![
+            (1, "verified".into(), String::new()),
+            (2, "verified".into(), String::new())
+        ]
+    );
+    assert_eq!(f.put("states", &st).await, Handled::Duplicate);
 }

@@ -9,7 +9,8 @@
 //! `&'static str`, so no SQL is ever built from data.
 //!
 //! The dialects differ in one place, [`Dialect::sql`]: PostgreSQL numbers
-//! its parameters `$1`, `$2`, …. A future difference (an auto-increment
+//! its parameters `$1`, `$2`, …, and has no `WITHOUT ROWID` tables (a
+//! table clustered by its key in SQLite). A future difference (an auto-increment
 //! column, say: `INTEGER PRIMARY KEY` against `BIGSERIAL`) goes there too,
 //! never into the callers. The other differences are behaviour, and live in
 //! [`Tx`]: how a transaction begins, and [`Tx::lock`].
@@ -48,17 +49,23 @@ impl Dialect {
         match self {
             Dialect::Sqlite => sql.to_string(),
             // The statements hold no `?` but their parameters (no string
-            // literal has one), so this is the whole translation.
-            Dialect::Postgres => sql.replace('?', "$"),
+            // literal has one), so this is the whole translation; a
+            // PostgreSQL table is always a heap with its key in an index,
+            // which is what SQLite's default rowid table is too.
+            Dialect::Postgres => sql.replace('?', "$").replace(") WITHOUT ROWID", ")"),
         }
     }
 }
 
-/// A parameter: the schema has integers and text only.
+/// A parameter: the schema has integers and text only. The arrays are
+/// for PostgreSQL's `unnest`, which inserts many rows in one statement
+/// (see [`Tx::dialect`]); SQLite refuses them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Arg<'a> {
     Int(i64),
     Text(&'a str),
+    Ints(&'a [i64]),
+    Texts(&'a [&'a str]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -84,6 +91,11 @@ impl rusqlite::ToSql for Arg<'_> {
         Ok(match self {
             Arg::Int(v) => (*v).into(),
             Arg::Text(v) => (*v).into(),
+            Arg::Ints(_) | Arg::Texts(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "an array parameter is for PostgreSQL only".into(),
+                ))
+            }
         })
     }
 }
@@ -93,6 +105,8 @@ impl Arg<'_> {
         match self {
             Arg::Int(v) => v,
             Arg::Text(v) => v,
+            Arg::Ints(v) => v,
+            Arg::Texts(v) => v,
         }
     }
 }
@@ -228,6 +242,16 @@ impl Conn {
         // hold them spills and re-reads pages (most of a backlog's time).
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        // Ingest alone runs about twenty statements in turn; rusqlite's
+        // default cache of 16 would prepare most of them again each time.
+        conn.set_prepared_statement_cache_capacity(64);
+        // Checkpoints every 100,000 pages (400 MB of WAL) instead of 1,000:
+        // each copies every page the WAL holds into the database, and a
+        // page that many commits changed is copied once instead of once a
+        // commit. A catch-up's transactions change thousands of index pages
+        // each, so the default checkpointed at nearly every commit (a
+        // district's week took 162 s instead of 109 s; BENCHMARKS.md).
+        conn.pragma_update(None, "wal_autocheckpoint", 100_000)?;
         Ok(Conn::Sqlite(conn))
     }
 
@@ -409,6 +433,15 @@ impl PgTx<'_> {
 }
 
 impl Tx<'_> {
+    /// The backend's dialect, for the rare statement written for one of
+    /// them (an `unnest` of arrays on PostgreSQL).
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
     /// Runs a statement; the number of rows it changed.
     pub(crate) async fn execute(
         &mut self,

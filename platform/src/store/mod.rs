@@ -198,6 +198,30 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE gateways ADD COLUMN enterprise_name TEXT NOT NULL DEFAULT '';
     CREATE INDEX windows_flagged ON windows (local_date) WHERE flags <> '';",
     ),
+    // The transitions kept in one tree, ordered by gateway instance and
+    // time, instead of a table and three indexes: a catch-up spent most of
+    // its time writing the pages that each window's transitions touched in
+    // four trees (five places in one of them, one per machine). Verifying
+    // reads a window's transitions and, going back from its start, each
+    // machine's last one before it, both in this order. A transition is
+    // kept once per (time, id): a gateway's replay of it is a duplicate.
+    (
+        8,
+        "CREATE TABLE transitions_by_time (
+        gateway_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        equipment TEXT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (gateway_id, instance, ts, id)
+    ) WITHOUT ROWID;
+    INSERT INTO transitions_by_time (gateway_id, instance, ts, id, seq, equipment, state)
+        SELECT gateway_id, instance, ts, id, seq, equipment, state FROM transitions;
+    DROP TABLE transitions;
+    ALTER TABLE transitions_by_time RENAME TO transitions;",
+    ),
 ];
 
 /// The schema version the migrations reach.

@@ -450,3 +450,20 @@ pub async fn day_windows(f: &mut Fixture, days: &[(&str, bool)]) {
         head = Some(next);
     }
 }
+
+/// Runs `text` on the database of `backend`, beside the store.
+pub async fn sql(backend: &Backend, text: &str) {
+    match backend {
+        Backend::Sqlite { path } => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(text)
+            .unwrap(),
+        Backend::Postgres { url } => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(text).await.unwrap();
+        }
+    }
+}
