@@ -82,7 +82,15 @@ async fn windows_until(
     let deadline = tokio::time::Instant::now() + limit;
     while !reader.windows().await.is_ok_and(|w| cond(&w)) {
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
+            let open: Vec<String> = reader
+                .windows()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|w| w.verdict != "verified")
+                .map(|w| format!("{} {} {}: {}", w.kind, w.index, w.verdict, w.reason))
+                .collect();
+            panic!("timed out after {limit:?} waiting for {what}; not verified: {open:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

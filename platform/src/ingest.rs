@@ -859,12 +859,6 @@ pub async fn run(
     store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StoreError> {
-    let mut lanes = vec![store];
-    if let backend @ Backend::Postgres { .. } = cfg.database.backend() {
-        for _ in 1..cfg.database.connections {
-            lanes.push(Store::open(&backend).await?);
-        }
-    }
     let (client, events) = AsyncClient::new(mqtt_options(&cfg, false), 2 * MAX_BATCH + 16);
     // Unbounded, so that the event loop never waits for the ingest loop:
     // it must go on reading (the broker's ping responses) and sending the
@@ -875,6 +869,21 @@ pub async fn run(
     // broker) would end in a keep-alive timeout instead.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut poller = tokio::spawn(poll_events(events, client.clone(), cfg.filters(), tx));
+    // The other connections after the subscription: what arrives while
+    // they open waits in the channel (a first start has no session yet, and
+    // the broker keeps nothing for a subscription it does not have).
+    let mut lanes = vec![store];
+    if let backend @ Backend::Postgres { .. } = cfg.database.backend() {
+        for _ in 1..cfg.database.connections {
+            match Store::open(&backend).await {
+                Ok(s) => lanes.push(s),
+                Err(e) => {
+                    poller.abort();
+                    return Err(e);
+                }
+            }
+        }
+    }
     tokio::pin!(shutdown);
     let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
     loop {
