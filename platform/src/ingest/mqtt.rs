@@ -1,0 +1,291 @@
+//! The receiver on the broker: its persistent session with manual acks,
+//! and the loop that takes what has arrived in batches, commits each batch
+//! (on PostgreSQL over several connections at once) and only then acks it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+};
+
+use super::{handle_batch_retrying, Handled};
+use crate::config::{Backend, Config};
+use crate::store::{Store, StoreError};
+use crate::topic;
+
+/// This instance's connection to the broker: the client that queues
+/// requests (acks, subscriptions) and the event loop that sends them.
+pub(crate) struct Session {
+    client: AsyncClient,
+    events: EventLoop,
+    /// Events read while a request waited for room (see [`Session::request`]),
+    /// handed out by [`Session::next`] before anything new.
+    read_ahead: VecDeque<Result<Event, ConnectionError>>,
+}
+
+impl Session {
+    /// The session of `mqtt.client_id`, with manual acks; `clean_session`
+    /// off keeps the session (and its queued share) across disconnects, on
+    /// discards it. Connects at the first [`Session::next`].
+    pub(crate) fn new(cfg: &Config, clean_session: bool) -> Session {
+        let (client, events) = AsyncClient::new(mqtt_options(cfg, clean_session), 256);
+        Session {
+            client,
+            events,
+            read_ahead: VecDeque::new(),
+        }
+    }
+
+    /// The next event; an error is a lost connection, and the next call
+    /// reconnects.
+    pub(crate) async fn next(&mut self) -> Result<Event, ConnectionError> {
+        match self.read_ahead.pop_front() {
+            Some(e) => e,
+            None => self.events.poll().await,
+        }
+    }
+
+    /// Queues a request (`queue` is e.g. `|c| c.try_ack(&p)`). The request
+    /// queue is bounded and only the event loop empties it, when polled;
+    /// when the broker delivers a burst (a session's queue after a restart),
+    /// the acks outrun it and the queue fills. Then this polls the event
+    /// loop, keeping what it reads for [`Session::next`], until there is
+    /// room: an ack is never dropped.
+    pub(crate) async fn request(
+        &mut self,
+        queue: impl Fn(&AsyncClient) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        loop {
+            match queue(&self.client) {
+                Err(ClientError::TryRequest(_)) => {
+                    let e = self.events.poll().await;
+                    self.read_ahead.push_back(e);
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Sends what is queued (acks first) and a DISCONNECT, and returns once
+    /// the broker has closed the connection (it has then ended a clean
+    /// session; a persistent one stays), or after `limit`.
+    pub(crate) async fn disconnect(&mut self, limit: Duration) {
+        let sent = async {
+            if self.request(|c| c.try_disconnect()).await.is_err() {
+                return;
+            }
+            while self.events.poll().await.is_ok() {}
+        };
+        let _ = tokio::time::timeout(limit, sent).await;
+    }
+
+    /// Queues the ack of `p` (see [`Session::request`]).
+    pub(crate) async fn ack(&mut self, p: &Publish) -> Result<(), ClientError> {
+        self.request(|c| c.try_ack(p)).await
+    }
+}
+
+fn mqtt_options(cfg: &Config, clean_session: bool) -> MqttOptions {
+    let m = &cfg.mqtt;
+    let mut opts = MqttOptions::new(&m.client_id, &m.host, m.port);
+    opts.set_clean_session(clean_session);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(m.keepalive_s));
+    opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    if let (Some(u), Some(p)) = (&m.username, &m.password) {
+        opts.set_credentials(u, p);
+    }
+    opts
+}
+
+/// A rejection is worth a warning; the rest is routine.
+pub(crate) fn log_outcome(topic_name: &str, outcome: &Handled) {
+    match outcome {
+        Handled::Rejected(reason) => {
+            tracing::warn!(topic = %topic_name, %reason, "Rejected a message")
+        }
+        Handled::Duplicate => tracing::debug!(topic = %topic_name, "Duplicate"),
+        Handled::Stored => tracing::debug!(topic = %topic_name, "Stored"),
+    }
+}
+
+/// The most messages committed in one transaction.
+pub const MAX_BATCH: usize = 500;
+
+/// Subscribes and ingests until `shutdown` resolves. A transient database
+/// error is retried ([`handle_batch_retrying`]); any other stops the
+/// receiver without acking the messages (the broker resends them to this
+/// session after a restart).
+///
+/// The MQTT event loop runs in a task of its own and hands the messages
+/// over as they arrive; the ingest loop takes every message already there
+/// (up to [`MAX_BATCH`]), commits them in one transaction and only then
+/// acks them. A batch is as large as what has arrived: one message at a
+/// time when the load is light, hundreds when a district reconnects after
+/// an outage.
+pub async fn run(
+    cfg: Config,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StoreError> {
+    let (client, events) = AsyncClient::new(mqtt_options(&cfg, false), 2 * MAX_BATCH + 16);
+    // Unbounded, so that the event loop never waits for the ingest loop:
+    // it must go on reading (the broker's ping responses) and sending the
+    // acks. What it holds is bounded by the broker, which should send no
+    // more than its window of unacknowledged messages; a ping response
+    // queued behind a backlog the broker sends at once arrives only once
+    // the backlog is read, so holding back (and letting TCP stop the
+    // broker) would end in a keep-alive timeout instead.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut poller = tokio::spawn(poll_events(events, client.clone(), cfg.filters(), tx));
+    // The other connections after the subscription: what arrives while
+    // they open waits in the channel (a first start has no session yet, and
+    // the broker keeps nothing for a subscription it does not have).
+    let mut lanes = vec![store];
+    if let backend @ Backend::Postgres { .. } = cfg.database.backend() {
+        for _ in 1..cfg.database.connections {
+            match Store::open(&backend).await {
+                Ok(s) => lanes.push(s),
+                Err(e) => {
+                    poller.abort();
+                    return Err(e);
+                }
+            }
+        }
+    }
+    tokio::pin!(shutdown);
+    let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            () = &mut shutdown => break,
+            p = rx.recv() => p,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        // Shutdown while the database is away: stop without the acks; an
+        // open transaction rolls back when dropped.
+        let outcomes = tokio::select! {
+            () = &mut shutdown => break,
+            h = handle_lanes(&mut lanes, &cfg, &batch) => h,
+        };
+        let outcomes = match outcomes {
+            Ok(o) => o,
+            Err(e) => {
+                poller.abort();
+                return Err(e);
+            }
+        };
+        for (p, outcome) in batch.iter().zip(&outcomes) {
+            log_outcome(&p.topic, outcome);
+            // Committed: now the broker may forget it. The event loop
+            // keeps taking requests, so this waits only while it catches up.
+            if let Err(e) = client.ack(p).await {
+                tracing::warn!(error = %e, "Ack not queued; the broker will resend");
+            }
+        }
+        batch.clear();
+    }
+    // Say goodbye: the acks queued so far, then DISCONNECT; the event loop
+    // ends once the broker has closed the connection (or after 5 s).
+    // Messages delivered meanwhile are not acked: the session keeps them.
+    drop(rx);
+    if client.disconnect().await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut poller).await;
+    }
+    poller.abort();
+    Ok(())
+}
+
+/// Commits a batch on every lane (connection) at once, each lane taking
+/// the messages of its share of the gateways; the outcomes in the batch's
+/// order.
+///
+/// On PostgreSQL a transaction spends most of its time waiting for the
+/// server's answers, so lanes that wait side by side ingest several times
+/// as fast as one. They never wait for each other: a gateway always goes
+/// to the same lane, and the gateway locks a lane takes (see the module
+/// note) are its own. Acks wait for every lane, since MQTT acknowledges
+/// in the order the messages came.
+async fn handle_lanes(
+    lanes: &mut [Store],
+    cfg: &Config,
+    batch: &[Publish],
+) -> Result<Vec<Handled>, StoreError> {
+    let n = lanes.len();
+    let lane_of = |p: &Publish| {
+        topic::parse(&cfg.mqtt.topic_prefix, &p.topic).map_or(0, |t| {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(t.gateway_id, &mut h);
+            usize::try_from(std::hash::Hasher::finish(&h) % n as u64).unwrap_or(0)
+        })
+    };
+    let mut shares: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, p) in batch.iter().enumerate() {
+        shares[lane_of(p)].push(i);
+    }
+    let work = lanes
+        .iter_mut()
+        .zip(&shares)
+        .map(|(store, share)| async move {
+            let messages: Vec<(&str, &[u8])> = share
+                .iter()
+                .map(|&i| (batch[i].topic.as_str(), &batch[i].payload[..]))
+                .collect();
+            if messages.is_empty() {
+                return Ok(Vec::new());
+            }
+            handle_batch_retrying(store, cfg, &messages).await
+        });
+    let done = futures_util::future::join_all(work).await;
+    let mut outcomes = vec![Handled::Duplicate; batch.len()];
+    for (share, lane) in shares.iter().zip(done) {
+        for (&i, h) in share.iter().zip(lane?) {
+            outcomes[i] = h;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Drives the MQTT connection: subscribes at every connect, reconnects
+/// after a loss, and hands each message to the ingest loop.
+async fn poll_events(
+    mut events: rumqttc::EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    to_ingest: tokio::sync::mpsc::UnboundedSender<Publish>,
+) {
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(session_present = ack.session_present, "Connected");
+                // Subscribing again is harmless with a present session and
+                // needed without one.
+                for f in &filters {
+                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!(filter = %f, error = %e, "Subscribe not queued");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // After the ingest loop has stopped, a message is left
+                // unacked for the session to deliver again.
+                let _ = to_ingest.send(p);
+            }
+            Ok(_) => {}
+            // The ingest loop has stopped and asked to disconnect: the
+            // broker closed the connection, or it broke; either way, done.
+            Err(_) if to_ingest.is_closed() => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT connection lost; reconnecting in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
