@@ -36,7 +36,7 @@ use zgsz_contract::WindowKind;
 
 use crate::config::Config;
 use crate::store::db::{args, Arg, Dialect, Row, Tx};
-use crate::store::{gateway, now_ms, Gateway, Store, StoreError};
+use crate::store::{now_ms, Gateway, Store, StoreError};
 use crate::topic::{self, Stream};
 use crate::verify::Touched;
 
@@ -60,34 +60,22 @@ pub enum Handled {
     Rejected(String),
 }
 
-/// Decides and commits one message.
+/// Decides and commits one message: [`handle_batch`] of one.
 pub async fn handle(
     store: &mut Store,
     cfg: &Config,
     topic_name: &str,
     payload: &[u8],
 ) -> Result<Handled, StoreError> {
-    let mut tx = store.begin(true).await?;
-    let received = now_ms();
-    let mut touched = Touched::new();
-    let outcome = one(
-        &mut tx,
-        cfg,
-        topic_name,
-        payload,
-        received,
-        None,
-        &mut touched,
-    )
-    .await?;
-    crate::verify::settle(&mut tx, &touched).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    let mut outcomes = handle_batch(store, cfg, &[(topic_name, payload)]).await?;
+    outcomes
+        .pop()
+        .ok_or_else(|| StoreError::Invalid("a batch of one gave no outcome".into()))
 }
 
 /// Decides one message inside `tx`, storing a rejection in `rejected`.
 /// `known`: the enrolled gateways among those whose locks the transaction
-/// already holds (a batch); `None`: lock and look up the message's own.
+/// already holds.
 /// A stored states or sealed metrics message adds its (gateway, instance)
 /// to `touched`, whose pending windows the caller settles before commit.
 ///
@@ -101,7 +89,7 @@ async fn one(
     topic_name: &str,
     payload: &[u8],
     received: i64,
-    known: Option<&Known>,
+    known: &Known,
     touched: &mut Touched,
 ) -> Result<Handled, StoreError> {
     match decide(tx, cfg, topic_name, payload, received, known, touched).await {
@@ -147,19 +135,16 @@ pub async fn handle_batch(
     let mut outcomes = Vec::with_capacity(messages.len());
     let mut touched = Touched::new();
     for (topic_name, payload) in messages {
-        let known = Some(&known);
-        outcomes.push(
-            one(
-                &mut tx,
-                cfg,
-                topic_name,
-                payload,
-                received,
-                known,
-                &mut touched,
-            )
-            .await?,
+        let outcome = one(
+            &mut tx,
+            cfg,
+            topic_name,
+            payload,
+            received,
+            &known,
+            &mut touched,
         );
+        outcomes.push(outcome.await?);
     }
     crate::verify::settle(&mut tx, &touched).await?;
     tx.commit().await?;
@@ -193,14 +178,7 @@ pub async fn handle_batch_retrying(
     let mut pause = FIRST_RETRY_PAUSE;
     let mut failures = 0u32;
     loop {
-        let outcome = if let [(topic_name, payload)] = messages {
-            handle(store, cfg, topic_name, payload)
-                .await
-                .map(|h| vec![h])
-        } else {
-            handle_batch(store, cfg, messages).await
-        };
-        match outcome {
+        match handle_batch(store, cfg, messages).await {
             Err(e) if e.is_transient() => {
                 failures += 1;
                 // The first failure and then every tenth: an outage of
@@ -334,19 +312,11 @@ async fn decide(
     topic_name: &str,
     payload: &[u8],
     received: i64,
-    known: Option<&Known>,
+    known: &Known,
     touched: &mut Touched,
 ) -> Result<Handled, Stop> {
     let t = topic::parse(&cfg.mqtt.topic_prefix, topic_name).ok_or(Reject::Topic)?;
-    let g = match known {
-        Some(known) => known.get(t.gateway_id).cloned(),
-        None => {
-            // Serialises the transactions of this gateway (see the module
-            // note).
-            tx.lock(t.gateway_id).await?;
-            gateway(tx, t.gateway_id).await?
-        }
-    };
+    let g = known.get(t.gateway_id).cloned();
     let g = g.ok_or_else(|| Reject::NotEnrolled(t.gateway_id.to_string()))?;
     if (t.uscc, t.region_code) != (g.uscc.as_str(), g.region_code.as_str()) {
         return Err(Reject::Enrolment {

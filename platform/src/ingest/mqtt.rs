@@ -244,13 +244,18 @@ async fn handle_lanes(
             handle_batch_retrying(store, cfg, &messages).await
         });
     let done = futures_util::future::join_all(work).await;
-    let mut outcomes = vec![Handled::Duplicate; batch.len()];
+    let mut outcomes: Vec<Option<Handled>> = vec![None; batch.len()];
     for (share, lane) in shares.iter().zip(done) {
         for (&i, h) in share.iter().zip(lane?) {
-            outcomes[i] = h;
+            outcomes[i] = Some(h);
         }
     }
-    Ok(outcomes)
+    // Every message has its lane's outcome; one without would be acked
+    // unstored, so its absence is an error, never a default.
+    outcomes
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| StoreError::Invalid("a lane gave fewer outcomes than messages".into()))
 }
 
 /// Drives the MQTT connection: subscribes at every connect, reconnects
