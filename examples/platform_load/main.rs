@@ -66,6 +66,13 @@ struct Cli {
     /// Distinct sealed streams, shared out over the gateways.
     #[arg(long, global = true, default_value_t = 8)]
     streams: usize,
+    /// PostgreSQL connections of each receiver (`database.connections`).
+    #[arg(long, global = true, default_value_t = 4)]
+    connections: u32,
+    /// Load pg_stat_statements into the PostgreSQL server and print, at the
+    /// end of a backlog, the statements that took the server longest.
+    #[arg(long, global = true)]
+    pg_statements: bool,
     /// The receiver binary; by default `zgsz-platform` beside this example's
     /// target directory (`cargo build --release -p zgsz-platform`).
     #[arg(long, global = true)]
@@ -128,7 +135,7 @@ async fn async_main(cli: Cli) {
         .prefix("zgsz-load-")
         .tempdir()
         .unwrap();
-    let (backend, _cluster) = database(cli.db, work.path());
+    let (backend, _cluster) = database(cli.db, work.path(), cli.pg_statements);
     let broker = Mosquitto::start(work.path());
     println!(
         "receiver: {}; {} on {}; mosquitto on 127.0.0.1:{}",
@@ -238,10 +245,15 @@ async fn backlog(
         t.elapsed().as_secs_f64()
     );
     let want = (gateways.len() * hours) as i64;
+    if cli.pg_statements {
+        if let Backend::Postgres { url } = backend {
+            psql(url, "CREATE EXTENSION pg_stat_statements");
+        }
+    }
     let mut reader = Store::open(backend).await.unwrap();
     let mut receivers: Vec<Receiver> = ids
         .iter()
-        .map(|id| Receiver::start(receiver_bin, dir, backend, broker.port, id))
+        .map(|id| Receiver::start(receiver_bin, dir, backend, broker.port, id, cli.connections))
         .collect();
     let started = receivers
         .iter()
@@ -250,7 +262,8 @@ async fn backlog(
         .unwrap_or_else(Instant::now);
     let elapsed = wait_verified(
         &mut reader,
-        want,
+        gateways,
+        hours as i64,
         Duration::from_secs(1800),
         &mut receivers,
         started,
@@ -260,6 +273,11 @@ async fn backlog(
     let rss: Vec<u64> = receivers.iter().map(Receiver::peak_rss_kib).collect();
     for r in &mut receivers {
         r.stop();
+    }
+    if cli.pg_statements {
+        if let Backend::Postgres { url } = backend {
+            psql(url, TOP_STATEMENTS);
+        }
     }
     check_clean(&mut reader).await;
     let by = reader.stored_by().await.unwrap();
@@ -308,16 +326,16 @@ async fn steady(
             })
         })
         .collect();
+    let all = gateways;
     let gateways = Arc::new(
-        gateways
-            .iter()
+        all.iter()
             .map(|g| g.status())
             .map(|(t, p)| (t.to_string(), p))
             .collect::<Vec<_>>(),
     );
     let mut receivers: Vec<Receiver> = ids
         .iter()
-        .map(|id| Receiver::start(receiver_bin, dir, backend, broker.port, id))
+        .map(|id| Receiver::start(receiver_bin, dir, backend, broker.port, id, cli.connections))
         .collect();
     let mut reader = Store::open(backend).await.unwrap();
     // Statuses: every gateway once a minute, spread evenly.
@@ -335,7 +353,8 @@ async fn steady(
     publish(broker.port, "top-of-hour", hour).await;
     let burst = wait_verified(
         &mut reader,
-        cli.gateways as i64,
+        all,
+        1,
         Duration::from_secs(900),
         &mut receivers,
         t1,
@@ -473,33 +492,71 @@ async fn enrol(backend: &Backend, gateways: &[gen::Gateway]) {
     }
 }
 
-/// Polls until `want` windows are verified; the time since `start`.
+/// Polls until each gateway has `want` verified windows; the time since
+/// `start`. Each poll reads one gateway's windows (the first not yet
+/// done, in order) by key: polling the count of every window instead cost
+/// the database server more CPU than any statement of the ingest (a full
+/// scan, five times a second), on the same two cores as the receivers.
 async fn wait_verified(
     reader: &mut Store,
+    gateways: &[gen::Gateway],
     want: i64,
     limit: Duration,
     receivers: &mut [Receiver],
     start: Instant,
 ) -> Duration {
     let mut last_print = Instant::now();
+    let mut done = 0;
     loop {
-        let v = reader.verdicts().await.unwrap();
-        let verified = v.iter().find(|(k, _)| k == "verified").map_or(0, |x| x.1);
-        if verified >= want {
+        while let Some(g) = gateways.get(done) {
+            if reader.verified_windows(&g.id, &g.instance).await.unwrap() < want {
+                break;
+            }
+            done += 1;
+        }
+        if done == gateways.len() {
             return start.elapsed();
         }
         for r in receivers.iter_mut() {
             r.check_alive();
         }
         if start.elapsed() > limit {
-            panic!("after {limit:?}: {v:?}, want {want} verified");
+            let v = reader.verdicts().await.unwrap();
+            panic!(
+                "after {limit:?}: {done} of {} gateways have {want} verified windows; {v:?}",
+                gateways.len()
+            );
         }
         if last_print.elapsed() > Duration::from_secs(10) {
-            println!("  {:>5.0} s: {v:?}", start.elapsed().as_secs_f64());
+            let g = &gateways[done];
+            let first = reader.verified_windows(&g.id, &g.instance).await.unwrap();
+            println!(
+                "  {:>5.0} s: {done} of {} gateways done; {} has {first} of {want} windows verified",
+                start.elapsed().as_secs_f64(),
+                gateways.len(),
+                g.id
+            );
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What `--pg-statements` prints: the statements by the server's time.
+const TOP_STATEMENTS: &str = "SELECT calls, round(total_exec_time) AS ms,
+      round(mean_exec_time::numeric, 3) AS mean_ms, rows,
+      round(wal_bytes / 1e6) AS wal_mb,
+      left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS statement
+    FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 20";
+
+/// Runs `sql` with psql on the benchmark's database, printing its output.
+fn psql(url: &str, sql: &str) {
+    let status = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-c", sql])
+        .status()
+        .expect("psql (PostgreSQL's client)");
+    assert!(status.success(), "psql: {sql}");
 }
 
 /// Nothing rejected, nothing broken.
@@ -532,7 +589,7 @@ fn default_receiver() -> PathBuf {
 
 /// The receivers' database: a SQLite file, or a throw-away PostgreSQL
 /// cluster with `fsync` on (as a production server runs).
-fn database(db: Db, dir: &Path) -> (Backend, Option<pg::PgCluster>) {
+fn database(db: Db, dir: &Path, statements: bool) -> (Backend, Option<pg::PgCluster>) {
     match db {
         Db::Sqlite => (
             Backend::Sqlite {
@@ -547,6 +604,11 @@ fn database(db: Db, dir: &Path) -> (Backend, Option<pg::PgCluster>) {
             cluster.reconfigure(
                 "fsync = on\nmax_connections = 20\nshared_buffers = 256MB\nmax_wal_size = 4GB\ncheckpoint_timeout = 15min",
             );
+            if statements {
+                cluster.reconfigure(
+                    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all",
+                );
+            }
             let url = cluster.create_database();
             (Backend::Postgres { url }, Some(cluster))
         }
@@ -562,10 +624,17 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(bin: &Path, dir: &Path, backend: &Backend, port: u16, id: &str) -> Receiver {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        backend: &Backend,
+        port: u16,
+        id: &str,
+        lanes: u32,
+    ) -> Receiver {
         let database = match backend {
             Backend::Sqlite { path } => format!("path = \"{}\"", path.display()),
-            Backend::Postgres { url } => format!("url = \"{url}\""),
+            Backend::Postgres { url } => format!("url = \"{url}\"\nconnections = {lanes}"),
         };
         let conf = dir.join(format!("{id}.toml"));
         std::fs::write(

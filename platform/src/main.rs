@@ -310,7 +310,16 @@ async fn command(command: Command) -> anyhow::Result<ExitCode> {
 /// Ingest, and beside it the report endpoint when `[http]` is set, on a
 /// connection of its own; both stop at SIGINT/SIGTERM, and the endpoint
 /// also when ingest stops on an error.
+///
+/// Ingest runs on a thread of its own, on a single-threaded runtime: its
+/// MQTT session, its batches and its database connections hand each
+/// message on without waking another thread. On the default multi-threaded
+/// runtime, a catch-up spent about 40 % of the receiver's CPU on those
+/// wake-ups (futex and epoll calls); see BENCHMARKS.md. The endpoint keeps
+/// the main runtime, so that a page is served while a batch commits.
 async fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    // Validates the config and migrates the database before anything
+    // starts; the endpoint then uses this connection.
     let (cfg, store) = open(config).await?;
     tracing::info!(database = %cfg.database.backend().describe(), "Database open");
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -319,11 +328,10 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
             let listener = zgsz_platform::http::bind(h)
                 .await
                 .with_context(|| format!("{}: http.listen {}", config.display(), h.listen))?;
-            let (_, second) = open(config).await?;
             let mut stopped = stopped.clone();
             Some(tokio::spawn(zgsz_platform::http::serve(
                 listener,
-                second,
+                store,
                 zgsz_platform::http::Site::of(&cfg),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
@@ -337,16 +345,46 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         shutdown().await;
         let _ = signal.send(true);
     });
-    let mut ingest_stopped = stopped.clone();
-    let ingested = zgsz_platform::ingest::run(cfg, store, async move {
-        let _ = ingest_stopped.wait_for(|s| *s).await;
-    })
-    .await;
+    let ingested = ingest_thread(cfg, stopped).await;
     let _ = stop.send(true);
     if let Some(task) = http {
         task.await.context("the report endpoint")??;
     }
-    Ok(ingested?)
+    ingested
+}
+
+/// Runs `ingest::run` on a new thread's single-threaded runtime, with
+/// connections of its own (a PostgreSQL connection's task runs on the
+/// runtime that opened it), until `stopped` turns true.
+async fn ingest_thread(
+    cfg: Config,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ingest".into())
+        .spawn(move || {
+            let ingest = async {
+                let backend = cfg.database.backend();
+                let store = Store::open(&backend)
+                    .await
+                    .with_context(|| format!("opening {}", backend.describe()))?;
+                let stopping = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                Ok(zgsz_platform::ingest::run(cfg, store, stopping).await?)
+            };
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the ingest runtime")
+                .and_then(|rt| rt.block_on(ingest));
+            let _ = done.send(outcome);
+        })
+        .context("starting the ingest thread")?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the ingest thread ended without a result")))
 }
 
 /// A duration argument: `90s`, `10m`, `1h`.

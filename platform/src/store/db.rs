@@ -364,6 +364,21 @@ impl Pg {
                 tracing::warn!(error = %e, "PostgreSQL connection lost");
             }
         });
+        // Payloads stored out of line (a metrics message is about 4 KB) are
+        // compressed; lz4 takes a fraction of the CPU of the default pglz,
+        // which was the costliest single function in the server's profile
+        // of a catch-up (see BENCHMARKS.md). A server built without lz4
+        // refuses the setting and keeps pglz.
+        match tokio::time::timeout(
+            PG_TIMEOUT,
+            client.batch_execute("SET default_toast_compression = 'lz4'"),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "PostgreSQL keeps pglz compression"),
+            Err(_) => return Err(StoreError::Timeout),
+        }
         tracing::info!("Connected to PostgreSQL");
         self.client = Some(client);
         Ok(())
