@@ -1,5 +1,12 @@
 //! zgsz-platform: thin CLI; the work is in the library.
 
+// mimalloc instead of glibc's malloc: in a catch-up, with the backlog's
+// messages held in memory, glibc's malloc and free (chunk consolidation
+// above all) took over a third of the receiver's CPU. BENCHMARKS.md, "City
+// receiver".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

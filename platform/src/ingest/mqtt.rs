@@ -119,11 +119,15 @@ pub const MAX_BATCH: usize = 500;
 /// session after a restart).
 ///
 /// The MQTT event loop runs in a task of its own and hands the messages
-/// over as they arrive; the ingest loop takes every message already there
-/// (up to [`MAX_BATCH`]), commits them in one transaction and only then
-/// acks them. A batch is as large as what has arrived: one message at a
-/// time when the load is light, hundreds when a district reconnects after
-/// an outage.
+/// over as they arrive. Each message goes to a lane (a database
+/// connection; one on SQLite, `database.connections` on PostgreSQL) chosen
+/// by its gateway, so that a gateway's messages keep their order. A lane
+/// takes every message already waiting for it (up to [`MAX_BATCH`]),
+/// commits them in one transaction and reports them done: a batch is one
+/// message when the load is light, hundreds when a district reconnects
+/// after an outage. Lanes never wait for each other; the acks go out in the
+/// order the messages came, as MQTT wants, each once its message and every
+/// earlier one are committed.
 pub async fn run(
     cfg: Config,
     store: Store,
@@ -142,11 +146,11 @@ pub async fn run(
     // The other connections after the subscription: what arrives while
     // they open waits in the channel (a first start has no session yet, and
     // the broker keeps nothing for a subscription it does not have).
-    let mut lanes = vec![store];
+    let mut stores = vec![store];
     if let backend @ Backend::Postgres { .. } = cfg.database.backend() {
         for _ in 1..cfg.database.connections {
             match Store::open(&backend).await {
-                Ok(s) => lanes.push(s),
+                Ok(s) => stores.push(s),
                 Err(e) => {
                     poller.abort();
                     return Err(e);
@@ -154,43 +158,64 @@ pub async fn run(
             }
         }
     }
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut to_lanes = Vec::with_capacity(stores.len());
+    let mut lanes = futures_util::stream::FuturesUnordered::new();
+    for store in stores {
+        let (to_lane, from_run) = tokio::sync::mpsc::unbounded_channel();
+        to_lanes.push(to_lane);
+        lanes.push(lane(store, &cfg, from_run, done_tx.clone()));
+    }
+    drop(done_tx);
     tokio::pin!(shutdown);
-    let mut batch: Vec<Publish> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let first = tokio::select! {
-            () = &mut shutdown => break,
-            p = rx.recv() => p,
-        };
-        let Some(first) = first else { break };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    // The messages not yet acked, by arrival number, with their outcome
+    // once their lane has committed them.
+    let mut unacked: VecDeque<(Publish, Option<Handled>)> = VecDeque::new();
+    let mut next = 0u64; // the arrival number of `unacked[0]`
+    let failed = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            p = rx.recv() => {
+                let Some(p) = p else { break None };
+                let n = next + unacked.len() as u64;
+                let lane = lane_of(&cfg, &p, to_lanes.len());
+                unacked.push_back((p.clone(), None));
+                // A lane ends only on an error, which the branch below takes.
+                let _ = to_lanes[lane].send((n, p));
+            }
+            Some(done) = done_rx.recv() => {
+                for (n, outcome) in done {
+                    let Some(i) = n.checked_sub(next).and_then(|i| usize::try_from(i).ok()) else {
+                        continue;
+                    };
+                    if let Some(slot) = unacked.get_mut(i) {
+                        slot.1 = Some(outcome);
+                    }
+                }
+                // Committed, and so is every message before: now the broker
+                // may forget it. The event loop keeps taking requests, so
+                // this waits only while it catches up.
+                while unacked.front().is_some_and(|(_, h)| h.is_some()) {
+                    let Some((p, Some(outcome))) = unacked.pop_front() else { break };
+                    next += 1;
+                    log_outcome(&p.topic, &outcome);
+                    if let Err(e) = client.ack(&p).await {
+                        tracing::warn!(error = %e, "Ack not queued; the broker will resend");
+                    }
+                }
+            }
+            Some(ended) = futures_util::StreamExt::next(&mut lanes) => {
+                // A lane stops only on an error that is not transient.
+                break ended.err();
             }
         }
-        // Shutdown while the database is away: stop without the acks; an
-        // open transaction rolls back when dropped.
-        let outcomes = tokio::select! {
-            () = &mut shutdown => break,
-            h = handle_lanes(&mut lanes, &cfg, &batch) => h,
-        };
-        let outcomes = match outcomes {
-            Ok(o) => o,
-            Err(e) => {
-                poller.abort();
-                return Err(e);
-            }
-        };
-        for (p, outcome) in batch.iter().zip(&outcomes) {
-            log_outcome(&p.topic, outcome);
-            // Committed: now the broker may forget it. The event loop
-            // keeps taking requests, so this waits only while it catches up.
-            if let Err(e) = client.ack(p).await {
-                tracing::warn!(error = %e, "Ack not queued; the broker will resend");
-            }
-        }
-        batch.clear();
+    };
+    // Shutdown while the database is away: stop without the acks; an open
+    // transaction rolls back when its lane is dropped.
+    drop(lanes);
+    if let Some(e) = failed {
+        poller.abort();
+        return Err(e);
     }
     // Say goodbye: the acks queued so far, then DISCONNECT; the event loop
     // ends once the broker has closed the connection (or after 5 s).
@@ -203,59 +228,57 @@ pub async fn run(
     Ok(())
 }
 
-/// Commits a batch on every lane (connection) at once, each lane taking
-/// the messages of its share of the gateways; the outcomes in the batch's
-/// order.
-///
-/// On PostgreSQL a transaction spends most of its time waiting for the
-/// server's answers, so lanes that wait side by side ingest several times
-/// as fast as one. They never wait for each other: a gateway always goes
-/// to the same lane, and the gateway locks a lane takes (see the module
-/// note) are its own. Acks wait for every lane, since MQTT acknowledges
-/// in the order the messages came.
-async fn handle_lanes(
-    lanes: &mut [Store],
+/// The lane of a message: by a hash of its gateway, so that a gateway
+/// always goes to the same lane and its messages keep their order. The
+/// gateway locks a lane takes (see the module note) are then its own, and
+/// lanes never wait for each other.
+fn lane_of(cfg: &Config, p: &Publish, lanes: usize) -> usize {
+    topic::parse(&cfg.mqtt.topic_prefix, &p.topic).map_or(0, |t| {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(t.gateway_id, &mut h);
+        usize::try_from(std::hash::Hasher::finish(&h) % lanes.max(1) as u64).unwrap_or(0)
+    })
+}
+
+/// One connection's loop: takes every message waiting for it (up to
+/// [`MAX_BATCH`]), commits them in one transaction, and reports their
+/// outcomes by arrival number. On PostgreSQL a transaction spends most of
+/// its time waiting for the server, so lanes side by side ingest several
+/// times as fast as one. Ends when `run` drops its sender, or on an error
+/// that is not transient.
+async fn lane(
+    mut store: Store,
     cfg: &Config,
-    batch: &[Publish],
-) -> Result<Vec<Handled>, StoreError> {
-    let n = lanes.len();
-    let lane_of = |p: &Publish| {
-        topic::parse(&cfg.mqtt.topic_prefix, &p.topic).map_or(0, |t| {
-            let mut h = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(t.gateway_id, &mut h);
-            usize::try_from(std::hash::Hasher::finish(&h) % n as u64).unwrap_or(0)
-        })
-    };
-    let mut shares: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, p) in batch.iter().enumerate() {
-        shares[lane_of(p)].push(i);
-    }
-    let work = lanes
-        .iter_mut()
-        .zip(&shares)
-        .map(|(store, share)| async move {
-            let messages: Vec<(&str, &[u8])> = share
-                .iter()
-                .map(|&i| (batch[i].topic.as_str(), &batch[i].payload[..]))
-                .collect();
-            if messages.is_empty() {
-                return Ok(Vec::new());
+    mut from_run: tokio::sync::mpsc::UnboundedReceiver<(u64, Publish)>,
+    done: tokio::sync::mpsc::UnboundedSender<Vec<(u64, Handled)>>,
+) -> Result<(), StoreError> {
+    let mut batch: Vec<(u64, Publish)> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = from_run.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match from_run.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
-            handle_batch_retrying(store, cfg, &messages).await
-        });
-    let done = futures_util::future::join_all(work).await;
-    let mut outcomes: Vec<Option<Handled>> = vec![None; batch.len()];
-    for (share, lane) in shares.iter().zip(done) {
-        for (&i, h) in share.iter().zip(lane?) {
-            outcomes[i] = Some(h);
+        }
+        let messages: Vec<(&str, &[u8])> = batch
+            .iter()
+            .map(|(_, p)| (p.topic.as_str(), &p.payload[..]))
+            .collect();
+        let outcomes = handle_batch_retrying(&mut store, cfg, &messages).await?;
+        // Every message needs its outcome; one without would be acked
+        // unstored, so a short answer is an error, never a default.
+        if outcomes.len() != batch.len() {
+            return Err(StoreError::Invalid(
+                "a batch gave fewer outcomes than messages".into(),
+            ));
+        }
+        let numbered = batch.drain(..).map(|(n, _)| n).zip(outcomes).collect();
+        if done.send(numbered).is_err() {
+            break;
         }
     }
-    // Every message has its lane's outcome; one without would be acked
-    // unstored, so its absence is an error, never a default.
-    outcomes
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| StoreError::Invalid("a lane gave fewer outcomes than messages".into()))
+    Ok(())
 }
 
 /// Drives the MQTT connection: subscribes at every connect, reconnects
