@@ -168,36 +168,25 @@ pub async fn run(
     }
     drop(done_tx);
     tokio::pin!(shutdown);
-    // The messages not yet acked, by arrival number, with their outcome
-    // once their lane has committed them.
-    let mut unacked: VecDeque<(Publish, Option<Handled>)> = VecDeque::new();
-    let mut next = 0u64; // the arrival number of `unacked[0]`
+    let mut unacked = InOrder::default();
     let failed = loop {
         tokio::select! {
             () = &mut shutdown => break None,
             p = rx.recv() => {
                 let Some(p) = p else { break None };
-                let n = next + unacked.len() as u64;
                 let lane = lane_of(&cfg, &p, to_lanes.len());
-                unacked.push_back((p.clone(), None));
+                let n = unacked.push(p.clone());
                 // A lane ends only on an error, which the branch below takes.
                 let _ = to_lanes[lane].send((n, p));
             }
             Some(done) = done_rx.recv() => {
                 for (n, outcome) in done {
-                    let Some(i) = n.checked_sub(next).and_then(|i| usize::try_from(i).ok()) else {
-                        continue;
-                    };
-                    if let Some(slot) = unacked.get_mut(i) {
-                        slot.1 = Some(outcome);
-                    }
+                    unacked.done(n, outcome);
                 }
                 // Committed, and so is every message before: now the broker
                 // may forget it. The event loop keeps taking requests, so
                 // this waits only while it catches up.
-                while unacked.front().is_some_and(|(_, h)| h.is_some()) {
-                    let Some((p, Some(outcome))) = unacked.pop_front() else { break };
-                    next += 1;
+                while let Some((p, outcome)) = unacked.pop_ready() {
                     log_outcome(&p.topic, &outcome);
                     if let Err(e) = client.ack(&p).await {
                         tracing::warn!(error = %e, "Ack not queued; the broker will resend");
@@ -226,6 +215,53 @@ pub async fn run(
     }
     poller.abort();
     Ok(())
+}
+
+/// The messages not yet acked, in arrival order, each with its outcome
+/// once its lane has committed it. Lanes finish in any order; a message
+/// is ready to ack once it and every message before it are committed.
+struct InOrder<T> {
+    waiting: VecDeque<(T, Option<Handled>)>,
+    /// The arrival number of `waiting[0]`.
+    first: u64,
+}
+
+impl<T> Default for InOrder<T> {
+    fn default() -> Self {
+        InOrder {
+            waiting: VecDeque::new(),
+            first: 0,
+        }
+    }
+}
+
+impl<T> InOrder<T> {
+    /// Queues a message; its arrival number.
+    fn push(&mut self, message: T) -> u64 {
+        self.waiting.push_back((message, None));
+        self.first + self.waiting.len() as u64 - 1
+    }
+
+    /// Records the outcome of message `n`.
+    fn done(&mut self, n: u64, outcome: Handled) {
+        let slot = n
+            .checked_sub(self.first)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.waiting.get_mut(i));
+        if let Some(slot) = slot {
+            slot.1 = Some(outcome);
+        }
+    }
+
+    /// The oldest message, if it is committed.
+    fn pop_ready(&mut self) -> Option<(T, Handled)> {
+        if !self.waiting.front().is_some_and(|(_, h)| h.is_some()) {
+            return None;
+        }
+        let (message, outcome) = self.waiting.pop_front()?;
+        self.first += 1;
+        Some((message, outcome?))
+    }
 }
 
 /// The lane of a message: by a hash of its gateway, so that a gateway
@@ -315,5 +351,35 @@ async fn poll_events(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lanes report out of order; acks go out in arrival order, each only
+    /// when every earlier message is committed.
+    #[test]
+    fn a_message_is_ready_to_ack_only_after_every_earlier_one() {
+        let mut q = InOrder::default();
+        let n: Vec<u64> = ["a", "b", "c", "d"].into_iter().map(|m| q.push(m)).collect();
+        assert_eq!(n, [0, 1, 2, 3]);
+        q.done(2, Handled::Stored);
+        q.done(1, Handled::Duplicate);
+        assert_eq!(q.pop_ready(), None, "a is not committed yet");
+        q.done(0, Handled::Stored);
+        assert_eq!(q.pop_ready(), Some(("a", Handled::Stored)));
+        assert_eq!(q.pop_ready(), Some(("b", Handled::Duplicate)));
+        assert_eq!(q.pop_ready(), Some(("c", Handled::Stored)));
+        assert_eq!(q.pop_ready(), None, "d is not committed yet");
+        assert_eq!(q.push("e"), 4, "numbers go on after the acked ones");
+        q.done(4, Handled::Stored);
+        q.done(3, Handled::Stored);
+        assert_eq!(q.pop_ready(), Some(("d", Handled::Stored)));
+        assert_eq!(q.pop_ready(), Some(("e", Handled::Stored)));
+        assert_eq!(q.pop_ready(), None);
+        q.done(1, Handled::Stored); // long acked: ignored
+        assert_eq!(q.pop_ready(), None);
     }
 }
