@@ -174,10 +174,16 @@ pub async fn run(
             () = &mut shutdown => break None,
             p = rx.recv() => {
                 let Some(p) = p else { break None };
-                let lane = lane_of(&cfg, &p, to_lanes.len());
-                let n = unacked.push(p.clone());
-                // A lane ends only on an error, which the branch below takes.
-                let _ = to_lanes[lane].send((n, p));
+                // Everything that has arrived, before a lane is polled
+                // again: a lane's batch is what waits for it when it starts.
+                let mut next = Some(p);
+                while let Some(p) = next {
+                    let lane = lane_of(&cfg, &p, to_lanes.len());
+                    let n = unacked.push(p.clone());
+                    // A lane ends only on an error, which a branch below takes.
+                    let _ = to_lanes[lane].send((n, p));
+                    next = rx.try_recv().ok();
+                }
             }
             Some(done) = done_rx.recv() => {
                 for (n, outcome) in done {
@@ -291,6 +297,11 @@ async fn lane(
     let mut batch: Vec<(u64, Publish)> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = from_run.recv().await {
         batch.push(first);
+        // The MQTT task and `run` share this thread: let them hand over
+        // what has arrived meanwhile. A SQLite commit blocks the thread, so
+        // without this turn the next batch would start with whatever was
+        // dispatched first, often one message.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match from_run.try_recv() {
                 Ok(p) => batch.push(p),
