@@ -9,6 +9,10 @@
 //!     … backlog --gateways 1000 --days 7 --db postgres --receivers 2
 //!     … steady --gateways 10000 --db postgres
 //!
+//! `--connections N` sets the receivers' `database.connections`;
+//! `--pg-statements` loads pg_stat_statements into the PostgreSQL server
+//! and prints the statements that took it longest at the end of a backlog.
+//!
 //! `backlog`: a district-wide outage ends. Every gateway's outbox holds
 //! `days` of hourly windows (a states message and a sealed metrics message
 //! each); they are published first, QoS 1, into the receivers' persistent
