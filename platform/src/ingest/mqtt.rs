@@ -374,7 +374,10 @@ mod tests {
     #[test]
     fn a_message_is_ready_to_ack_only_after_every_earlier_one() {
         let mut q = InOrder::default();
-        let n: Vec<u64> = ["a", "b", "c", "d"].into_iter().map(|m| q.push(m)).collect();
+        let n: Vec<u64> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|m| q.push(m))
+            .collect();
         assert_eq!(n, [0, 1, 2, 3]);
         q.done(2, Handled::Stored);
         q.done(1, Handled::Duplicate);
