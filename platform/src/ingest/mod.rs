@@ -67,7 +67,11 @@ pub async fn handle(
     topic_name: &str,
     payload: &[u8],
 ) -> Result<Handled, StoreError> {
-    let mut outcomes = handle_batch(store, cfg, &[(topic_name, payload)]).await?;
+    only(handle_batch(store, cfg, &[(topic_name, payload)]).await?)
+}
+
+/// The outcome of a batch of one message.
+fn only(mut outcomes: Vec<Handled>) -> Result<Handled, StoreError> {
     outcomes
         .pop()
         .ok_or_else(|| StoreError::Invalid("a batch of one gave no outcome".into()))
@@ -162,10 +166,7 @@ pub async fn handle_retrying(
     topic_name: &str,
     payload: &[u8],
 ) -> Result<Handled, StoreError> {
-    let mut outcomes = handle_batch_retrying(store, cfg, &[(topic_name, payload)]).await?;
-    outcomes
-        .pop()
-        .ok_or_else(|| StoreError::Invalid("a batch of one gave no outcome".into()))
+    only(handle_batch_retrying(store, cfg, &[(topic_name, payload)]).await?)
 }
 
 /// [`handle_batch`], retried as [`handle_retrying`] retries one message:
