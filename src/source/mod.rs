@@ -142,10 +142,15 @@ fn slot_length(interval: Duration) -> Duration {
 fn first_poll(interval: Duration, at: f64) -> Instant {
     static GRID: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let origin = *GRID.get_or_init(Instant::now);
-    let now = Instant::now();
+    first_poll_on(origin, Instant::now(), interval, at)
+}
+
+/// [`first_poll`] on the grid that starts at `origin`, seen at `now`; kept
+/// apart so that tests fix the clock instead of racing it.
+fn first_poll_on(origin: Instant, now: Instant, interval: Duration, at: f64) -> Instant {
     let slot = slot_length(interval);
     let slot_ns = slot.as_nanos();
-    let offset = now.duration_since(origin) + interval.mul_f64(at.clamp(0.0, 1.0));
+    let offset = now.saturating_duration_since(origin) + interval.mul_f64(at.clamp(0.0, 1.0));
     // Round up to the next slot boundary.
     let slots = offset.as_nanos().div_ceil(slot_ns);
     let due = u64::try_from(slots.saturating_mul(slot_ns)).unwrap_or(u64::MAX);
@@ -205,21 +210,23 @@ mod tests {
         let interval = Duration::from_secs(5);
         let slot = slot_length(interval);
         assert_eq!(slot, interval / SLOTS);
+        let origin = Instant::now();
+        // "Now" is off the grid, as it is when a device starts late.
+        let now = origin + Duration::from_millis(2_345);
         let starts: Vec<Instant> = (0..100)
-            .map(|i| first_poll(interval, f64::from(i) / 100.0))
+            .map(|i| first_poll_on(origin, now, interval, f64::from(i) / 100.0))
             .collect();
         let earliest = starts.iter().min().copied().expect("starts");
+        assert!(earliest >= now);
         let mut offsets: Vec<Duration> = starts.iter().map(|s| *s - earliest).collect();
         offsets.sort();
         offsets.dedup();
-        // One start per slot of the interval (plus the slot the rounding
-        // of "now" may add), each on the grid.
-        assert!(
-            (SLOTS as usize..=SLOTS as usize + 1).contains(&offsets.len()),
-            "{offsets:?}"
-        );
-        for o in &offsets {
-            assert_eq!(o.as_nanos() % slot.as_nanos(), 0, "{o:?} is off the grid");
+        // One start per slot of the interval, plus the slot that rounding
+        // "now" up to the grid adds; each on the grid.
+        assert_eq!(offsets.len(), SLOTS as usize + 1, "{offsets:?}");
+        for s in &starts {
+            let since = (*s - origin).as_nanos();
+            assert_eq!(since % slot.as_nanos(), 0, "{s:?} is off the grid");
         }
         assert!(*offsets.last().expect("offsets") <= interval);
     }
@@ -244,9 +251,21 @@ mod tests {
     #[test]
     fn a_short_interval_still_has_a_grid() {
         let interval = Duration::from_millis(5);
-        let a = first_poll(interval, 0.0);
-        let b = first_poll(interval, 0.99);
+        let origin = Instant::now();
+        let now = origin + Duration::from_micros(12_345);
+        let a = first_poll_on(origin, now, interval, 0.0);
+        let b = first_poll_on(origin, now, interval, 0.99);
+        assert!(a >= now);
         assert!(b >= a);
-        assert!(b - a <= interval + Duration::from_millis(1));
+        assert!(b - a <= interval);
+        assert_eq!((a - origin).as_nanos() % interval.as_nanos(), 0);
+    }
+
+    #[test]
+    fn first_poll_reads_the_process_grid() {
+        let interval = Duration::from_secs(1);
+        let before = Instant::now();
+        let due = first_poll(interval, 0.5);
+        assert!(due >= before + interval / 2);
     }
 }
