@@ -14,6 +14,8 @@ mod common;
 #[allow(dead_code)]
 #[path = "../platform/tests/common/pg.rs"]
 mod pg;
+#[path = "../platform/tests/common/session.rs"]
+mod session;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -47,44 +49,13 @@ async fn receiver(
         "[database]\n{database}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\nshare_group = \"city\"\nkeepalive_s = 5\n",
     );
     let cfg = PlatformConfig::parse("platform.toml", &text).expect("receiver config");
-    persistent_session(port, client_id, &cfg.filters()).await;
+    session::persistent_session(port, client_id, &cfg.filters()).await;
     let store = Store::open(db).await.expect("receiver database");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(zgsz_platform::ingest::run(cfg, store, async {
         let _ = stopped.await;
     }));
     (stop, task)
-}
-
-/// Makes the receiver's persistent session on the broker, subscribed and
-/// acknowledged, before the receiver and the agent start: the broker then
-/// queues for it whatever the agent publishes before the receiver has
-/// connected and subscribed (on a first start there is no session, and a
-/// broker keeps nothing for a subscription it does not have yet).
-async fn persistent_session(port: u16, client_id: &str, filters: &[String]) {
-    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
-    o.set_clean_session(false);
-    let (client, mut events) = rumqttc::AsyncClient::new(o, 10);
-    for f in filters {
-        client
-            .subscribe(f.clone(), rumqttc::QoS::AtLeastOnce)
-            .await
-            .expect("subscribe queued");
-    }
-    let acked = async {
-        let mut subacks = 0;
-        while subacks < filters.len() {
-            let event = events.poll().await.expect("the broker");
-            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = event {
-                subacks += 1;
-            }
-        }
-        client.disconnect().await.expect("disconnect queued");
-        while events.poll().await.is_ok() {}
-    };
-    tokio::time::timeout(Duration::from_secs(10), acked)
-        .await
-        .expect("the broker acknowledged the subscriptions within 10 s");
 }
 
 /// Enrols the demo plant's gateway in the receiver's database at `db`.

@@ -37,6 +37,8 @@ mod gen;
 #[allow(dead_code)]
 #[path = "../../platform/tests/common/pg.rs"]
 mod pg;
+#[path = "../../platform/tests/common/session.rs"]
+mod session;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -159,7 +161,11 @@ async fn async_main(cli: Cli) {
     );
     let ids: Vec<String> = (1..=cli.receivers).map(|i| format!("rx-{i}")).collect();
     for id in &ids {
-        persistent_session(broker.port, id).await;
+        let filters: Vec<String> = ["metrics", "states", "status"]
+            .iter()
+            .map(|s| format!("$share/{GROUP}/{}/+/+/+/{s}", gen::PREFIX))
+            .collect();
+        session::persistent_session(broker.port, id, &filters).await;
     }
     match cli.mode {
         Mode::Backlog { days } => {
@@ -454,31 +460,6 @@ async fn publish(port: u16, id: &str, messages: Vec<(String, Vec<u8>)>) {
     }
     pump.await.unwrap();
     let _ = client.disconnect().await;
-}
-
-/// Creates receiver `id`'s persistent session and its subscriptions, so the
-/// broker queues what is published before the receiver runs.
-async fn persistent_session(port: u16, id: &str) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(o, 10);
-    for s in ["metrics", "states", "status"] {
-        client
-            .subscribe(
-                format!("$share/{GROUP}/{}/+/+/+/{s}", gen::PREFIX),
-                QoS::AtLeastOnce,
-            )
-            .await
-            .unwrap();
-    }
-    let mut subacks = 0;
-    while subacks < 3 {
-        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
-            subacks += 1;
-        }
-    }
-    client.disconnect().await.unwrap();
-    while events.poll().await.is_ok() {}
 }
 
 async fn enrol(backend: &Backend, gateways: &[gen::Gateway]) {
