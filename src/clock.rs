@@ -126,17 +126,30 @@ impl CatchUpClock {
 
     /// Whether the clock has caught up with the system time.
     pub fn caught_up(&self) -> bool {
-        let real = self.real_start.elapsed().as_secs_f64() * 1000.0;
-        self.start_ms as f64 + real * self.speed >= self.system_start_ms as f64 + real
+        self.caught_up_after(self.real_elapsed_ms())
+    }
+
+    fn real_elapsed_ms(&self) -> f64 {
+        self.real_start.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// [`CatchUpClock::caught_up`], `real_ms` after the start; apart so
+    /// that tests fix the elapsed time instead of racing it.
+    fn caught_up_after(&self, real_ms: f64) -> bool {
+        self.start_ms as f64 + real_ms * self.speed >= self.system_start_ms as f64 + real_ms
+    }
+
+    /// The clock's time `real_ms` after the start. Monotonic elapsed time
+    /// on both branches, so the clock never steps.
+    fn now_after(&self, real_ms: f64) -> i64 {
+        let fast = self.start_ms + (real_ms * self.speed) as i64;
+        fast.min(self.system_start_ms + real_ms as i64)
     }
 }
 
 impl Clock for CatchUpClock {
     fn now_ms(&self) -> i64 {
-        // Monotonic elapsed time on both branches, so the clock never steps.
-        let real = self.real_start.elapsed().as_secs_f64() * 1000.0;
-        let fast = self.start_ms + (real * self.speed) as i64;
-        fast.min(self.system_start_ms + real as i64)
+        self.now_after(self.real_elapsed_ms())
     }
 
     fn to_real(&self, d: Duration) -> Duration {
@@ -168,21 +181,28 @@ mod tests {
 
     #[test]
     fn a_catch_up_clock_runs_fast_until_it_meets_the_system_time() {
-        // A minute behind at ×3,600: caught up after about 17 ms.
+        // A minute behind at ×3,600: caught up after 60 s / 3,599 ≈ 16.7 ms.
         let c = CatchUpClock::new(3600.0, Duration::from_secs(60));
-        assert!(SystemClock.now_ms() - c.now_ms() > 50_000);
-        assert!(!c.caught_up());
-        assert_eq!(c.to_real(Duration::from_secs(3600)), Duration::from_secs(1));
+        let system = c.system_start_ms;
+        assert_eq!(c.now_after(0.0), system - 60_000);
+        assert_eq!(c.now_after(10.0), system - 60_000 + 36_000);
+        assert!(!c.caught_up_after(10.0));
+        assert!(!c.caught_up_after(16.0));
+        assert!(c.caught_up_after(17.0));
+        // From then on, the system time: never ahead of it, never a step.
+        assert_eq!(c.now_after(17.0), system + 17);
+        assert_eq!(c.now_after(20_000.0), system + 20_000);
+        // On the real clock, too, it catches up.
         while !c.caught_up() {
             std::thread::yield_now();
         }
-        std::thread::sleep(Duration::from_millis(5));
-        let (before, clock, after) = (SystemClock.now_ms(), c.now_ms(), SystemClock.now_ms());
-        // Now the system time (give or take the rounding of the two bases).
-        assert!(
-            clock >= before - 2 && clock <= after + 2,
-            "{before} {clock} {after}"
-        );
         assert_eq!(c.to_real(Duration::from_secs(1)), Duration::from_secs(1));
+        assert!(c.now_ms() >= system);
+    }
+
+    #[test]
+    fn a_catch_up_clock_compresses_waits_until_it_has_caught_up() {
+        let c = CatchUpClock::new(3600.0, Duration::from_secs(3600 * 24 * 365));
+        assert_eq!(c.to_real(Duration::from_secs(3600)), Duration::from_secs(1));
     }
 }

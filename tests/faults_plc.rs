@@ -23,7 +23,7 @@ use zgsz_agent::source::modbus::ModbusDevice;
 use zgsz_agent::source::Source;
 
 /// How a fake PLC answers each read request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lie {
     /// Random bytes instead of a frame.
     Garbage,
@@ -106,8 +106,11 @@ fn frame(tid: [u8; 2], function: u8, n: u16) -> Vec<u8> {
 
 const TAGS: &str = "[[devices.tags]]\nname = \"a\"\narea = \"holding_register\"\naddress = 0\n[[devices.tags]]\nname = \"b\"\narea = \"holding_register\"\naddress = 1\n";
 
-fn device(id: &str, addr: std::net::SocketAddr) -> String {
-    format!("[[devices]]\nid = \"{id}\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\nretries = 0\n{TAGS}")
+/// `timeout`: short only where the lie is silence; a PLC that answers
+/// (wrongly) gets seconds, so a slow machine cannot turn its answer into a
+/// timeout.
+fn device(id: &str, addr: std::net::SocketAddr, timeout: &str) -> String {
+    format!("[[devices]]\nid = \"{id}\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"{timeout}\"\nretries = 0\n{TAGS}")
 }
 
 #[tokio::test]
@@ -133,7 +136,8 @@ async fn lying_plcs_give_bad_qualities_never_a_panic() {
         (Lie::Reset, vec![BadReason::Disconnected]),
     ] {
         let addr = liar(lie).await;
-        let cfg = config(dir.path(), 1, &device("liar", addr), "", "");
+        let timeout = if lie == Lie::Truncated { "300ms" } else { "5s" };
+        let cfg = config(dir.path(), 1, &device("liar", addr, timeout), "", "");
         let mut dev = ModbusDevice::new(cfg.devices[0].clone(), Arc::new(SystemClock));
         for _ in 0..3 {
             for r in dev.poll_once().await {
@@ -171,7 +175,7 @@ async fn answers_of_another_size_than_asked_are_decode_in_every_area() {
                     )
                 })
                 .collect();
-            let dev_cfg = format!("[[devices]]\nid = \"sized\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\nretries = 0\n{tags}");
+            let dev_cfg = format!("[[devices]]\nid = \"sized\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"5s\"\nretries = 0\n{tags}");
             let cfg = config(dir.path(), 1, &dev_cfg, "", "");
             let mut dev = ModbusDevice::new(cfg.devices[0].clone(), Arc::new(SystemClock));
             assert_eq!(
@@ -268,7 +272,7 @@ async fn rtu_answers_of_another_size_than_asked_are_decode_in_every_area() {
                     )
                 })
                 .collect();
-            let dev_cfg = format!("[[devices]]\nid = \"sized\"\nprotocol = \"modbus-rtu-over-tcp\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\nretries = 0\n{tags}");
+            let dev_cfg = format!("[[devices]]\nid = \"sized\"\nprotocol = \"modbus-rtu-over-tcp\"\naddress = \"{addr}\"\npoll_interval = \"50ms\"\ntimeout = \"5s\"\nretries = 0\n{tags}");
             let cfg = config(dir.path(), 1, &dev_cfg, "", "");
             let dev = cfg.devices[0].clone();
             let mut link = AnyLink::for_device(&dev);
@@ -300,7 +304,7 @@ async fn a_floor_of_liars_does_not_disturb_an_honest_device() {
     let honest = SimDevice::start(HashMap::from([(1u8, Arc::new(Mutex::new(bank)))]))
         .await
         .unwrap();
-    let mut devices = device("honest", honest.addr);
+    let mut devices = device("honest", honest.addr, "5s");
     for (i, lie) in [
         Lie::Garbage,
         Lie::Truncated,
@@ -311,7 +315,7 @@ async fn a_floor_of_liars_does_not_disturb_an_honest_device() {
     .into_iter()
     .enumerate()
     {
-        devices += &device(&format!("liar-{i}"), liar(lie).await);
+        devices += &device(&format!("liar-{i}"), liar(lie).await, "300ms");
     }
     let port = zgsz_agent::broker::free_port().unwrap();
     zgsz_agent::broker::start_embedded(port).unwrap();

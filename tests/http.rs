@@ -92,8 +92,17 @@ address = 0
     let addr = agent.http_addr.expect("http bound");
     assert!(addr.ip().is_loopback());
 
-    let health = get(addr, "/healthz").await;
-    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    // 503 while the outbox, just opened, has not yet answered (on a slow
+    // disk that can take longer than the endpoint waits); then 200.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        let h = get(addr, "/healthz").await;
+        if h.starts_with("HTTP/1.1 200 OK\r\n") {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let h: serde_json::Value = serde_json::from_str(body(&health)).unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["mqtt_connected"], false);

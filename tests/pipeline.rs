@@ -233,7 +233,7 @@ async fn every_type_and_order_arrives_exactly_as_decoded() {
 
     // Status: online with outbox figures while running; offline after stop.
     platform
-        .wait_for(Duration::from_secs(5), "offline status", |p| {
+        .wait_for(Duration::from_secs(30), "offline status", |p| {
             p.of_kind("status").iter().any(|s| s["state"] == "offline")
         })
         .await;

@@ -261,14 +261,22 @@ async fn a_silent_plc_times_out_backs_off_and_recovers_and_a_restart_heals() {
     sim.faults.silent.store(true, Ordering::Relaxed);
     let started = tokio::time::Instant::now();
     assert_eq!(p.poll().await[0].quality, Quality::Bad(BadReason::Timeout));
-    assert!(started.elapsed() < Duration::from_secs(2));
-    // Backing off: no request at all, and no wait.
-    let started = tokio::time::Instant::now();
+    // The 500 ms timeout, not a hang (the bound only catches a hang).
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Backing off: no connection, no request at all.
+    let (connections, reads) = (
+        sim.counters.connections.load(Ordering::Relaxed),
+        sim.counters.reads.load(Ordering::Relaxed),
+    );
     assert_eq!(
         p.poll().await[0].quality,
         Quality::Bad(BadReason::Disconnected)
     );
-    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(
+        sim.counters.connections.load(Ordering::Relaxed),
+        connections
+    );
+    assert_eq!(sim.counters.reads.load(Ordering::Relaxed), reads);
     sim.faults.silent.store(false, Ordering::Relaxed);
     let mut good = false;
     for _ in 0..100 {
@@ -752,43 +760,51 @@ async fn a_dead_plc_costs_only_its_own_task() {
     let dead = SimS7::start(memory(), 240).await.unwrap();
     dead.faults.silent.store(true, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
+    // The dead PLC's every answer is 3 s late, never arriving.
     let toml = device(
         "dead",
         &dead.addr.to_string(),
         "",
         &[("w", "DB10.DBW2", "")],
-    ) + &device(
-        "alive",
-        &alive.addr.to_string(),
-        "",
-        &[("w", "DB10.DBW2", "")],
-    );
+    )
+    .replace("timeout = \"500ms\"", "timeout = \"3s\"")
+        + &device(
+            "alive",
+            &alive.addr.to_string(),
+            "",
+            &[("w", "DB10.DBW2", "")],
+        );
     let cfg = common::config(dir.path(), 1, &toml, "", "");
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn zgsz_agent::clock::Clock> = Arc::new(SystemClock);
     let tasks = zgsz_agent::source::spawn_all(&cfg.devices, &clock, &tx, &stop_rx);
-    // Both devices poll every 100 ms; the dead one waits 500 ms for every
-    // answer that never comes. In 2 s the live one still delivers its
-    // cycles on time, all good.
-    let (mut alive_good, mut dead_bad) = (0, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while let Ok(Some(cycle)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        for r in cycle {
-            match (&*r.device, r.quality.is_good()) {
-                ("alive", true) => alive_good += 1,
-                ("dead", false) => dead_bad += 1,
-                other => panic!("unexpected reading {other:?}: {r:?}"),
+    // Both devices poll every 100 ms. Until the dead one's first cycle has
+    // timed out, the live one goes on: about 30 cycles, all good. Had they
+    // shared a task it would have delivered at most one (5 is not a timing
+    // claim, only far from both).
+    let mut alive_good = 0;
+    let first_timeout = async {
+        loop {
+            let cycle = rx.recv().await.expect("the sources run");
+            for r in cycle {
+                match (&*r.device, r.quality.is_good()) {
+                    ("alive", true) => alive_good += 1,
+                    ("dead", false) => return,
+                    other => panic!("unexpected reading {other:?}: {r:?}"),
+                }
             }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(60), first_timeout)
+        .await
+        .expect("the dead PLC timed out within 60 s");
     let _ = stop.send(true);
     for t in tasks {
         t.await.unwrap();
     }
     assert!(
-        alive_good >= 15,
-        "the live PLC delivered only {alive_good} cycles in 2 s"
+        alive_good >= 5,
+        "the live PLC delivered only {alive_good} cycles while the dead one timed out"
     );
-    assert!(dead_bad >= 1, "the dead PLC reported nothing");
 }

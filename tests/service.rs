@@ -52,7 +52,7 @@ tls = false
     );
     for (id, addr, interval) in devices {
         t.push_str(&format!(
-            "\n[[devices]]\nid = \"{id}\"\naddress = \"{addr}\"\npoll_interval = \"{interval}\"\ntimeout = \"1s\"\n\
+            "\n[[devices]]\nid = \"{id}\"\naddress = \"{addr}\"\npoll_interval = \"{interval}\"\ntimeout = \"5s\"\n\
              [[devices.tags]]\nname = \"count\"\narea = \"holding_register\"\naddress = 0\ntype = \"u16\"\n"
         ));
     }

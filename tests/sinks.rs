@@ -228,17 +228,22 @@ async fn two_brokers_split_the_streams_and_an_enterprise_outage_costs_the_platfo
             |p| sealed(p) >= before + 10,
         )
         .await;
-    let during = agent.buffer.stats().await.unwrap();
     let owed = |s: &zgsz_agent::buffer::Stats, name: &str| {
         s.sinks.iter().find(|x| x.name == name).unwrap().rows
     };
+    // The enterprise's backlog grows while the platform's drains: at some
+    // moment of the outage it owes the platform fewer than 10 rows (a
+    // moment, since the compressed plant keeps producing).
+    let during = common::wait_for_stats(
+        &agent.buffer,
+        Duration::from_secs(60),
+        "the platform drained while the enterprise is down",
+        |s| owed(s, "platform") < 10,
+    )
+    .await;
     assert!(
         owed(&during, "enterprise") > 0,
-        "a backlog for the enterprise"
-    );
-    assert!(
-        owed(&during, "platform") < 10,
-        "the platform kept draining: {:?}",
+        "a backlog for the enterprise: {:?}",
         during.sinks
     );
 
@@ -376,7 +381,9 @@ async fn a_sink_that_is_down_is_charged_the_evictions_and_the_other_misses_nothi
     let dir = tempfile::tempdir().unwrap();
     let text = agent_toml(
         &dir.path().display().to_string(),
-        "max_rows = 50",
+        // Room for a few seconds of rows: the live sink, lagging on a slow
+        // machine, must never be evicted from.
+        "max_rows = 300",
         &(sink("live", port, "[\"telemetry\", \"status\"]")
             + &sink("dead", dead.port, "[\"telemetry\"]")),
         "",
@@ -492,10 +499,15 @@ async fn on_change_honours_the_deadband_and_the_heartbeat() {
     .await;
     agent.stop().await;
     let speed = values(&p, "speed");
-    assert!(
-        !speed.iter().any(|(_, v)| *v == 105),
-        "inside the deadband: {speed:?}"
-    );
+    // Each publication is past the deadband or a heartbeat. (105 may go out
+    // as a heartbeat on a slow machine, never as a change.)
+    for pair in speed.windows(2) {
+        let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
+        assert!(
+            (v1 - v0).abs() >= 10 || t1 - t0 >= 2000,
+            "published inside the deadband and before max_interval: {speed:?}"
+        );
+    }
     let published: Vec<i64> = speed.iter().map(|(_, v)| *v).collect();
     assert_eq!(published[0], 100, "{published:?}");
     let first_111 = speed.iter().find(|(_, v)| *v == 111).unwrap().0;

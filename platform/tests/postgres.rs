@@ -72,9 +72,11 @@ async fn postgres_restarted_mid_stream_the_receiver_reconnects_and_stores_every_
         stopped < total,
         "the stream ended before the server stopped; make it longer"
     );
-    assert_eq!(
-        stopped, before_start,
-        "nothing commits while the server is down"
+    // The feeder counts a commit after the server has acknowledged it: one
+    // acknowledged just before the stop may be counted after.
+    assert!(
+        before_start <= stopped + 1,
+        "nothing commits while the server is down ({stopped} then {before_start})"
     );
     let (mut f, stream) = tokio::time::timeout(Duration::from_secs(120), feeder)
         .await

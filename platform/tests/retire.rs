@@ -93,7 +93,7 @@ async fn retired_instance_share_is_taken_over_and_its_session_deleted(
 
     // B stops as systemd stops it; its session (clean session off) stays.
     b.terminate();
-    let (status, _) = b.wait(Duration::from_secs(10)).await;
+    let (status, _) = b.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "B stopped: {status}");
     broker.wait_gone("city-b", 1).await;
 
@@ -109,7 +109,7 @@ async fn retired_instance_share_is_taken_over_and_its_session_deleted(
     );
 
     let mut retire = Proc::spawn(mqtt::platform(
-        &["retire", "--quiet-s", "2"],
+        &["retire", "--quiet-s", "5"],
         &conf_b,
         &log_b,
     ));
@@ -155,7 +155,7 @@ async fn retired_instance_share_is_taken_over_and_its_session_deleted(
     wait_stored(&mut f.store, total).await;
 
     a.terminate();
-    let (status, _) = a.wait(Duration::from_secs(10)).await;
+    let (status, _) = a.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "A stopped: {status}");
     broker.wait_gone("city-a", 1).await;
     // The check above can see a kept session: A's is.
