@@ -39,6 +39,20 @@ async fn get(addr: SocketAddr, path: &str) -> String {
     .await
 }
 
+/// GETs `path` every 100 ms until the response satisfies `ready` (20 s at
+/// most); that response.
+async fn get_until(addr: SocketAddr, path: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(addr, path).await;
+        if ready(&r) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn body(response: &str) -> &str {
     response
         .split_once("\r\n\r\n")
@@ -94,29 +108,16 @@ address = 0
 
     // 503 while the outbox, just opened, has not yet answered (on a slow
     // disk that can take longer than the endpoint waits); then 200.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let health = loop {
-        let h = get(addr, "/healthz").await;
-        if h.starts_with("HTTP/1.1 200 OK\r\n") {
-            break h;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let health = get_until(addr, "/healthz", |h| h.starts_with("HTTP/1.1 200 OK\r\n")).await;
     let h: serde_json::Value = serde_json::from_str(body(&health)).unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["mqtt_connected"], false);
 
     // Wait for the device's readings to reach the outbox, as /metrics says.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let m = get(addr, "/metrics?x=1").await;
-        if m.contains("zgsz_device_readings_total{device=\"lathe-01\",quality=\"good\"}") {
-            break m;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let metrics = get_until(addr, "/metrics?x=1", |m| {
+        m.contains("zgsz_device_readings_total{device=\"lathe-01\",quality=\"good\"}")
+    })
+    .await;
     assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
     assert!(metrics.contains("Content-Type: text/plain; version=0.0.4"));
     for name in [
