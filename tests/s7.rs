@@ -775,6 +775,11 @@ async fn a_dead_plc_costs_only_its_own_task() {
             &[("w", "DB10.DBW2", "")],
         );
     let cfg = common::config(dir.path(), 1, &toml, "", "");
+    assert_eq!(
+        cfg.devices[0].timeout,
+        Duration::from_secs(3),
+        "the dead PLC's timeout"
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn zgsz_agent::clock::Clock> = Arc::new(SystemClock);
